@@ -1,0 +1,513 @@
+"""The on-policy engine: rollouts, GAE for reward and costs, episode statistics, the update loop.
+
+An on-policy algorithm (``ppo``, ``ppo_lag``, later ``trpo``, ``cpo``, …) supplies only two pure
+functions, ``init_agent`` and ``update``; everything else lives here once:
+
+1. **Collect** ``num_envs × rollout_steps`` transitions. For native tasks the whole rollout is a
+   ``lax.scan`` inside ``jit``; for host environments (Bullet, gymnasium) a Python loop calls a
+   jitted ``act``. Observations are normalised with statistics frozen during the rollout.
+2. **Process** (jitted, shared by both paths): values of every observation and of every true next
+   observation, GAE per channel (reward with (γ, λ), each cost with (γ_c, λ_c)), episode
+   statistics of the episodes that finished in the batch, the training cost rate, then the
+   observation statistics are updated.
+3. **Update**: the algorithm's ``update`` on the flattened batch.
+
+Several seeds train at once: every leaf of :class:`TrainState` carries a leading seed axis and
+steps 1–3 are ``vmap``-ped over it. Cost limits are traced arrays, never static configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saferl.core.distributions import gaussian_log_prob, gaussian_sample
+from saferl.core.lagrange import LagrangeState
+from saferl.core.networks import ACTIVATIONS, GaussianPolicy, ValueCritics
+from saferl.core.normalization import (
+    RunningStats,
+    normalize,
+    running_stats_init,
+    running_stats_update,
+)
+from saferl.core.returns import gae
+from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
+from saferl.envs.native import EpisodeState, NativeTask, batch_reset, batch_step
+
+
+@dataclass(frozen=True)
+class OnPolicyConfig:
+    """Settings shared by every on-policy algorithm: the task, the budget, rollouts, networks.
+
+    Attributes:
+        env: Environment id (``saferl list`` shows them).
+        env_kwargs: Keyword arguments for the environment (e.g. ``speed_limit`` for native Circle).
+        cost_limit: One limit per constraint, in episode-cost units (undiscounted by default).
+        steps: Environment steps to train for, per seed.
+        seed: Random seed (ignored when ``seeds`` is given).
+        seeds: Several seeds trained at once in one process (vectorised).
+        num_envs: Environment copies per seed.
+        rollout_steps: Steps per copy per iteration (batch = ``num_envs × rollout_steps``).
+        gamma: Reward discount γ.
+        gae_lambda: Reward GAE λ.
+        cost_gamma: Cost discount γ_c (1: constrain the undiscounted episode cost).
+        cost_gae_lambda: Cost GAE λ_c.
+        normalize_observations: Normalise observations with running statistics.
+        hidden_sizes: Hidden layer sizes of the policy and of every critic.
+        activation: Hidden activation (``tanh``, ``relu``, ``elu``, ``gelu``).
+        init_log_std: Initial log standard deviation of the Gaussian policy.
+        checkpoint_every: Save a checkpoint every this many iterations (and at the end).
+        run_dir: Run directory (default: a new folder under ``runs/``).
+    """
+
+    env: str = "saferl/BallCircle-v0"
+    env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
+    cost_limit: tuple[float, ...] = (10.0,)
+    steps: int = 1_000_000
+    seed: int = 0
+    seeds: tuple[int, ...] = ()
+    num_envs: int = 64
+    rollout_steps: int = 200
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    cost_gamma: float = 1.0
+    cost_gae_lambda: float = 0.95
+    normalize_observations: bool = True
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    init_log_std: float = -0.5
+    checkpoint_every: int = 20
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for limit in self.cost_limit:
+            if not (math.isfinite(limit) and limit >= 0):
+                raise ValueError(
+                    f"cost_limit values must be finite and >= 0; got {list(self.cost_limit)}.")
+        if not self.cost_limit:
+            raise ValueError("cost_limit needs at least one value (one per constraint).")
+        positive = ("steps", "num_envs", "rollout_steps", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
+        for name in ("gamma", "gae_lambda", "cost_gamma", "cost_gae_lambda"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1]; got {value}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}.")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be positive sizes; got {self.hidden_sizes}.")
+        if len(set(self.seed_list)) != len(self.seed_list):
+            raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds trained: ``seeds`` if given, else ``(seed,)``."""
+        return tuple(self.seeds) if self.seeds else (self.seed,)
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per iteration per seed."""
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def iterations(self) -> int:
+        """Iterations needed to reach ``steps`` (the last batch may overshoot)."""
+        return max(1, math.ceil(self.steps / self.batch_size))
+
+
+class Networks(NamedTuple):
+    """The policy and critic modules (parameters live in :class:`AgentState`)."""
+
+    policy: GaussianPolicy
+    critics: ValueCritics
+
+
+class AgentState(NamedTuple):
+    """Everything an algorithm learns: parameters, optimiser states, multipliers, extras."""
+
+    policy_params: Any
+    critic_params: Any
+    policy_opt_state: Any
+    critic_opt_state: Any
+    lagrange: LagrangeState
+    extra: Any = ()
+
+
+class EpisodeTracker(NamedTuple):
+    """Running sums of the unfinished episode in each environment copy."""
+
+    episode_return: jax.Array  # [N]
+    episode_cost: jax.Array  # [N, m]
+    episode_length: jax.Array  # [N]
+
+
+class TrainState(NamedTuple):
+    """The whole training state of one seed (a leading seed axis when several train at once)."""
+
+    agent: AgentState
+    obs_stats: RunningStats
+    tracker: EpisodeTracker
+    env_state: Any  # EpisodeState for native tasks, () for host environments
+    key: jax.Array
+    iteration: jax.Array
+    total_cost: jax.Array  # [m] all cost incurred so far (for the cost rate)
+    cost_estimate: jax.Array  # [m] latest episode-cost estimate
+    has_cost_estimate: jax.Array  # bool: an episode has finished at least once
+
+
+class Rollout(NamedTuple):
+    """Raw transitions ``[T, N, ...]``."""
+
+    observations: jax.Array
+    actions: jax.Array
+    log_probs: jax.Array
+    rewards: jax.Array
+    costs: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    final_observations: jax.Array
+
+
+class Batch(NamedTuple):
+    """A processed, flattened batch handed to an algorithm's ``update``.
+
+    ``advantages`` and ``returns`` have ``1 + m`` channels: the reward, then each cost. They are
+    raw GAE values: each algorithm normalises the reward channel and centres the cost channels
+    (ALGORITHMS.md §1). ``episode_cost`` (``[m]``) is the batch's episode-cost estimate in
+    episode units; ``episode_length`` the mean length of the batch's finished episodes (or the
+    time limit when none finished), which CPO needs to put gradients in episode units.
+    """
+
+    observations: jax.Array
+    actions: jax.Array
+    log_probs: jax.Array
+    old_mean: jax.Array
+    old_log_std: jax.Array
+    advantages: jax.Array
+    returns: jax.Array
+    episode_cost: jax.Array
+    has_episode_cost: jax.Array
+    episode_length: jax.Array
+    cost_limit: jax.Array
+
+
+class OnPolicyAlgorithm(Protocol):
+    """What an on-policy algorithm module provides to the engine."""
+
+    def init_agent(self, config: Any, spec: EnvSpec, networks: Networks,
+                   key: jax.Array) -> AgentState:
+        """Initial parameters, optimiser states and multipliers."""
+        ...
+
+    def update(self, config: Any, networks: Networks, agent: AgentState, batch: Batch,
+               key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
+        """One update from a processed batch; returns the new agent and scalar metrics."""
+        ...
+
+
+def make_networks(config: OnPolicyConfig, spec: EnvSpec) -> Networks:
+    """The policy and the ``1 + m`` critics for ``spec``."""
+    return Networks(
+        GaussianPolicy(spec.action_dim, tuple(config.hidden_sizes), config.activation,
+                       config.init_log_std),
+        ValueCritics(1 + spec.num_costs, tuple(config.hidden_sizes), config.activation))
+
+
+def init_network_params(networks: Networks, spec: EnvSpec, key: jax.Array) -> tuple[Any, Any]:
+    """Fresh policy and critic parameters."""
+    policy_key, critic_key = jax.random.split(key)
+    dummy = jnp.zeros((1, spec.obs_dim), jnp.float32)
+    return networks.policy.init(policy_key, dummy), networks.critics.init(critic_key, dummy)
+
+
+def value_loss(critics: nn.Module, critic_params: Any, observations: jax.Array,
+               returns: jax.Array) -> jax.Array:
+    """Mean squared error of every critic against its λ-returns, summed over channels."""
+    values = critics.apply(critic_params, observations)
+    return jnp.mean(jnp.sum((values - returns) ** 2, axis=-1))
+
+
+def reward_cost_advantages(advantages: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Split raw GAE channels: the reward advantage normalised, the cost advantages centred.
+
+    Cost advantages are centred but **not** scaled: their magnitude is the constraint's
+    magnitude, which the Lagrangian, CPO and PCPO rely on (ALGORITHMS.md §1).
+    """
+    reward = advantages[:, 0]
+    reward = (reward - reward.mean()) / (reward.std() + 1e-8)
+    costs = advantages[:, 1:]
+    return reward, costs - costs.mean(axis=0)
+
+
+def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Networks,
+                     seed: int, task: NativeTask | None) -> TrainState:
+    """The initial state of one seed (native tasks also reset their environments here)."""
+    run: OnPolicyConfig = config.run
+    key = jax.random.PRNGKey(seed)
+    key, agent_key, env_key = jax.random.split(key, 3)
+    m = spec.num_costs
+    env_state: Any = () if task is None else batch_reset(task, env_key, run.num_envs)
+    return TrainState(
+        agent=algo.init_agent(config, spec, networks, agent_key),
+        obs_stats=running_stats_init(spec.obs_dim),
+        tracker=EpisodeTracker(jnp.zeros(run.num_envs), jnp.zeros((run.num_envs, m)),
+                               jnp.zeros(run.num_envs, jnp.int32)),
+        env_state=env_state,
+        key=key,
+        iteration=jnp.zeros((), jnp.int32),
+        total_cost=jnp.zeros(m),
+        cost_estimate=jnp.zeros(m),
+        has_cost_estimate=jnp.zeros((), bool),
+    )
+
+
+def act(networks: Networks, policy_params: Any, obs_stats: RunningStats, observations: jax.Array,
+        key: jax.Array, normalize_observations: bool) -> tuple[jax.Array, jax.Array]:
+    """Sample actions and their log-probabilities for raw observations ``[N, obs_dim]``."""
+    obs = normalize(obs_stats, observations) if normalize_observations else observations
+    mean, log_std = networks.policy.apply(policy_params, obs)
+    actions = gaussian_sample(key, mean, log_std)
+    return actions, gaussian_log_prob(mean, log_std, actions)
+
+
+def native_rollout(config: OnPolicyConfig, networks: Networks, task: NativeTask,
+                   state: TrainState) -> tuple[TrainState, Rollout]:
+    """Collect ``rollout_steps`` steps of every copy with ``lax.scan`` (one seed)."""
+
+    def one_step(carry: tuple[EpisodeState, jax.Array], _: None) -> tuple[Any, Rollout]:
+        env_state, key = carry
+        key, act_key = jax.random.split(key)
+        observations = env_state.observation
+        actions, log_probs = act(networks, state.agent.policy_params, state.obs_stats,
+                                 observations, act_key, config.normalize_observations)
+        env_state, out = batch_step(task, env_state, actions)
+        transition = Rollout(observations, actions, log_probs, out.reward, out.costs,
+                             out.terminated, out.truncated, out.final_observation)
+        return (env_state, key), transition
+
+    (env_state, key), rollout = jax.lax.scan(one_step, (state.env_state, state.key), None,
+                                             length=config.rollout_steps)
+    return state._replace(env_state=env_state, key=key), rollout
+
+
+def track_episodes(tracker: EpisodeTracker, rollout: Rollout) -> tuple[EpisodeTracker,
+                                                                        dict[str, jax.Array]]:
+    """Accumulate per-copy episode sums; return sums over the episodes that finished."""
+
+    def one_step(carry: tuple[EpisodeTracker, tuple], inputs: tuple) -> tuple[Any, None]:
+        tracked, (sum_return, sum_cost, sum_length, count) = carry
+        reward, costs, done = inputs
+        ret = tracked.episode_return + reward
+        cost = tracked.episode_cost + costs
+        length = tracked.episode_length + 1
+        finished = done.astype(ret.dtype)
+        sums = (sum_return + jnp.sum(ret * finished), sum_cost + jnp.sum(cost * finished[:, None], 0),
+                sum_length + jnp.sum(length * finished), count + jnp.sum(finished))
+        keep = 1.0 - finished
+        tracked = EpisodeTracker(ret * keep, cost * keep[:, None],
+                                 (length * keep).astype(jnp.int32))
+        return (tracked, sums), None
+
+    m = tracker.episode_cost.shape[-1]
+    zero = jnp.zeros(())
+    done = rollout.terminated | rollout.truncated
+    (tracker, (sum_return, sum_cost, sum_length, count)), _ = jax.lax.scan(
+        one_step, (tracker, (zero, jnp.zeros(m), zero, zero)),
+        (rollout.rewards, rollout.costs, done))
+    return tracker, {"episodes": count, "sum_return": sum_return, "sum_cost": sum_cost,
+                     "sum_length": sum_length}
+
+
+def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks, spec: EnvSpec,
+                       state: TrainState, rollout: Rollout,
+                       cost_limit: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Values, GAE, episode statistics, then the algorithm's update (one seed; pure)."""
+    run: OnPolicyConfig = config.run
+    steps, num_envs = rollout.rewards.shape
+    m = spec.num_costs
+
+    def prepare(obs: jax.Array) -> jax.Array:
+        return normalize(state.obs_stats, obs) if run.normalize_observations else obs
+
+    observations = prepare(rollout.observations)
+    final_observations = prepare(rollout.final_observations)
+    critic_params = state.agent.critic_params
+    values = networks.critics.apply(critic_params, observations)
+    next_values = networks.critics.apply(critic_params, final_observations)
+    signals = jnp.concatenate([rollout.rewards[..., None], rollout.costs], axis=-1)
+    gamma = jnp.asarray([run.gamma] + [run.cost_gamma] * m)
+    lam = jnp.asarray([run.gae_lambda] + [run.cost_gae_lambda] * m)
+    advantages, returns = gae(signals, values, next_values, rollout.terminated,
+                              rollout.truncated, gamma, lam)
+
+    tracker, episodes = track_episodes(state.tracker, rollout)
+    finished = episodes["episodes"] > 0
+    count = jnp.maximum(episodes["episodes"], 1.0)
+    batch_cost = episodes["sum_cost"] / count
+    # No finished episode: keep the previous estimate (flagged in the metrics), never "0 cost".
+    cost_estimate = jnp.where(finished, batch_cost, state.cost_estimate)
+    has_estimate = finished | state.has_cost_estimate
+    limit_steps = spec.max_episode_steps or steps
+    episode_length = jnp.where(finished, episodes["sum_length"] / count, float(limit_steps))
+
+    flat = lambda x: x.reshape((steps * num_envs,) + x.shape[2:])  # noqa: E731
+    old_mean, old_log_std = networks.policy.apply(state.agent.policy_params, flat(observations))
+    batch = Batch(flat(observations), flat(rollout.actions), flat(rollout.log_probs), old_mean,
+                  old_log_std, flat(advantages), flat(returns), cost_estimate, has_estimate,
+                  episode_length, cost_limit)
+    key, update_key = jax.random.split(state.key)
+    agent, update_metrics = algo.update(config, networks, state.agent, batch, update_key)
+
+    obs_stats = (running_stats_update(state.obs_stats, rollout.observations)
+                 if run.normalize_observations else state.obs_stats)
+    total_cost = state.total_cost + rollout.costs.sum(axis=(0, 1))
+    iteration = state.iteration + 1
+    new_state = TrainState(agent, obs_stats, tracker, state.env_state, key, iteration, total_cost,
+                           cost_estimate, has_estimate)
+
+    nan = jnp.full((), jnp.nan)
+    metrics: dict[str, jax.Array] = {
+        "rollout/ep_return": jnp.where(finished, episodes["sum_return"] / count, nan),
+        "rollout/ep_length": jnp.where(finished, episodes["sum_length"] / count, nan),
+        "rollout/episodes": episodes["episodes"],
+        "rollout/cost_estimate_stale": (~finished).astype(jnp.float32),
+        "rollout/step_reward": rollout.rewards.mean(),
+    }
+    total_steps = iteration.astype(jnp.float32) * steps * num_envs
+    for i in range(m):
+        metrics[f"rollout/ep_cost_{i}"] = jnp.where(finished, batch_cost[i], nan)
+        metrics[f"train/cost_rate_{i}"] = total_cost[i] / total_steps
+    metrics.update(update_metrics)
+    bad = ~(jnp.isfinite(rollout.rewards) & jnp.all(jnp.isfinite(rollout.costs), -1)
+            & jnp.all(jnp.isfinite(rollout.final_observations), -1))
+    flat_bad = bad.reshape(-1)
+    first = jnp.argmax(flat_bad)
+    metrics["_nonfinite_step"] = jnp.where(flat_bad.any(), first // num_envs, -1)
+    metrics["_nonfinite_env"] = jnp.where(flat_bad.any(), first % num_envs, -1)
+    return new_state, metrics
+
+
+class Engine:
+    """Compiled iteration functions for one algorithm, config and environment.
+
+    ``iterate(states, cost_limit)`` runs one full iteration of every seed (``states`` carries a
+    leading seed axis) and returns the new states and per-seed metrics as numpy arrays.
+    """
+
+    def __init__(self, algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec,
+                 task: NativeTask | None = None, envs: list[VecEnv] | None = None) -> None:
+        self.algo, self.config, self.spec, self.task = algo, config, spec, task
+        self.envs = envs
+        self.networks = make_networks(config.run, spec)
+        run: OnPolicyConfig = config.run
+        self.num_seeds = len(run.seed_list)
+        process = jax.vmap(
+            lambda s, r, d: process_and_update(algo, config, self.networks, spec, s, r, d),
+            in_axes=(0, 0, None))
+        if task is not None:
+            def iteration(states: TrainState, cost_limit: jax.Array) -> tuple[TrainState, dict]:
+                states, rollouts = jax.vmap(
+                    lambda s: native_rollout(run, self.networks, task, s))(states)
+                return process(states, rollouts, cost_limit)
+            self._iterate = jax.jit(iteration)
+        else:
+            if envs is None or len(envs) != self.num_seeds:
+                raise ValueError("host environments need one VecEnv per seed")
+            self._process = jax.jit(process)
+            self._act = jax.jit(jax.vmap(
+                lambda p, o, x, k: act(self.networks, p, o, x, k, run.normalize_observations)))
+            self._observations: np.ndarray | None = None
+            self._env_steps = 0
+
+    def init_states(self) -> TrainState:
+        """Initial states of every seed, stacked along a leading axis."""
+        states = [init_train_state(self.algo, self.config, self.spec, self.networks, seed,
+                                   self.task) for seed in self.config.run.seed_list]
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+    def iterate(self, states: TrainState,
+                cost_limit: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
+        if self.task is not None:
+            states, metrics = self._iterate(states, cost_limit)
+        else:
+            states, rollout = self._host_rollout(states)
+            states, metrics = self._process(states, rollout, cost_limit)
+        metrics = jax.device_get(metrics)
+        if (metrics["_nonfinite_step"] >= 0).any():
+            seed_index = int(np.argmax(metrics["_nonfinite_step"] >= 0))
+            raise NonFiniteError(
+                f"Environment {self.spec.id!r} returned a non-finite observation, reward or cost "
+                f"at rollout step {int(metrics['_nonfinite_step'][seed_index])} of iteration "
+                f"{int(np.asarray(states.iteration)[seed_index])} in env index "
+                f"{int(metrics['_nonfinite_env'][seed_index])} (seed "
+                f"{self.config.run.seed_list[seed_index]}); the run stopped and the last "
+                f"checkpoint is intact.")
+        return states, {k: np.asarray(v) for k, v in metrics.items() if not k.startswith("_")}
+
+    def _host_rollout(self, states: TrainState) -> tuple[TrainState, Rollout]:
+        """Collect one rollout of every seed from host environments (numpy buffers)."""
+        run: OnPolicyConfig = self.config.run
+        envs = self.envs
+        assert envs is not None
+        if self._observations is None:
+            self._observations = np.stack([
+                env.reset(seed=seed) for env, seed in zip(envs, run.seed_list, strict=True)
+            ]).astype(np.float32)
+        steps, seeds, n = run.rollout_steps, self.num_seeds, run.num_envs
+        obs_dim, act_dim, m = self.spec.obs_dim, self.spec.action_dim, self.spec.num_costs
+        buffers = {
+            "observations": np.empty((seeds, steps, n, obs_dim), np.float32),
+            "actions": np.empty((seeds, steps, n, act_dim), np.float32),
+            "log_probs": np.empty((seeds, steps, n), np.float32),
+            "rewards": np.empty((seeds, steps, n), np.float32),
+            "costs": np.empty((seeds, steps, n, m), np.float32),
+            "terminated": np.empty((seeds, steps, n), bool),
+            "truncated": np.empty((seeds, steps, n), bool),
+            "final_observations": np.empty((seeds, steps, n, obs_dim), np.float32),
+        }
+        keys = jax.vmap(lambda k: jax.random.split(k, steps + 1))(states.key)
+        step_keys = np.asarray(keys[:, 1:])
+        params, stats = states.agent.policy_params, states.obs_stats
+        observations = self._observations
+        for t in range(steps):
+            actions, log_probs = self._act(params, stats, observations, step_keys[:, t])
+            actions, log_probs = np.asarray(actions), np.asarray(log_probs)
+            buffers["observations"][:, t] = observations
+            buffers["actions"][:, t] = actions
+            buffers["log_probs"][:, t] = log_probs
+            next_observations = np.empty_like(observations)
+            for s, env in enumerate(envs):
+                result = env.step(actions[s])
+                check_finite(result, self._env_steps, self.spec.id)
+                buffers["rewards"][s, t] = result.reward
+                buffers["costs"][s, t] = result.costs
+                buffers["terminated"][s, t] = result.terminated
+                buffers["truncated"][s, t] = result.truncated
+                buffers["final_observations"][s, t] = result.final_observation
+                next_observations[s] = result.observation
+            observations = next_observations
+            self._env_steps += n
+        self._observations = observations
+        states = states._replace(key=keys[:, 0])
+        return states, Rollout(**{k: jnp.asarray(v) for k, v in buffers.items()})
+
+
+def metric_names(spec: EnvSpec) -> list[str]:
+    """Names of the engine's per-episode metrics for ``spec`` (algorithms add their own)."""
+    names = ["rollout/ep_return", "rollout/ep_length", "rollout/episodes"]
+    names += [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
+    return names
+
+
+OnPolicyIterate = Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, np.ndarray]]]

@@ -1,0 +1,59 @@
+"""The algorithm registry: name → configuration class, functions and a one-line description."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from saferl.algos import ppo
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registered algorithm.
+
+    Attributes:
+        name: Registry name (``ppo_lag``).
+        family: ``"on_policy"`` (the engine that drives it).
+        config_class: Its frozen configuration dataclass.
+        init_agent: Builds the initial :class:`~saferl.algos.on_policy.AgentState`.
+        update: The pure update function.
+        description: One line for ``saferl list``.
+        constrained: Whether it enforces the cost limits (``ppo`` does not).
+    """
+
+    name: str
+    family: str
+    config_class: type
+    init_agent: Callable[..., Any]
+    update: Callable[..., Any]
+    description: str
+    constrained: bool = True
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "ppo": Algorithm("ppo", "on_policy", ppo.PPOConfig, ppo.init_agent, ppo.update,
+                     "PPO, clipped surrogate; ignores costs (unconstrained baseline)",
+                     constrained=False),
+    "ppo_lag": Algorithm("ppo_lag", "on_policy", ppo.PPOLagConfig, ppo.init_agent, ppo.update,
+                         "PPO-Lagrangian: PPO on the Lagrangian, multipliers by gradient or PID"),
+}
+
+
+class UnknownAlgorithmError(KeyError):
+    """An algorithm name that is not registered (the message lists the valid names)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """Look up an algorithm, or raise :class:`UnknownAlgorithmError` naming the nearest match."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    close = difflib.get_close_matches(name, list(ALGORITHMS), n=1, cutoff=0.4)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownAlgorithmError(
+        f"Unknown algorithm {name!r}.{hint} Valid algorithms: {', '.join(sorted(ALGORITHMS))}.")

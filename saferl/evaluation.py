@@ -1,0 +1,120 @@
+"""Evaluate a policy: episode return and cost per constraint over N episodes, and videos."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EvalResult:
+    """Per-episode returns ``[E]``, costs ``[E, m]`` and lengths ``[E]``, with summaries."""
+
+    returns: np.ndarray
+    costs: np.ndarray
+    lengths: np.ndarray
+    cost_names: tuple[str, ...]
+    deterministic: bool
+
+    def summary(self) -> dict[str, float]:
+        """Mean and std of the return and of each cost, and the mean length."""
+        out = {"return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
+               "length_mean": float(self.lengths.mean()), "episodes": len(self.returns)}
+        for i in range(self.costs.shape[1]):
+            out[f"cost_{i}_mean"] = float(self.costs[:, i].mean())
+            out[f"cost_{i}_std"] = float(self.costs[:, i].std())
+        return out
+
+
+def evaluate(policy: Any, env: str | None = None, episodes: int = 10, deterministic: bool = True,
+             seed: int = 10_000, env_kwargs: dict[str, Any] | None = None,
+             num_envs: int | None = None, video: str | Path | None = None) -> EvalResult:
+    """Run ``episodes`` episodes of ``policy`` and collect return and cost per constraint.
+
+    Each of the ``num_envs`` copies runs the same number of episodes (the first ones it
+    finishes), so short episodes are not over-represented.
+
+    Args:
+        policy: A callable ``policy(obs_batch, deterministic=...) -> actions`` (e.g. a
+            :class:`~saferl.policy.Policy`).
+        env: Environment id; default: the one the policy was trained on.
+        episodes: Number of episodes (≥ 1).
+        deterministic: Use the mean action (``True``) or sample.
+        seed: Seed of the evaluation environments (distinct from training seeds by default).
+        env_kwargs: Environment keyword arguments.
+        num_envs: Parallel copies (default ``min(episodes, 16)``).
+        video: Write the first episode of copy 0 to this ``.gif`` (or ``.mp4`` with imageio).
+
+    Returns:
+        An :class:`EvalResult`.
+    """
+    from saferl.envs import make
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1; got {episodes}.")
+    info = getattr(policy, "info", {})
+    env_id = env or info.get("env")
+    if env_id is None:
+        raise ValueError("evaluate needs env= (the policy does not say which env it was "
+                         "trained on).")
+    num_envs = num_envs or min(episodes, 16)
+    per_copy = math.ceil(episodes / num_envs)
+    vec = make(env_id, num_envs=num_envs, seed=seed, **(env_kwargs or {}))
+    m = vec.spec.num_costs
+    frames: list[np.ndarray] = []
+    render = getattr(vec, "render", None)
+    if video is not None and render is None:
+        raise ValueError(f"Environment {env_id!r} does not render frames; cannot write a video.")
+    obs = vec.reset(seed=seed)
+    ret, cost, length = np.zeros(num_envs), np.zeros((num_envs, m)), np.zeros(num_envs, int)
+    done_count = np.zeros(num_envs, int)
+    results: list[list[tuple[float, np.ndarray, int]]] = [[] for _ in range(num_envs)]
+    recording = video is not None
+    while (done_count < per_copy).any():
+        if recording:
+            frames.append(render(0))  # type: ignore[misc]
+        step = vec.step(policy(obs, deterministic=deterministic))
+        ret += step.reward
+        cost += step.costs
+        length += 1
+        for i in np.nonzero(step.terminated | step.truncated)[0]:
+            if done_count[i] < per_copy:
+                results[i].append((float(ret[i]), cost[i].copy(), int(length[i])))
+            done_count[i] += 1
+            ret[i], cost[i], length[i] = 0.0, 0.0, 0
+            if i == 0:
+                recording = False
+        obs = step.observation
+    vec.close()
+    flat = [r for copy in results for r in copy][:episodes]
+    if video is not None:
+        write_video(frames, Path(video))
+    return EvalResult(np.array([r[0] for r in flat]), np.stack([r[1] for r in flat]),
+                      np.array([r[2] for r in flat]), tuple(vec.spec.cost_names), deterministic)
+
+
+def write_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
+    """Write RGB frames as an animated GIF (Pillow) or, with imageio installed, MP4."""
+    if not frames:
+        raise ValueError("no frames to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps,
+                       loop=0)
+        return
+    if path.suffix.lower() == ".mp4":
+        try:
+            import imageio.v2 as imageio
+        except ImportError as error:
+            raise ImportError("Writing .mp4 needs imageio with ffmpeg: "
+                              "pip install 'imageio[ffmpeg]' (or write a .gif).") from error
+        imageio.mimwrite(path, [np.asarray(f, np.uint8) for f in frames], fps=fps)
+        return
+    raise ValueError(f"Video path {str(path)!r} must end in .gif or .mp4.")

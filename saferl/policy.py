@@ -1,0 +1,86 @@
+"""Deployment: load a trained policy from a run directory and call it on numpy observations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saferl.core.distributions import gaussian_sample
+from saferl.core.networks import GaussianPolicy
+from saferl.core.normalization import RunningStats, normalize
+
+
+class Policy:
+    """A trained Gaussian policy with its observation normaliser.
+
+    ``policy(obs)`` accepts one observation ``[obs_dim]`` or a batch ``[B, obs_dim]`` (numpy or
+    anything array-like) and returns actions of the matching shape, clipped to the action bounds.
+    ``deterministic=True`` (the default) returns the mean action; ``False`` samples.
+    """
+
+    def __init__(self, module: GaussianPolicy, params: Any, obs_stats: RunningStats | None,
+                 action_low: np.ndarray, action_high: np.ndarray, seed: int = 0,
+                 info: dict[str, Any] | None = None) -> None:
+        self.module, self.params, self.obs_stats = module, params, obs_stats
+        self.action_low = np.asarray(action_low, np.float32)
+        self.action_high = np.asarray(action_high, np.float32)
+        self.info = dict(info or {})
+        self._key = jax.random.PRNGKey(seed)
+
+        def forward(params: Any, stats: Any, obs: jax.Array, key: jax.Array,
+                    deterministic: bool) -> jax.Array:
+            if stats is not None:
+                obs = normalize(stats, obs)
+            mean, log_std = module.apply(params, obs)
+            action = mean if deterministic else gaussian_sample(key, mean, log_std)
+            return jnp.clip(action, self.action_low, self.action_high)
+
+        self._forward = jax.jit(forward, static_argnums=4)
+
+    def __call__(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Actions for ``obs`` (see the class docstring)."""
+        obs = np.asarray(obs, np.float32)
+        single = obs.ndim == 1
+        batch = obs[None] if single else obs
+        self._key, key = jax.random.split(self._key)
+        actions = np.asarray(self._forward(self.params, self.obs_stats, jnp.asarray(batch), key,
+                                           bool(deterministic)))
+        return actions[0] if single else actions
+
+    @property
+    def obs_dim(self) -> int:
+        """Length of the observations the policy expects."""
+        return int(self.info["obs_dim"])
+
+    @classmethod
+    def load(cls, run_dir: str | Path, seed_index: int = 0, checkpoint: str | None = None
+             ) -> Policy:
+        """Load the policy of one seed from a run directory's latest (or a named) checkpoint."""
+        from saferl.training import restore_states
+
+        config_record, entry, config, spec, states, _ = restore_states(run_dir, checkpoint)
+        seeds = config.run.seed_list
+        if not 0 <= seed_index < len(seeds):
+            raise IndexError(
+                f"seed_index {seed_index} is out of range: the run trained {len(seeds)} seed(s) "
+                f"{list(seeds)}.")
+        pick = lambda x: x[seed_index]  # noqa: E731
+        params = jax.tree_util.tree_map(pick, states.agent.policy_params)
+        stats = (jax.tree_util.tree_map(pick, states.obs_stats)
+                 if config.run.normalize_observations else None)
+        module = GaussianPolicy(spec.action_dim, tuple(config.run.hidden_sizes),
+                                config.run.activation, config.run.init_log_std)
+        info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
+                "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir)}
+        return cls(module, params, stats, spec.action_space.low, spec.action_space.high,
+                   seed=seeds[seed_index], info=info)
+
+
+def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | None = None) -> Policy:
+    """Load a trained :class:`Policy` from ``run_dir`` (see :meth:`Policy.load`)."""
+    return Policy.load(run_dir, seed_index=seed_index, checkpoint=checkpoint)

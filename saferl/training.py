@@ -1,0 +1,299 @@
+"""Training front door: ``saferl.train(...)`` — configuration, the loop, logging, resume.
+
+The loop itself is small: run one engine iteration for every seed, log, checkpoint every
+``checkpoint_every`` iterations and at the end, draw the curves. A run interrupted at any point
+resumes from its last checkpoint; on native tasks the whole state (environments included) is in
+the checkpoint, so the resumed run reproduces the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saferl.algos.on_policy import Engine, EpisodeTracker, TrainState
+from saferl.algos.registry import Algorithm, get_algorithm
+from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
+from saferl.envs.core import EnvSpec, VecEnv
+from saferl.envs.native import NATIVE_TASKS, NativeTask, make_task
+from saferl.runs import RunDirectory, new_run_dir, plot_curves
+
+DEFAULT_ALGORITHM = "ppo_lag"
+Callback = Callable[[int, dict[str, np.ndarray]], None]
+
+
+def build_config(algo: str, config_file: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Any:
+    """The algorithm's configuration: defaults, then a config file, then ``overrides``.
+
+    ``overrides`` and the file use the configuration's nested layout; the shared settings may
+    also be given at top level (``{"env": ..., "steps": ...}``).
+    """
+    entry = get_algorithm(algo)
+    data: dict[str, Any] = {}
+    for source in (load_config_file(config_file) if config_file else {}, overrides or {}):
+        source = merge_shared(entry.config_class, source)
+        for key, value in source.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+    return config_from_dict(entry.config_class, data)
+
+
+def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
+    """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
+    run = config.run
+    if run.env in NATIVE_TASKS:
+        task = make_task(run.env, **run.env_kwargs)
+        spec, envs = task.spec, None
+    else:
+        from saferl.envs import make
+
+        task = None
+        envs = [make(run.env, num_envs=run.num_envs, seed=seed, **run.env_kwargs)
+                for seed in run.seed_list]
+        spec = envs[0].spec
+    if len(run.cost_limit) != spec.num_costs:
+        names = ", ".join(spec.cost_names)
+        example = " ".join(["10"] * spec.num_costs)
+        raise ValueError(
+            f"cost_limit has {len(run.cost_limit)} value(s) {list(run.cost_limit)} but "
+            f"{spec.id!r} has {spec.num_costs} cost(s) ({names}); give one limit per cost, e.g. "
+            f"--cost-limit {example}.")
+    return spec, task, envs
+
+
+def _spec_record(spec: EnvSpec) -> dict[str, Any]:
+    return {"id": spec.id, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+            "num_costs": spec.num_costs, "cost_names": list(spec.cost_names),
+            "max_episode_steps": spec.max_episode_steps,
+            "action_low": np.asarray(spec.action_space.low).tolist(),
+            "action_high": np.asarray(spec.action_space.high).tolist()}
+
+
+def restore_states(run_dir: str | Path, checkpoint: str | None = None
+                   ) -> tuple[dict, Algorithm, Any, EnvSpec, TrainState, dict]:
+    """Rebuild the configuration, spec and training state stored in a run directory."""
+    run = RunDirectory(run_dir)
+    record = run.read_config()
+    entry = get_algorithm(record["algo"])
+    config = config_from_dict(entry.config_class, record["config"])
+    if config.run.env in NATIVE_TASKS:
+        task: NativeTask | None = make_task(config.run.env, **config.run.env_kwargs)
+        spec = task.spec  # type: ignore[union-attr]
+    else:
+        import gymnasium
+
+        task = None
+        s = record["spec"]
+        spec = EnvSpec(s["id"], gymnasium.spaces.Box(-np.inf, np.inf, (s["obs_dim"],), np.float32),
+                       gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
+                                            np.asarray(s["action_high"], np.float32)),
+                       s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
+    engine = Engine.__new__(Engine)  # only the templates are needed, not the compiled functions
+    engine.algo, engine.config, engine.spec, engine.task = entry, config, spec, task
+    from saferl.algos.on_policy import make_networks
+
+    engine.networks = make_networks(config.run, spec)
+    template = Engine.init_states(engine)
+    states, meta = run.load_checkpoint(template, checkpoint)
+    return record, entry, config, spec, states, meta
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: The run directory.
+        algo: Algorithm name.
+        config: The resolved configuration.
+        summary: Per-seed final figures (mean over the last iterations) and their mean ± std.
+        history: Every logged row (as in ``progress.csv``).
+    """
+
+    run_dir: Path
+    algo: str
+    config: Any
+    summary: dict[str, Any]
+    history: list[dict[str, float]]
+
+    def policy(self, seed_index: int = 0) -> Any:
+        """The trained policy of one seed (see :class:`saferl.policy.Policy`)."""
+        from saferl.policy import Policy
+
+        return Policy.load(self.run_dir, seed_index=seed_index)
+
+
+def train(algo: str = DEFAULT_ALGORITHM, env: str | None = None, *,
+          cost_limit: float | list[float] | tuple[float, ...] | None = None,
+          steps: int | None = None, seed: int | None = None, seeds: list[int] | None = None,
+          run_dir: str | Path | None = None, config: Any | None = None,
+          config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+          resume: str | Path | None = None, progress: bool = True,
+          callback: Callback | None = None) -> TrainResult:
+    """Train a safe-RL agent and return its run.
+
+    Args:
+        algo: Algorithm name (``saferl list``); ignored when resuming.
+        env: Environment id (default: native BallCircle).
+        cost_limit: One limit per constraint (a single number for one constraint).
+        steps: Environment steps per seed (when resuming: a new, larger total to extend to).
+        seed: Random seed.
+        seeds: Several seeds trained together in one process.
+        run_dir: Where to write the run (default: a new folder under ``runs/``).
+        config: A complete configuration object (then the shortcuts above override it).
+        config_file: A TOML/JSON file with configuration fields.
+        overrides: Nested dict of configuration fields.
+        resume: A run directory to continue from its last checkpoint.
+        progress: Show a progress bar and the final summary table.
+        callback: Called as ``callback(iteration, metrics)`` after every iteration.
+
+    Returns:
+        A :class:`TrainResult` with the run directory, summary and history.
+    """
+    if resume is not None:
+        return _resume(Path(resume), steps=steps, progress=progress, callback=callback)
+    shortcuts: dict[str, Any] = {}
+    if env is not None:
+        shortcuts["env"] = env
+    if cost_limit is not None:
+        limits = [cost_limit] if isinstance(cost_limit, int | float) else list(cost_limit)
+        shortcuts["cost_limit"] = [float(x) for x in limits]
+    for name, value in (("steps", steps), ("seed", seed), ("seeds", seeds),
+                        ("run_dir", str(run_dir) if run_dir is not None else None)):
+        if value is not None:
+            shortcuts[name] = value
+    if config is None:
+        merged = dict(overrides or {})
+        merged.update(shortcuts)
+        config = build_config(algo, config_file, merged)
+    elif shortcuts or overrides:
+        data = config_to_dict(config)
+        for source in (overrides or {}, {"run": shortcuts}):
+            for key, value in merge_shared(type(config), source).items():
+                data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        config = config_from_dict(type(config), data)
+    entry = get_algorithm(algo)
+    if not isinstance(config, entry.config_class):
+        raise TypeError(f"config is a {type(config).__name__}, but {algo!r} needs a "
+                        f"{entry.config_class.__name__}.")
+    path = Path(config.run.run_dir) if config.run.run_dir else new_run_dir(algo, config.run.env)
+    if (path / "config.json").exists():
+        raise FileExistsError(
+            f"Run directory {str(path)!r} already holds a run; pass resume={str(path)!r} "
+            f"(CLI: --resume {path}) to continue it, or choose another run_dir.")
+    spec, task, envs = make_environment(config)
+    run = RunDirectory(path)
+    run.write_config({"algo": algo, "config": config_to_dict(config),
+                      "spec": _spec_record(spec)})
+    return _loop(entry, config, spec, task, envs, run, None, progress, callback)
+
+
+def _resume(path: Path, steps: int | None, progress: bool,
+            callback: Callback | None) -> TrainResult:
+    record, entry, config, spec, states, meta = restore_states(path)
+    if steps is not None:
+        config = replace(config, run=replace(config.run, steps=steps))
+        record["config"] = config_to_dict(config)
+        RunDirectory(path).write_config({k: v for k, v in record.items()
+                                         if k != "saferl_version"})
+    _, task, envs = make_environment(config)
+    if task is None:
+        # Host simulators cannot be checkpointed: episodes restart, so forget partial sums.
+        tracker = states.tracker
+        states = states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x) for x in tracker)))
+    return _loop(entry, config, spec, task, envs, RunDirectory(path), (states, meta), progress,
+                 callback)
+
+
+def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
+          envs: list[VecEnv] | None, run: RunDirectory, resumed: tuple[TrainState, dict] | None,
+          progress: bool, callback: Callback | None) -> TrainResult:
+    engine = Engine(entry, config, spec, task=task, envs=envs)
+    seeds = config.run.seed_list
+    batch = config.run.batch_size
+    total = config.run.iterations
+    if resumed is None:
+        states, start, elapsed = engine.init_states(), 0, 0.0
+    else:
+        states, meta = resumed
+        start, elapsed = int(meta["iteration"]), float(meta["wall_time"])
+        run.truncate_progress(start, start * batch, seeds)
+    cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)
+
+    def checkpoint(iteration: int) -> None:
+        run.save_checkpoint(states, iteration, {
+            "env_steps": iteration * batch, "wall_time": elapsed + time.time() - began,
+            "seeds": list(seeds), "algo": entry.name})
+
+    from saferl.progress import ProgressDisplay
+
+    began = time.time()
+    display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
+                              start_steps=start * batch)
+    iteration = start
+    try:
+        with display:
+            for iteration in range(start + 1, total + 1):
+                states, metrics = engine.iterate(states, cost_limit)
+                wall = elapsed + time.time() - began
+                run.log(iteration, iteration * batch, wall, seeds, metrics)
+                display.update(iteration * batch, metrics)
+                if iteration % config.run.checkpoint_every == 0 or iteration == total:
+                    checkpoint(iteration)
+                if callback is not None:
+                    callback(iteration, metrics)
+    except KeyboardInterrupt:
+        # `states` is the state after the last *completed* iteration: save it so that nothing
+        # done so far is lost (unless that iteration was already checkpointed).
+        if iteration > start and run.latest_checkpoint() != f"iter_{iteration:07d}":
+            checkpoint(iteration)
+        raise
+    finally:
+        run.close()
+        if envs:
+            for env in envs:
+                env.close()
+    plot_curves(run, config.run.cost_limit, spec.cost_names)
+    history = run.read_progress()
+    summary = summarize(history, seeds, spec, config.run.cost_limit)
+    if progress:
+        from saferl.progress import print_summary
+
+        print_summary(summary, spec, config.run.cost_limit, run.path)
+    return TrainResult(run.path, entry.name, config, summary, history)
+
+
+def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: EnvSpec,
+              cost_limit: tuple[float, ...], last: int = 5) -> dict[str, Any]:
+    """Final figures per seed: mean over the last ``last`` iterations with finished episodes."""
+    names = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
+    per_seed: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        rows = [r for r in history if int(r["seed"]) == seed and
+                math.isfinite(r.get("rollout/ep_return", math.nan))]
+        tail = rows[-last:]
+        figures = {n: float(np.mean([r[n] for r in tail])) if tail else math.nan for n in names}
+        final = [r for r in history if int(r["seed"]) == seed]
+        for i in range(spec.num_costs):
+            key = f"train/cost_rate_{i}"
+            figures[key] = final[-1].get(key, math.nan) if final else math.nan
+        per_seed[seed] = figures
+    keys = list(next(iter(per_seed.values())).keys()) if per_seed else []
+    aggregate = {k: (float(np.mean([v[k] for v in per_seed.values()])),
+                     float(np.std([v[k] for v in per_seed.values()]))) for k in keys}
+    satisfied = all(
+        per_seed[s][f"rollout/ep_cost_{i}"] <= cost_limit[i]
+        for s in seeds for i in range(spec.num_costs))
+    return {"per_seed": per_seed, "mean_std": aggregate, "constraints_satisfied": satisfied,
+            "window": last}
