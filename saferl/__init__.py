@@ -16,10 +16,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from saferl.envs import check_env, list_envs, make  # noqa: E402
-from saferl.evaluation import evaluate  # noqa: E402
-from saferl.policy import Policy, load  # noqa: E402
-from saferl.training import TrainResult, train  # noqa: E402
+from saferl.envs import check_env, list_envs, make
+from saferl.evaluation import evaluate
+from saferl.policy import Policy, load
+from saferl.training import TrainResult, train
 
 __all__ = ["Policy", "TrainResult", "__version__", "check_env", "evaluate", "list_envs", "load",
            "make", "train"]

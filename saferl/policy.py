@@ -62,7 +62,7 @@ class Policy:
         """Load the policy of one seed from a run directory's latest (or a named) checkpoint."""
         from saferl.training import restore_states
 
-        config_record, entry, config, spec, states, _ = restore_states(run_dir, checkpoint)
+        _config_record, entry, config, spec, states, _ = restore_states(run_dir, checkpoint)
         seeds = config.run.seed_list
         if not 0 <= seed_index < len(seeds):
             raise IndexError(

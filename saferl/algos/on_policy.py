@@ -311,7 +311,8 @@ def track_episodes(tracker: EpisodeTracker, rollout: Rollout) -> tuple[EpisodeTr
         cost = tracked.episode_cost + costs
         length = tracked.episode_length + 1
         finished = done.astype(ret.dtype)
-        sums = (sum_return + jnp.sum(ret * finished), sum_cost + jnp.sum(cost * finished[:, None], 0),
+        sums = (sum_return + jnp.sum(ret * finished),
+                sum_cost + jnp.sum(cost * finished[:, None], 0),
                 sum_length + jnp.sum(length * finished), count + jnp.sum(finished))
         keep = 1.0 - finished
         tracked = EpisodeTracker(ret * keep, cost * keep[:, None],
@@ -360,7 +361,7 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
     limit_steps = spec.max_episode_steps or steps
     episode_length = jnp.where(finished, episodes["sum_length"] / count, float(limit_steps))
 
-    flat = lambda x: x.reshape((steps * num_envs,) + x.shape[2:])  # noqa: E731
+    flat = lambda x: x.reshape((steps * num_envs, *x.shape[2:]))  # noqa: E731
     old_mean, old_log_std = networks.policy.apply(state.agent.policy_params, flat(observations))
     batch = Batch(flat(observations), flat(rollout.actions), flat(rollout.log_probs), old_mean,
                   old_log_std, flat(advantages), flat(returns), cost_estimate, has_estimate,

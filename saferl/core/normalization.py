@@ -30,7 +30,8 @@ def running_stats_update(stats: RunningStats, batch: jax.Array) -> RunningStats:
     delta = batch_mean - stats.mean
     total = stats.count + batch_count
     mean = stats.mean + delta * batch_count / total
-    m2 = stats.var * stats.count + batch_var * batch_count + delta**2 * stats.count * batch_count / total
+    m2 = (stats.var * stats.count + batch_var * batch_count
+          + delta**2 * stats.count * batch_count / total)
     return RunningStats(mean, m2 / total, total)
 
 

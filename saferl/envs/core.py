@@ -54,7 +54,8 @@ class EnvSpec:
 
     def __post_init__(self) -> None:
         if self.num_costs < 1:
-            raise EnvError(f"EnvSpec.num_costs must be >= 1 (a CMDP has a cost); got {self.num_costs}.")
+            raise EnvError(
+                f"EnvSpec.num_costs must be >= 1 (a CMDP has a cost); got {self.num_costs}.")
         if not self.cost_names:
             names = ("cost",) if self.num_costs == 1 else tuple(
                 f"cost_{i}" for i in range(self.num_costs))

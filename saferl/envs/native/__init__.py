@@ -28,7 +28,8 @@ from saferl.envs.native.run import Run
 
 NATIVE_TASKS: dict[str, tuple[Callable[..., NativeTask], str]] = {
     "saferl/BallCircle-v0": (lambda **kw: Circle(agent="ball", **kw),
-                             "ball runs clockwise along a circle, cost outside |x| ≤ 6 (200 steps)"),
+                             "ball runs clockwise along a circle, cost outside |x| ≤ 6 "
+                             "(200 steps)"),
     "saferl/CarCircle-v0": (lambda **kw: Circle(agent="car", **kw),
                             "car runs clockwise along a circle, cost outside |x| ≤ 6 (300 steps)"),
     "saferl/BallRun-v0": (lambda **kw: Run(agent="ball", **kw),

@@ -16,7 +16,7 @@ works).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import gymnasium
 import jax
@@ -97,9 +97,12 @@ def episode_step(task: NativeTask, state: EpisodeState,
     next_task_state = jax.tree_util.tree_map(
         lambda fresh, old: jnp.where(done, fresh, old), reset_state, task_state)
     next_obs = jnp.where(done, reset_obs, obs)
+    # Select the final observation from `next_obs` where nothing ended, so that the two are
+    # bit-identical there (XLA may otherwise evaluate `obs` twice with different rounding).
+    final_obs = jnp.where(done, obs, next_obs)
     next_state = EpisodeState(next_task_state, next_obs,
                               jnp.where(done, 0, episode_step_count).astype(jnp.int32), key)
-    return next_state, EpisodeStep(next_obs, reward, costs, terminated, truncated, obs)
+    return next_state, EpisodeStep(next_obs, reward, costs, terminated, truncated, final_obs)
 
 
 def batch_reset(task: NativeTask, key: jax.Array, num_envs: int) -> EpisodeState:
@@ -124,15 +127,18 @@ class NativeVecEnv:
         self.task = task
         self.spec = task.spec
         self.num_envs = num_envs
-        self._reset = jax.jit(lambda key: batch_reset(task, key, num_envs))
+        self._reset = jax.jit(jax.vmap(lambda key: episode_reset(task, key)))
         self._step = jax.jit(lambda state, actions: batch_step(task, state, actions))
-        self._state = self._reset(jax.random.PRNGKey(seed))
+        self._state = self._reset(self._keys(seed))
+
+    def _keys(self, seed: int) -> jax.Array:
+        return jax.vmap(jax.random.PRNGKey)(seed + jnp.arange(self.num_envs))
 
     def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every copy (a fresh key from ``seed``, or continue the RNG stream)."""
-        key = (jax.random.PRNGKey(seed) if seed is not None
-               else jax.random.fold_in(self._state.key[0], 7))
-        self._state = self._reset(key)
+        """Reset every copy: copy ``i`` from ``seed + i``, or continue each copy's stream."""
+        keys = (self._keys(seed) if seed is not None
+                else jax.vmap(lambda k: jax.random.fold_in(k, 7))(self._state.key))
+        self._state = self._reset(keys)
         return np.asarray(self._state.observation)
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -158,7 +164,7 @@ class NativeGymEnv(gymnasium.Env):
     ``TimeLimit`` wrapper from the registration, so this class only reports termination.
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, task: NativeTask, render_mode: str | None = None) -> None:
         self.task = task

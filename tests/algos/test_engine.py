@@ -1,0 +1,166 @@
+"""The on-policy engine and run directories: determinism, seeds, save/load, resume, faults."""
+
+import math
+
+import gymnasium
+import jax
+import numpy as np
+import pytest
+
+import saferl
+from saferl.core.normalization import normalize
+from saferl.envs import NonFiniteError
+from saferl.training import restore_states
+from tests.conftest import SMALL, SMALL_PPO
+
+
+def small_train(tmp_path, name, **kwargs):
+    overrides = {"run": dict(SMALL), "ppo": dict(SMALL_PPO)}
+    overrides["run"].update(kwargs.pop("run", {}))
+    return saferl.train(kwargs.pop("algo", "ppo_lag"), overrides=overrides,
+                        run_dir=tmp_path / name, progress=False, **kwargs)
+
+
+def rows_without_time(history):
+    return [{k: v for k, v in row.items() if k != "wall_time"} for row in history]
+
+
+def assert_same_rows(a, b, rtol=0.0):
+    assert len(a) == len(b)
+    for row_a, row_b in zip(a, b, strict=True):
+        assert row_a.keys() == row_b.keys()
+        for key in row_a:
+            x, y = row_a[key], row_b[key]
+            if math.isnan(x):
+                assert math.isnan(y), key
+            else:
+                assert y == pytest.approx(x, rel=rtol, abs=1e-6 if rtol else 0.0), key
+
+
+def test_same_seed_same_numbers_and_different_seed_different(tmp_path):
+    a = small_train(tmp_path, "a", seed=3)
+    b = small_train(tmp_path, "b", seed=3)
+    c = small_train(tmp_path, "c", seed=4)
+    assert_same_rows(rows_without_time(a.history), rows_without_time(b.history))
+    returns_a = [r["rollout/ep_return"] for r in a.history]
+    returns_c = [r["rollout/ep_return"] for r in c.history]
+    assert returns_a != returns_c
+    assert len(a.history) == 5  # 4000 steps / 800 per iteration
+    assert (a.run_dir / "curves.png").is_file() and (a.run_dir / "config.json").is_file()
+    assert list((a.run_dir / "tb").glob("seed_3/events.*"))
+
+
+def test_vectorised_seeds_match_separate_runs(tmp_path):
+    both = small_train(tmp_path, "both", seeds=[0, 1])
+    one = small_train(tmp_path, "one", seed=1)
+    rows_both = [r for r in rows_without_time(both.history) if r["seed"] == 1]
+    # vmap batches the same arithmetic; allow float32 reassociation noise only.
+    assert_same_rows(rows_both, rows_without_time(one.history), rtol=2e-3)
+
+
+def test_save_load_gives_the_same_actions(tmp_path):
+    result = small_train(tmp_path, "run", seeds=[5, 6])
+    _, _, config, spec, states, _ = restore_states(result.run_dir)
+    obs = np.random.default_rng(0).normal(size=(16, spec.obs_dim)).astype(np.float32)
+    for index in range(2):
+        policy = saferl.load(result.run_dir, seed_index=index)
+        pick = lambda x, i=index: x[i]  # noqa: E731
+        params = jax.tree_util.tree_map(pick, states.agent.policy_params)
+        stats = jax.tree_util.tree_map(pick, states.obs_stats)
+        from saferl.core.networks import GaussianPolicy
+
+        module = GaussianPolicy(spec.action_dim, tuple(config.run.hidden_sizes))
+        mean, _ = module.apply(params, normalize(stats, obs))
+        # Same parameters and normaliser; only XLA's fusion of the jitted forward may differ.
+        np.testing.assert_allclose(policy(obs), np.clip(np.asarray(mean), -1, 1), rtol=1e-5,
+                                   atol=1e-7)
+        again = saferl.load(result.run_dir, seed_index=index)
+        np.testing.assert_array_equal(policy(obs), again(obs))
+        assert policy(obs[0]).shape == (spec.action_dim,)
+    assert not np.array_equal(saferl.load(result.run_dir, 0)(obs), saferl.load(result.run_dir,
+                                                                                 1)(obs))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Crash])
+def test_resume_equals_uninterrupted(tmp_path, interrupt):
+    full = small_train(tmp_path, "full", run={"steps": 4800})
+
+    def kill(iteration, metrics):
+        if iteration == 5:
+            raise interrupt()
+
+    with pytest.raises(interrupt):
+        small_train(tmp_path, "killed", run={"steps": 4800}, callback=kill)
+    # KeyboardInterrupt saves iteration 5; a crash leaves the periodic checkpoint of iteration 4.
+    resumed = saferl.train(resume=tmp_path / "killed", progress=False)
+    assert_same_rows(rows_without_time(full.history), rows_without_time(resumed.history))
+    _, _, _, _, s_full, _ = restore_states(full.run_dir)
+    _, _, _, _, s_resumed, meta = restore_states(resumed.run_dir)
+    assert meta["iteration"] == 6
+    for x, y in zip(jax.tree_util.tree_leaves(s_full), jax.tree_util.tree_leaves(s_resumed),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    first = small_train(tmp_path, "run")
+    longer = saferl.train(resume=first.run_dir, steps=5600, progress=False)
+    assert [r["iteration"] for r in longer.history] == [1, 2, 3, 4, 5, 6, 7]
+
+
+class NaNCostEnv(gymnasium.Env):
+    """Returns a NaN cost at its 7th step."""
+
+    observation_space = gymnasium.spaces.Box(-1, 1, (3,))
+    action_space = gymnasium.spaces.Box(-1, 1, (1,))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        cost = float("nan") if self.t == 7 else 0.0
+        return np.zeros(3, np.float32), 0.0, False, self.t >= 10, {"cost": cost}
+
+
+def test_non_finite_cost_names_env_and_step_and_keeps_checkpoint(tmp_path):
+    gymnasium.register("SaferlTest/NaNCost-v0", entry_point=NaNCostEnv)
+    with pytest.raises(NonFiniteError, match=r"cost at step \d+ in env index \d"):
+        saferl.train("ppo", "SaferlTest/NaNCost-v0", run_dir=tmp_path / "nan", progress=False,
+                     overrides={"run": {"num_envs": 2, "rollout_steps": 4, "steps": 64,
+                                        "checkpoint_every": 1}, "ppo": {"minibatches": 2}})
+    # Iteration 1 covered steps 1–4 of each copy; the NaN came at step 7, inside iteration 2.
+    from saferl.runs import RunDirectory
+
+    assert RunDirectory(tmp_path / "nan").latest_checkpoint() == "iter_0000001"
+
+
+def test_cost_limit_count_must_match_the_constraints(tmp_path):
+    with pytest.raises(ValueError, match=r"has 2 cost\(s\).*one limit per cost"):
+        saferl.train("ppo_lag", "saferl/BallCircle-v0", cost_limit=10, progress=False,
+                     run_dir=tmp_path / "x", overrides={"env_kwargs": {"speed_limit": 2.0}})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"cost_limit": [-1.0]}, "cost_limit values must be finite and >= 0"),
+    ({"cost_limit": [float("inf")]}, "cost_limit values must be finite"),
+    ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
+    ({"ppo": {"minibatches": 7}}, "must divide the batch"),
+    ({"lagrange": {"method": "adam"}}, "lagrange.method"),
+    ({"no_such_field": 1}, "Unknown configuration field no_such_field"),
+])
+def test_bad_configuration_is_one_clear_sentence(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        saferl.training.build_config("ppo_lag", overrides=overrides)
+
+
+def test_unknown_algorithm_suggests_the_nearest():
+    with pytest.raises(KeyError, match="Did you mean 'ppo_lag'"):
+        saferl.train("ppo_lgs", progress=False)

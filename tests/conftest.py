@@ -1,0 +1,13 @@
+"""Shared test settings: a persistent XLA compilation cache keeps repeated compiles cheap."""
+
+import os
+
+import jax
+
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("SAFERL_TEST_JAX_CACHE", "/tmp/saferl-test-jax-cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+SMALL = {"env": "saferl/BallRun-v0", "num_envs": 8, "rollout_steps": 100, "steps": 4000,
+         "checkpoint_every": 2, "hidden_sizes": [32, 32]}
+SMALL_PPO = {"epochs": 2, "minibatches": 4}
