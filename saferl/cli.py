@@ -166,6 +166,25 @@ def _list(args: list[str]) -> int:
     return 0
 
 
+def use_all_cores() -> None:
+    """Give XLA one CPU device per core, so that vectorised seeds are sharded across cores.
+
+    XLA runs the small matrix products of one seed on one core; with one device per core the
+    engine places different seeds on different cores. Must run before JAX starts its backend;
+    a no-op if the user already chose (``jax_num_cpu_devices`` or ``XLA_FLAGS``).
+    """
+    import os
+
+    import jax
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", max(1, len(os.sched_getaffinity(0))))
+    except (RuntimeError, AttributeError, ValueError):  # backend already initialised
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``saferl`` command; returns the exit status."""
     from saferl.algos.registry import UnknownAlgorithmError
@@ -182,11 +201,14 @@ def main(argv: list[str] | None = None) -> int:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return _error(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}.")
+    use_all_cores()
     try:
         return handlers[command](rest)
     except (UnknownAlgorithmError, ConfigError, EnvError, MissingBackendError, ValueError,
             FileExistsError, FileNotFoundError, IndexError) as error:
         return _error(str(error))
+    except SystemExit as exit_:  # tyro has printed --help, or a flag's error in its own box
+        return exit_.code if isinstance(exit_.code, int) else 2
 
 
 if __name__ == "__main__":  # pragma: no cover

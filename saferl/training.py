@@ -18,7 +18,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from saferl.algos.on_policy import Engine, EpisodeTracker, TrainState
+from saferl.algos.on_policy import (
+    Engine,
+    EpisodeTracker,
+    TrainState,
+    initial_states,
+    make_networks,
+)
 from saferl.algos.registry import Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
@@ -98,12 +104,7 @@ def restore_states(run_dir: str | Path, checkpoint: str | None = None
                        gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
                                             np.asarray(s["action_high"], np.float32)),
                        s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
-    engine = Engine.__new__(Engine)  # only the templates are needed, not the compiled functions
-    engine.algo, engine.config, engine.spec, engine.task = entry, config, spec, task
-    from saferl.algos.on_policy import make_networks
-
-    engine.networks = make_networks(config.run, spec)
-    template = Engine.init_states(engine)
+    template = initial_states(entry, config, spec, make_networks(config.run, spec), task)
     states, meta = run.load_checkpoint(template, checkpoint)
     return record, entry, config, spec, states, meta
 
@@ -226,6 +227,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         states, start, elapsed = engine.init_states(), 0, 0.0
     else:
         states, meta = resumed
+        states = engine.place(states)
         start, elapsed = int(meta["iteration"]), float(meta["wall_time"])
         run.truncate_progress(start, start * batch, seeds)
     cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)

@@ -4,6 +4,9 @@ import os
 
 import jax
 
+# Two XLA CPU devices, as the `saferl` command sets up: vectorised seeds are sharded across them.
+jax.config.update("jax_num_cpu_devices", 2)
+
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("SAFERL_TEST_JAX_CACHE", "/tmp/saferl-test-jax-cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -13,7 +13,10 @@ functions, ``init_agent`` and ``update``; everything else lives here once:
 3. **Update**: the algorithm's ``update`` on the flattened batch.
 
 Several seeds train at once: every leaf of :class:`TrainState` carries a leading seed axis and
-steps 1–3 are ``vmap``-ped over it. Cost limits are traced arrays, never static configuration.
+steps 1–3 are ``vmap``-ped over it. When the process has several XLA CPU devices (the ``saferl``
+command asks for one per core) the seed axis is also sharded across them, so that seeds run on
+different cores: XLA runs one seed's small matrix products on a single core. Cost limits are
+traced arrays, never static configuration.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class OnPolicyConfig:
     env: str = "saferl/BallCircle-v0"
     env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
     cost_limit: tuple[float, ...] = (10.0,)
-    steps: int = 1_000_000
+    steps: int = 2_000_000
     seed: int = 0
     seeds: tuple[int, ...] = ()
     num_envs: int = 64
@@ -271,6 +274,14 @@ def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networ
     )
 
 
+def initial_states(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Networks,
+                   task: NativeTask | None) -> TrainState:
+    """Initial states of every seed of ``config``, stacked along a leading seed axis."""
+    states = [init_train_state(algo, config, spec, networks, seed, task)
+              for seed in config.run.seed_list]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
 def act(networks: Networks, policy_params: Any, obs_stats: RunningStats, observations: jax.Array,
         key: jax.Array, normalize_observations: bool) -> tuple[jax.Array, jax.Array]:
     """Sample actions and their log-probabilities for raw observations ``[N, obs_dim]``."""
@@ -431,10 +442,21 @@ class Engine:
             self._env_steps = 0
 
     def init_states(self) -> TrainState:
-        """Initial states of every seed, stacked along a leading axis."""
-        states = [init_train_state(self.algo, self.config, self.spec, self.networks, seed,
-                                   self.task) for seed in self.config.run.seed_list]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+        """Initial states of every seed, stacked along a leading axis and placed."""
+        return self.place(initial_states(self.algo, self.config, self.spec, self.networks,
+                                         self.task))
+
+    def place(self, states: TrainState) -> TrainState:
+        """Shard the seed axis over the local devices (the largest count dividing the seeds)."""
+        devices = jax.local_devices()
+        count = max(d for d in range(1, min(len(devices), self.num_seeds) + 1)
+                    if self.num_seeds % d == 0)
+        if count == 1:
+            return jax.device_put(states, devices[0])
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(np.array(devices[:count]), ("seed",))
+        return jax.device_put(states, NamedSharding(mesh, PartitionSpec("seed")))
 
     def iterate(self, states: TrainState,
                 cost_limit: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:

@@ -52,7 +52,11 @@ class GaussianPolicy(nn.Module):
 
 
 class ValueCritics(nn.Module):
-    """``num_critics`` independent state-value MLPs evaluated together: ``[..., num_critics]``."""
+    """``num_critics`` independent state-value MLPs evaluated together: ``[..., num_critics]``.
+
+    Separate sub-networks rather than one ``nn.vmap``-stacked network: XLA on CPU runs the
+    batched matrix multiply of a stacked network about 1.8× slower than separate ones.
+    """
 
     num_critics: int
     hidden_sizes: Sequence[int] = (64, 64)
@@ -61,7 +65,6 @@ class ValueCritics(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
         """Values of ``obs`` for every critic, last axis ``num_critics``."""
-        stacked = nn.vmap(MLP, variable_axes={"params": 0}, split_rngs={"params": True},
-                          in_axes=None, out_axes=-2, axis_size=self.num_critics)
-        values = stacked(self.hidden_sizes, 1, self.activation, 1.0)(obs)
-        return values[..., 0]
+        values = [MLP(self.hidden_sizes, 1, self.activation, 1.0, name=f"critic_{i}")(obs)
+                  for i in range(self.num_critics)]
+        return jnp.concatenate(values, axis=-1)

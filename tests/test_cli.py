@@ -1,0 +1,73 @@
+"""The `saferl` command: train / eval / list, and one-sentence errors for bad input."""
+
+import json
+
+import pytest
+
+from saferl.cli import main
+from tests.conftest import SMALL
+
+
+def small_flags(run_dir):
+    return ["--env", SMALL["env"], "--num-envs", "8", "--rollout-steps", "100", "--steps",
+            "1600", "--hidden-sizes", "16", "16", "--ppo.epochs", "1", "--run-dir", str(run_dir),
+            "--quiet"]
+
+
+def test_list_shows_algorithms_and_environments(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ppo_lag", "ppo", "saferl/BallCircle-v0", "SafetyBallCircle-v0"):
+        assert name in out
+
+
+def test_train_then_eval_then_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "ppo_lag", *small_flags(run_dir), "--lagrange.method", "pid"]) == 0
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["algo"] == "ppo_lag" and record["config"]["lagrange"]["method"] == "pid"
+    assert record["config"]["run"]["env"] == SMALL["env"]
+    assert main(["eval", str(run_dir), "--episodes", "2", "--video",
+                 str(tmp_path / "ep.gif")]) == 0
+    out = capsys.readouterr().out
+    assert "deterministic" in out and "stochastic" in out and (tmp_path / "ep.gif").is_file()
+    assert main(["train", "--resume", str(run_dir), "--steps", "2400", "--quiet"]) == 0
+    rows = (run_dir / "progress.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3  # header + 3 iterations of 800 steps
+
+
+def test_config_file_then_flags_override(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('env = "saferl/BallRun-v0"\nsteps = 800\n[ppo]\nepochs = 1\n'
+                      '[lagrange]\nlr = 0.5\n')
+    run_dir = tmp_path / "run"
+    assert main(["train", "ppo_lag", "--config", str(config), "--num-envs", "8",
+                 "--rollout-steps", "100", "--lagrange.lr", "0.25", "--run-dir", str(run_dir),
+                 "--quiet"]) == 0
+    cfg = json.loads((run_dir / "config.json").read_text())["config"]
+    assert cfg["run"]["steps"] == 800 and cfg["ppo"]["epochs"] == 1
+    assert cfg["lagrange"]["lr"] == 0.25
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "ppo_lgs"], "Did you mean 'ppo_lag'"),
+    (["train", "ppo_lag", "--env", "SafetyBalCircle-v0"], "SafetyBallCircle-v0"),
+    (["train", "ppo_lag", "--steps", "0"], "steps must be a positive integer; got 0"),
+    (["train", "ppo_lag", "--cost-limit", "-5"], "cost_limit values must be finite and >= 0"),
+    (["train", "ppo_lag", "--cost-limit", "10", "10"], "one limit per cost"),
+    (["train", "ppo_lag", "--config", "missing.toml"], "does not exist"),
+    (["trian"], "Did you mean 'train'"),
+    (["eval", "no/such/run"], "not a saferl run directory"),
+    (["train", "--resume", "no/such/run"], "not a saferl run directory"),
+])
+def test_bad_input_is_one_clear_error(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "ppo", *small_flags(run_dir)]) == 0
+    assert main(["train", "ppo", *small_flags(run_dir)]) == 2
+    assert "--resume" in capsys.readouterr().err
