@@ -54,15 +54,30 @@ def build_config(algo: str, config_file: str | Path | None = None,
     return config_from_dict(entry.config_class, data)
 
 
+def build_task(run: Any) -> NativeTask:
+    """The native task of a run configuration, with its cost transform applied."""
+    task = make_task(run.env, **run.env_kwargs)
+    if run.cost_transform != "sparse":
+        from saferl.envs.wrappers import ShapedCostTask
+
+        task = ShapedCostTask(task, run.cost_transform, run.cost_buffer)  # type: ignore[assignment]
+    return task
+
+
 def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
     """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
     run = config.run
     if run.env in NATIVE_TASKS:
-        task = make_task(run.env, **run.env_kwargs)
+        task = build_task(run)
         spec, envs = task.spec, None
     else:
         from saferl.envs import make
 
+        if run.cost_transform != "sparse":
+            raise ValueError(
+                f"cost_transform {run.cost_transform!r} needs a safety margin, which only native "
+                f"tasks expose; for {run.env!r} wrap the env in "
+                f"saferl.envs.wrappers.SafetyMarginCost(env, margin_fn) and register it.")
         task = None
         envs = [make(run.env, num_envs=run.num_envs, seed=seed, **run.env_kwargs)
                 for seed in run.seed_list]
@@ -93,7 +108,7 @@ def restore_states(run_dir: str | Path, checkpoint: str | None = None
     entry = get_algorithm(record["algo"])
     config = config_from_dict(entry.config_class, record["config"])
     if config.run.env in NATIVE_TASKS:
-        task: NativeTask | None = make_task(config.run.env, **config.run.env_kwargs)
+        task: NativeTask | None = build_task(config.run)
         spec = task.spec  # type: ignore[union-attr]
     else:
         import gymnasium

@@ -30,10 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from saferl.core.distributions import gaussian_log_prob, gaussian_sample
 from saferl.core.lagrange import LagrangeState
-from saferl.core.networks import ACTIVATIONS, GaussianPolicy, ValueCritics
+from saferl.core.networks import ACTIVATIONS, MLP, GaussianPolicy, ValueCritics
 from saferl.core.normalization import (
     RunningStats,
     normalize,
@@ -68,6 +69,15 @@ class OnPolicyConfig:
         init_log_std: Initial log standard deviation of the Gaussian policy.
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
         run_dir: Run directory (default: a new folder under ``runs/``).
+        cost_transform: ``sparse`` (the env's cost), ``dense`` or ``barrier`` costs from the
+            task's safety margin (native tasks; see :mod:`saferl.envs.wrappers`).
+        cost_buffer: Safety buffer of the dense/barrier transforms, in the margin's units.
+        safety_predictor: CPO's learned safety predictor (CPO paper §6.3): constrain
+            ``c + α·P(a cost within the next T steps | s)`` instead of ``c``.
+        predictor_alpha: The weight α of the predicted probability.
+        predictor_horizon: The horizon T of the predictor's target.
+        predictor_steps: Adam steps refitting the predictor on each batch.
+        predictor_lr: Adam step size of the predictor.
     """
 
     env: str = "saferl/BallCircle-v0"
@@ -88,6 +98,13 @@ class OnPolicyConfig:
     init_log_std: float = -0.5
     checkpoint_every: int = 20
     run_dir: str | None = None
+    cost_transform: str = "sparse"
+    cost_buffer: float = 1.0
+    safety_predictor: bool = False
+    predictor_alpha: float = 1.0
+    predictor_horizon: int = 5
+    predictor_steps: int = 25
+    predictor_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         for limit in self.cost_limit:
@@ -109,6 +126,19 @@ class OnPolicyConfig:
                 f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}.")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
             raise ValueError(f"hidden_sizes must be positive sizes; got {self.hidden_sizes}.")
+        if self.cost_transform not in ("sparse", "dense", "barrier"):
+            raise ValueError(f"cost_transform must be 'sparse', 'dense' or 'barrier'; got "
+                             f"{self.cost_transform!r}.")
+        if not (self.cost_buffer > 0 and math.isfinite(self.cost_buffer)):
+            raise ValueError(f"cost_buffer must be a finite number > 0; got {self.cost_buffer}.")
+        if not (self.predictor_alpha >= 0 and math.isfinite(self.predictor_alpha)):
+            raise ValueError(
+                f"predictor_alpha must be a finite number >= 0; got {self.predictor_alpha}.")
+        for name in ("predictor_horizon", "predictor_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+        if not self.predictor_lr > 0:
+            raise ValueError(f"predictor_lr must be > 0; got {self.predictor_lr}.")
         if len(set(self.seed_list)) != len(self.seed_list):
             raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
 
@@ -129,10 +159,18 @@ class OnPolicyConfig:
 
 
 class Networks(NamedTuple):
-    """The policy and critic modules (parameters live in :class:`AgentState`)."""
+    """The policy, critic and safety-predictor modules (parameters live in the state)."""
 
     policy: GaussianPolicy
     critics: ValueCritics
+    predictor: MLP
+
+
+class PredictorState(NamedTuple):
+    """Parameters and Adam state of the safety predictor (unused unless enabled)."""
+
+    params: Any
+    opt_state: Any
 
 
 class AgentState(NamedTuple):
@@ -152,6 +190,7 @@ class EpisodeTracker(NamedTuple):
     episode_return: jax.Array  # [N]
     episode_cost: jax.Array  # [N, m]
     episode_length: jax.Array  # [N]
+    discounted_cost: jax.Array  # [N, m]: Σ_t γ_c^t c_t, the quantity the constraint limits
 
 
 class TrainState(NamedTuple):
@@ -163,6 +202,7 @@ class TrainState(NamedTuple):
     env_state: Any  # EpisodeState for native tasks, () for host environments
     key: jax.Array
     iteration: jax.Array
+    predictor: PredictorState
     total_cost: jax.Array  # [m] all cost incurred so far (for the cost rate)
     cost_estimate: jax.Array  # [m] latest episode-cost estimate
     has_cost_estimate: jax.Array  # bool: an episode has finished at least once
@@ -186,9 +226,12 @@ class Batch(NamedTuple):
 
     ``advantages`` and ``returns`` have ``1 + m`` channels: the reward, then each cost. They are
     raw GAE values: each algorithm normalises the reward channel and centres the cost channels
-    (ALGORITHMS.md §1). ``episode_cost`` (``[m]``) is the batch's episode-cost estimate in
-    episode units; ``episode_length`` the mean length of the batch's finished episodes (or the
-    time limit when none finished), which CPO needs to put gradients in episode units.
+    (ALGORITHMS.md §1). ``episode_cost`` (``[m]``) is the constraint-cost estimate in episode
+    units: the mean (γ_c-discounted) cost of the batch's finished episodes; if none finished,
+    the previous estimate; before any episode has finished, the cost critics' λ-returns at the
+    rollout's first states (then ``has_episode_cost`` is false). ``episode_length`` is the mean
+    length of the batch's finished episodes (or the time limit when none finished), which CPO
+    needs to put gradients in episode units.
     """
 
     observations: jax.Array
@@ -219,11 +262,58 @@ class OnPolicyAlgorithm(Protocol):
 
 
 def make_networks(config: OnPolicyConfig, spec: EnvSpec) -> Networks:
-    """The policy and the ``1 + m`` critics for ``spec``."""
+    """The policy, the ``1 + m`` critics and the safety predictor (1×32, m logits)."""
     return Networks(
         GaussianPolicy(spec.action_dim, tuple(config.hidden_sizes), config.activation,
                        config.init_log_std),
-        ValueCritics(1 + spec.num_costs, tuple(config.hidden_sizes), config.activation))
+        ValueCritics(1 + spec.num_costs, tuple(config.hidden_sizes), config.activation),
+        MLP((32,), spec.num_costs, "tanh"))
+
+
+def _predictor_tx(config: OnPolicyConfig) -> optax.GradientTransformation:
+    return optax.adam(config.predictor_lr)
+
+
+def unsafe_soon(costs: jax.Array, done: jax.Array, horizon: int) -> jax.Array:
+    """Predictor targets ``y_t = min(1, Σ_{j<T} c_{t+j})`` within each episode.
+
+    Args:
+        costs: ``[T, N, m]`` costs of a rollout.
+        done: ``[T, N]`` episode ended at this step (the window stops after it).
+        horizon: The window ``T`` (the window is cut at the rollout's end).
+
+    Returns:
+        ``[T, N, m]`` targets in {0, 1} for indicator costs.
+    """
+    steps = costs.shape[0]
+    total = jnp.zeros_like(costs)
+    alive = jnp.ones(costs.shape[:2], costs.dtype)  # no boundary between t and t + k
+    for k in range(horizon):
+        shifted = jnp.concatenate([costs[k:], jnp.zeros_like(costs[:k])], axis=0)[:steps]
+        total = total + alive[..., None] * shifted
+        ended = jnp.concatenate([done[k:], jnp.ones_like(done[:k])], axis=0)[:steps]
+        alive = alive * (1.0 - ended.astype(costs.dtype))
+    return jnp.minimum(1.0, total)
+
+
+def fit_predictor(config: OnPolicyConfig, networks: Networks, predictor: PredictorState,
+                  observations: jax.Array, targets: jax.Array) -> tuple[PredictorState, jax.Array]:
+    """``predictor_steps`` Adam steps of binary cross-entropy on the whole batch."""
+    tx = _predictor_tx(config)
+    obs = observations.reshape(-1, observations.shape[-1])
+    y = targets.reshape(-1, targets.shape[-1])
+
+    def loss_fn(params: Any) -> jax.Array:
+        logits = networks.predictor.apply(params, obs)
+        return optax.sigmoid_binary_cross_entropy(logits, y).mean()
+
+    def step(carry: PredictorState, _: None) -> tuple[PredictorState, jax.Array]:
+        loss, grads = jax.value_and_grad(loss_fn)(carry.params)
+        updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
+        return PredictorState(optax.apply_updates(carry.params, updates), opt_state), loss
+
+    predictor, losses = jax.lax.scan(step, predictor, None, length=config.predictor_steps)
+    return predictor, losses[-1]
 
 
 def init_network_params(networks: Networks, spec: EnvSpec, key: jax.Array) -> tuple[Any, Any]:
@@ -257,17 +347,20 @@ def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networ
     """The initial state of one seed (native tasks also reset their environments here)."""
     run: OnPolicyConfig = config.run
     key = jax.random.PRNGKey(seed)
-    key, agent_key, env_key = jax.random.split(key, 3)
+    key, agent_key, env_key, predictor_key = jax.random.split(key, 4)
     m = spec.num_costs
+    predictor_params = networks.predictor.init(predictor_key, jnp.zeros((1, spec.obs_dim)))
     env_state: Any = () if task is None else batch_reset(task, env_key, run.num_envs)
     return TrainState(
         agent=algo.init_agent(config, spec, networks, agent_key),
         obs_stats=running_stats_init(spec.obs_dim),
         tracker=EpisodeTracker(jnp.zeros(run.num_envs), jnp.zeros((run.num_envs, m)),
-                               jnp.zeros(run.num_envs, jnp.int32)),
+                               jnp.zeros(run.num_envs, jnp.int32), jnp.zeros((run.num_envs, m))),
         env_state=env_state,
         key=key,
         iteration=jnp.zeros((), jnp.int32),
+        predictor=PredictorState(predictor_params,
+                                 _predictor_tx(run).init(predictor_params)),
         total_cost=jnp.zeros(m),
         cost_estimate=jnp.zeros(m),
         has_cost_estimate=jnp.zeros((), bool),
@@ -311,33 +404,44 @@ def native_rollout(config: OnPolicyConfig, networks: Networks, task: NativeTask,
     return state._replace(env_state=env_state, key=key), rollout
 
 
-def track_episodes(tracker: EpisodeTracker, rollout: Rollout) -> tuple[EpisodeTracker,
-                                                                        dict[str, jax.Array]]:
-    """Accumulate per-copy episode sums; return sums over the episodes that finished."""
+def track_episodes(tracker: EpisodeTracker, rollout: Rollout, cost_gamma: float = 1.0,
+                   constraint_costs: jax.Array | None = None
+                   ) -> tuple[EpisodeTracker, dict[str, jax.Array]]:
+    """Accumulate per-copy episode sums; return sums over the episodes that finished.
+
+    Besides the undiscounted episode cost (what benchmarks report) it accumulates the
+    discounted cost ``Σ_t γ_c^t c⁺_t`` that the constraint limits, where ``c⁺`` is
+    ``constraint_costs`` (the predictor-shaped cost) or the raw cost; with γ_c = 1 and no
+    shaping the two are equal.
+    """
 
     def one_step(carry: tuple[EpisodeTracker, tuple], inputs: tuple) -> tuple[Any, None]:
-        tracked, (sum_return, sum_cost, sum_length, count) = carry
-        reward, costs, done = inputs
+        tracked, (sum_return, sum_cost, sum_length, count, sum_discounted) = carry
+        reward, costs, shaped, done = inputs
         ret = tracked.episode_return + reward
         cost = tracked.episode_cost + costs
+        discount = jnp.power(cost_gamma, tracked.episode_length.astype(costs.dtype))
+        discounted = tracked.discounted_cost + discount[:, None] * shaped
         length = tracked.episode_length + 1
         finished = done.astype(ret.dtype)
         sums = (sum_return + jnp.sum(ret * finished),
                 sum_cost + jnp.sum(cost * finished[:, None], 0),
-                sum_length + jnp.sum(length * finished), count + jnp.sum(finished))
+                sum_length + jnp.sum(length * finished), count + jnp.sum(finished),
+                sum_discounted + jnp.sum(discounted * finished[:, None], 0))
         keep = 1.0 - finished
         tracked = EpisodeTracker(ret * keep, cost * keep[:, None],
-                                 (length * keep).astype(jnp.int32))
+                                 (length * keep).astype(jnp.int32), discounted * keep[:, None])
         return (tracked, sums), None
 
     m = tracker.episode_cost.shape[-1]
     zero = jnp.zeros(())
     done = rollout.terminated | rollout.truncated
-    (tracker, (sum_return, sum_cost, sum_length, count)), _ = jax.lax.scan(
-        one_step, (tracker, (zero, jnp.zeros(m), zero, zero)),
-        (rollout.rewards, rollout.costs, done))
+    (tracker, (sum_return, sum_cost, sum_length, count, sum_discounted)), _ = jax.lax.scan(
+        one_step, (tracker, (zero, jnp.zeros(m), zero, zero, jnp.zeros(m))),
+        (rollout.rewards, rollout.costs,
+         rollout.costs if constraint_costs is None else constraint_costs, done))
     return tracker, {"episodes": count, "sum_return": sum_return, "sum_cost": sum_cost,
-                     "sum_length": sum_length}
+                     "sum_length": sum_length, "sum_discounted_cost": sum_discounted}
 
 
 def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks, spec: EnvSpec,
@@ -353,22 +457,43 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
 
     observations = prepare(rollout.observations)
     final_observations = prepare(rollout.final_observations)
+    done = rollout.terminated | rollout.truncated
+
+    # CPO's safety predictor: refit on this batch, then constrain c + α·P(unsafe soon | s).
+    predictor, predictor_metrics = state.predictor, {}
+    constraint_costs = rollout.costs
+    if run.safety_predictor:
+        targets = unsafe_soon(rollout.costs, done, run.predictor_horizon)
+        predictor, predictor_loss = fit_predictor(run, networks, predictor, observations,
+                                                  targets)
+        probability = jax.nn.sigmoid(networks.predictor.apply(predictor.params, observations))
+        constraint_costs = rollout.costs + run.predictor_alpha * probability
+        predictor_metrics = {"predictor/loss": predictor_loss,
+                             "predictor/mean_probability": probability.mean()}
+
     critic_params = state.agent.critic_params
     values = networks.critics.apply(critic_params, observations)
     next_values = networks.critics.apply(critic_params, final_observations)
-    signals = jnp.concatenate([rollout.rewards[..., None], rollout.costs], axis=-1)
+    signals = jnp.concatenate([rollout.rewards[..., None], constraint_costs], axis=-1)
     gamma = jnp.asarray([run.gamma] + [run.cost_gamma] * m)
     lam = jnp.asarray([run.gae_lambda] + [run.cost_gae_lambda] * m)
     advantages, returns = gae(signals, values, next_values, rollout.terminated,
                               rollout.truncated, gamma, lam)
 
-    tracker, episodes = track_episodes(state.tracker, rollout)
+    tracker, episodes = track_episodes(state.tracker, rollout, run.cost_gamma,
+                                       constraint_costs)
     finished = episodes["episodes"] > 0
     count = jnp.maximum(episodes["episodes"], 1.0)
     batch_cost = episodes["sum_cost"] / count
-    # No finished episode: keep the previous estimate (flagged in the metrics), never "0 cost".
-    cost_estimate = jnp.where(finished, batch_cost, state.cost_estimate)
+    # The constraint limits the (γ_c-)discounted episode cost; with γ_c = 1 it is batch_cost.
+    constraint_cost = episodes["sum_discounted_cost"] / count
+    # No finished episode in this batch: keep the previous estimate; before any episode has
+    # finished, use the cost critics' λ-returns at the rollout's first states. Never "0 cost".
+    start_value = returns[0, :, 1:].mean(axis=0)
+    cost_estimate = jnp.where(finished, constraint_cost,
+                              jnp.where(state.has_cost_estimate, state.cost_estimate, start_value))
     has_estimate = finished | state.has_cost_estimate
+    source = jnp.where(finished, 0.0, jnp.where(state.has_cost_estimate, 1.0, 2.0))
     limit_steps = spec.max_episode_steps or steps
     episode_length = jnp.where(finished, episodes["sum_length"] / count, float(limit_steps))
 
@@ -384,8 +509,8 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
                  if run.normalize_observations else state.obs_stats)
     total_cost = state.total_cost + rollout.costs.sum(axis=(0, 1))
     iteration = state.iteration + 1
-    new_state = TrainState(agent, obs_stats, tracker, state.env_state, key, iteration, total_cost,
-                           cost_estimate, has_estimate)
+    new_state = TrainState(agent, obs_stats, tracker, state.env_state, key, iteration, predictor,
+                           total_cost, cost_estimate, has_estimate)
 
     nan = jnp.full((), jnp.nan)
     metrics: dict[str, jax.Array] = {
@@ -393,12 +518,18 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
         "rollout/ep_length": jnp.where(finished, episodes["sum_length"] / count, nan),
         "rollout/episodes": episodes["episodes"],
         "rollout/cost_estimate_stale": (~finished).astype(jnp.float32),
+        "rollout/cost_estimate_source": source,
         "rollout/step_reward": rollout.rewards.mean(),
     }
     total_steps = iteration.astype(jnp.float32) * steps * num_envs
     for i in range(m):
         metrics[f"rollout/ep_cost_{i}"] = jnp.where(finished, batch_cost[i], nan)
         metrics[f"train/cost_rate_{i}"] = total_cost[i] / total_steps
+        if run.cost_gamma < 1.0 or run.safety_predictor:
+            # The cost the constraint sees: discounted and/or shaped by the predictor.
+            metrics[f"rollout/ep_constraint_cost_{i}"] = jnp.where(finished, constraint_cost[i],
+                                                                   nan)
+    metrics.update(predictor_metrics)
     metrics.update(update_metrics)
     bad = ~(jnp.isfinite(rollout.rewards) & jnp.all(jnp.isfinite(rollout.costs), -1)
             & jnp.all(jnp.isfinite(rollout.final_observations), -1))

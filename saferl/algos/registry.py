@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saferl.algos import ppo
+from saferl.algos import cpo, pcpo, ppo, trpo, trust_region_base
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,18 @@ ALGORITHMS: dict[str, Algorithm] = {
                      constrained=False),
     "ppo_lag": Algorithm("ppo_lag", "on_policy", ppo.PPOLagConfig, ppo.init_agent, ppo.update,
                          "PPO-Lagrangian: PPO on the Lagrangian, multipliers by gradient or PID"),
+    "trpo": Algorithm("trpo", "on_policy", trpo.TRPOConfig, trust_region_base.init_agent,
+                      trpo.update, "TRPO, natural gradient in a KL trust region; ignores costs",
+                      constrained=False),
+    "trpo_lag": Algorithm("trpo_lag", "on_policy", trpo.TRPOLagConfig,
+                          trust_region_base.init_agent, trpo.update,
+                          "TRPO-Lagrangian: TRPO on the Lagrangian, multipliers by gradient "
+                          "or PID"),
+    "cpo": Algorithm("cpo", "on_policy", cpo.CPOConfig, trust_region_base.init_agent, cpo.update,
+                     "CPO: exact constrained trust-region step, recovery, line search"),
+    "pcpo": Algorithm("pcpo", "on_policy", pcpo.PCPOConfig, trust_region_base.init_agent,
+                      pcpo.update, "PCPO: TRPO step then projection (KL or L2) onto the "
+                                   "linearised constraints"),
 }
 
 

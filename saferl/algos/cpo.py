@@ -1,0 +1,84 @@
+"""Constrained Policy Optimization (Achiam et al., 2017).
+
+Each iteration solves, around the current policy θ_k (x = θ − θ_k),
+
+    maximise gᵀx   subject to   c + Bᵀx ≤ 0,   ½ xᵀHx ≤ δ                (CPO paper, eq. 10)
+
+with g the reward-surrogate gradient, B the cost-surrogate gradients, c = Ĵ_C − d the constraint
+values and H the Fisher matrix of the mean KL. ``c`` and ``B`` are both in **episode units**
+(the per-sample cost surrogate is scaled by the mean episode length; ALGORITHMS.md §1), and cost
+advantages are centred, not scaled. :func:`saferl.core.cpo.cpo_step` returns the exact solution
+(all five cases for one constraint, the empty-piece case of the dual, the recovery step when no
+point of the trust region is feasible, and the numerically exact dual for several constraints).
+
+The step is then backtracked (ratio 0.8) until: mean KL ≤ δ; the reward surrogate improved
+(skipped for recovery steps); and each cost surrogate rose by at most ``max(−c_i, 0)``. If no
+candidate passes, the policy stays and ``trust_region/accepted`` is 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import jax
+import jax.numpy as jnp
+import tyro
+
+from saferl.algos.on_policy import AgentState, Batch, Networks, OnPolicyConfig
+from saferl.algos.on_policy import reward_cost_advantages as split_advantages
+from saferl.algos.trust_region_base import (
+    TrustRegionParams,
+    check_batch,
+    fit_critics,
+    line_search,
+    line_search_metrics,
+    policy_problem,
+)
+from saferl.algos.trust_region_base import init_agent as init_agent
+from saferl.core.cpo import cpo_step
+
+
+@dataclass(frozen=True)
+class CPOConfig:
+    """Configuration of ``cpo``."""
+
+    run: Annotated[OnPolicyConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=OnPolicyConfig)
+    trust_region: TrustRegionParams = field(default_factory=TrustRegionParams)
+
+    def __post_init__(self) -> None:
+        check_batch(self.run, self.trust_region)
+
+
+def update(config: CPOConfig, networks: Networks, agent: AgentState, batch: Batch,
+           key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
+    """One CPO iteration: the exact constrained step, the line search, then the critics."""
+    params = config.trust_region
+    problem_key, critic_key = jax.random.split(key)
+
+    # 1. The local problem: g, B (episode units), c = Ĵ_C − d, and Hv products.
+    reward_advantage, cost_advantage = split_advantages(batch.advantages)
+    problem = policy_problem(networks, params, agent.policy_params, batch, reward_advantage,
+                             cost_advantage, problem_key)
+    constraint = batch.episode_cost - batch.cost_limit
+
+    # 2. The exact solution of the quadratic subproblem (ALGORITHMS.md §3).
+    step, info = cpo_step(problem.g, problem.B, constraint, problem.fvp, params.target_kl,
+                          cg_iterations=params.cg_iterations)
+
+    # 3. Backtracking with the KL, reward (not in recovery) and cost tests.
+    outcome = line_search(problem, step, params, constraint=constraint, recovery=info.recovery)
+    critic_params, critic_opt, critic_loss = fit_critics(
+        networks, params, agent.critic_params, agent.critic_opt_state, batch, critic_key)
+
+    metrics = line_search_metrics(outcome)
+    metrics.update({"cpo/case": info.case.astype(jnp.float32), "cpo/lambda": info.lam,
+                    "cpo/recovery": info.recovery.astype(jnp.float32),
+                    "cpo/q": info.q, "trust_region/cg_residual": info.cg_residual,
+                    "loss/value": critic_loss})
+    for i in range(constraint.shape[0]):
+        metrics[f"cpo/nu_{i}"] = info.nu[i]
+        metrics[f"cpo/constraint_{i}"] = constraint[i]
+    return AgentState(problem.unravel(outcome.theta), critic_params, (), critic_opt,
+                      agent.lagrange, agent.extra), metrics
