@@ -21,7 +21,7 @@ USAGE = """usage: saferl COMMAND [...]
 
 commands:
   train [ALGO] [--config FILE] [--resume RUN_DIR] [flags]
-      train (default: ppo_lag on native BallCircle)
+      train (default: cpo on native BallCircle)
   eval RUN_DIR [--episodes N] [--video out.gif]              evaluate a trained run
   list                                                       algorithms and environments
 

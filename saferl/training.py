@@ -31,7 +31,7 @@ from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.native import NATIVE_TASKS, NativeTask, make_task
 from saferl.runs import RunDirectory, new_run_dir, plot_curves
 
-DEFAULT_ALGORITHM = "ppo_lag"
+DEFAULT_ALGORITHM = "cpo"
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 
 

@@ -71,3 +71,13 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert main(["train", "ppo", *small_flags(run_dir)]) == 0
     assert main(["train", "ppo", *small_flags(run_dir)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_train_without_an_algorithm_runs_cpo(tmp_path):
+    run_dir = tmp_path / "default"
+    flags = [f for f in small_flags(run_dir) if f not in ("--ppo.epochs", "1")]
+    assert main(["train", *flags]) == 0
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["algo"] == "cpo" and "trust_region" in record["config"]
+    rows = (run_dir / "progress.csv").read_text().splitlines()
+    assert "cpo/case" in rows[0] and len(rows) == 3
