@@ -384,6 +384,59 @@ def act(networks: Networks, policy_params: Any, obs_stats: RunningStats, observa
     return actions, gaussian_log_prob(mean, log_std, actions)
 
 
+_NUMPY_ACTIVATIONS = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    # flax's nn.gelu defaults to the tanh approximation.
+    "gelu": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3))),
+}
+
+
+class HostActor:
+    """A numpy twin of :func:`act` for rollouts in host simulators.
+
+    A jitted call costs ~0.3 ms of dispatch on CPU, a fifth of a Bullet step of 8 copies; the
+    policy's forward pass on a handful of observations costs microseconds in numpy. The
+    parameters are copied to the host once per rollout; the noise comes from a numpy generator
+    seeded from each seed's JAX key, so runs stay reproducible.
+    """
+
+    def __init__(self, config: OnPolicyConfig) -> None:
+        self.normalize_observations = config.normalize_observations
+        self.activation = _NUMPY_ACTIVATIONS[config.activation]
+
+    def load(self, states: TrainState) -> None:
+        """Copy every seed's policy parameters, normaliser and an RNG to the host."""
+        params = jax.device_get(states.agent.policy_params)["params"]
+        mlp = params["MLP_0"]
+        names = sorted(mlp, key=lambda name: int(name.split("_")[-1]))
+        self.layers = [(np.asarray(mlp[n]["kernel"], np.float64),
+                        np.asarray(mlp[n]["bias"], np.float64)) for n in names]
+        self.log_std = np.asarray(params["log_std"], np.float64)  # [S, A]
+        stats = jax.device_get(states.obs_stats)
+        self.mean = np.asarray(stats.mean, np.float64)[:, None]
+        self.scale = 1.0 / np.sqrt(np.asarray(stats.var, np.float64)[:, None] + 1e-8)
+        keys = np.asarray(jax.device_get(states.key)).reshape(len(self.log_std), -1)
+        self.rngs = [np.random.default_rng([int(x) for x in key]) for key in keys]
+
+    def __call__(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and log-probabilities for raw observations ``[S, N, obs_dim]``."""
+        x = observations.astype(np.float64)
+        if self.normalize_observations:
+            x = np.clip((x - self.mean) * self.scale, -10.0, 10.0)
+        for index, (kernel, bias) in enumerate(self.layers):
+            x = np.einsum("sni,sio->sno", x, kernel) + bias[:, None]
+            if index < len(self.layers) - 1:
+                x = self.activation(x)
+        noise = np.stack([rng.standard_normal(x.shape[1:]) for rng in self.rngs])
+        std = np.exp(self.log_std)[:, None]
+        actions = x + std * noise
+        log_probs = np.sum(-0.5 * noise**2 - self.log_std[:, None] - 0.5 * np.log(2 * np.pi),
+                           axis=-1)
+        return actions.astype(np.float32), log_probs.astype(np.float32)
+
+
 def native_rollout(config: OnPolicyConfig, networks: Networks, task: NativeTask,
                    state: TrainState) -> tuple[TrainState, Rollout]:
     """Collect ``rollout_steps`` steps of every copy with ``lax.scan`` (one seed)."""
@@ -567,8 +620,7 @@ class Engine:
             if envs is None or len(envs) != self.num_seeds:
                 raise ValueError("host environments need one VecEnv per seed")
             self._process = jax.jit(process)
-            self._act = jax.jit(jax.vmap(
-                lambda p, o, x, k: act(self.networks, p, o, x, k, run.normalize_observations)))
+            self._actor = HostActor(run)
             self._observations: np.ndarray | None = None
             self._env_steps = 0
 
@@ -630,13 +682,10 @@ class Engine:
             "truncated": np.empty((seeds, steps, n), bool),
             "final_observations": np.empty((seeds, steps, n, obs_dim), np.float32),
         }
-        keys = jax.vmap(lambda k: jax.random.split(k, steps + 1))(states.key)
-        step_keys = np.asarray(keys[:, 1:])
-        params, stats = states.agent.policy_params, states.obs_stats
+        self._actor.load(states)
         observations = self._observations
         for t in range(steps):
-            actions, log_probs = self._act(params, stats, observations, step_keys[:, t])
-            actions, log_probs = np.asarray(actions), np.asarray(log_probs)
+            actions, log_probs = self._actor(observations)
             buffers["observations"][:, t] = observations
             buffers["actions"][:, t] = actions
             buffers["log_probs"][:, t] = log_probs
@@ -653,7 +702,7 @@ class Engine:
             observations = next_observations
             self._env_steps += n
         self._observations = observations
-        states = states._replace(key=keys[:, 0])
+        states = states._replace(key=jax.vmap(lambda k: jax.random.split(k)[0])(states.key))
         return states, Rollout(**{k: jnp.asarray(v) for k, v in buffers.items()})
 
 

@@ -164,3 +164,36 @@ def test_bad_configuration_is_one_clear_sentence(overrides, match):
 def test_unknown_algorithm_suggests_the_nearest():
     with pytest.raises(KeyError, match="Did you mean 'ppo_lag'"):
         saferl.train("ppo_lgs", progress=False)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "gelu"])
+def test_host_actor_is_the_jax_policy(activation):
+    """The numpy actor used for host simulators samples from exactly the trained policy."""
+    import jax.numpy as jnp
+
+    from saferl.algos.on_policy import Engine, HostActor
+    from saferl.algos.registry import get_algorithm
+    from saferl.core.distributions import gaussian_log_prob
+    from saferl.core.normalization import running_stats_update
+    from saferl.envs.native import make_task
+    from saferl.training import build_config
+
+    config = build_config("ppo_lag", overrides={"num_envs": 8, "seeds": [0, 1],
+                                                "activation": activation})
+    task = make_task(config.run.env)
+    engine = Engine(get_algorithm("ppo_lag"), config, task.spec, envs=[None, None])
+    states = engine.init_states()
+    obs = 3 * np.random.default_rng(0).normal(size=(2, 8, task.spec.obs_dim)).astype(np.float32)
+    stats = jax.vmap(running_stats_update, in_axes=(0, None))(states.obs_stats,
+                                                              jnp.asarray(obs[0]))
+    states = states._replace(obs_stats=stats)
+    actor = HostActor(config.run)
+    actor.load(states)
+    actions, log_probs = actor(obs)
+    for s in range(2):
+        pick = lambda x, s=s: x[s]  # noqa: E731
+        params = jax.tree_util.tree_map(pick, states.agent.policy_params)
+        mean, log_std = engine.networks.policy.apply(
+            params, normalize(jax.tree_util.tree_map(pick, states.obs_stats), obs[s]))
+        expected = gaussian_log_prob(mean, log_std, actions[s])
+        np.testing.assert_allclose(log_probs[s], expected, rtol=1e-5, atol=2e-6)
