@@ -32,7 +32,7 @@ from saferl.algos.on_policy import (
     value_loss,
 )
 from saferl.core.distributions import gaussian_entropy, gaussian_kl, gaussian_log_prob
-from saferl.core.lagrange import LagrangeConfig, lagrange_init, lagrange_update
+from saferl.core.lagrange import LagrangeConfig, lagrange_init, lagrangian_advantage
 from saferl.envs.core import EnvSpec
 
 
@@ -132,14 +132,9 @@ def update(config: PPOConfig | PPOLagConfig, networks: Networks, agent: AgentSta
     # 1. Multipliers, once per iteration, from the batch's episode cost (before the policy step).
     reward_advantage, cost_advantage = reward_cost_advantages(batch.advantages)
     if isinstance(config, PPOLagConfig):
-        updated = lagrange_update(config.lagrange, lagrange, batch.episode_cost, batch.cost_limit)
-        # Before any episode has finished there is no estimate: leave the multipliers alone.
-        lagrange = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(batch.has_episode_cost, new, old), updated, lagrange)
-        multipliers = lagrange.multiplier
-        advantage = (reward_advantage - cost_advantage @ multipliers) / (1.0 + multipliers.sum())
-        for i in range(multipliers.shape[0]):
-            metrics[f"lagrange/lambda_{i}"] = multipliers[i]
+        lagrange, advantage, metrics = lagrangian_advantage(
+            config.lagrange, lagrange, batch.episode_cost, batch.cost_limit,
+            batch.has_episode_cost, reward_advantage, cost_advantage)
     else:
         advantage = reward_advantage
 

@@ -27,7 +27,7 @@ from saferl.algos.trust_region_base import (
     policy_problem,
 )
 from saferl.algos.trust_region_base import init_agent as init_agent
-from saferl.core.lagrange import LagrangeConfig, lagrange_update
+from saferl.core.lagrange import LagrangeConfig, lagrangian_advantage
 from saferl.core.trust_region import conjugate_gradient
 
 
@@ -67,13 +67,9 @@ def update(config: TRPOConfig | TRPOLagConfig, networks: Networks, agent: AgentS
     reward_advantage, cost_advantage = split_advantages(batch.advantages)
     lagrange = agent.lagrange
     if isinstance(config, TRPOLagConfig):
-        updated = lagrange_update(config.lagrange, lagrange, batch.episode_cost, batch.cost_limit)
-        lagrange = jax.tree_util.tree_map(
-            lambda new, old: jnp.where(batch.has_episode_cost, new, old), updated, lagrange)
-        multipliers = lagrange.multiplier
-        advantage = (reward_advantage - cost_advantage @ multipliers) / (1.0 + multipliers.sum())
-        for i in range(multipliers.shape[0]):
-            metrics[f"lagrange/lambda_{i}"] = multipliers[i]
+        lagrange, advantage, metrics = lagrangian_advantage(
+            config.lagrange, lagrange, batch.episode_cost, batch.cost_limit,
+            batch.has_episode_cost, reward_advantage, cost_advantage)
     else:
         advantage = reward_advantage
 

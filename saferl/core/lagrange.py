@@ -113,3 +113,34 @@ def lagrange_update(config: LagrangeConfig, state: LagrangeState, episode_cost: 
                           config.max_multiplier)
     history = jnp.concatenate([state.cost_history[1:], cost_ema[None]], axis=0)
     return LagrangeState(multiplier, integral, error_ema, cost_ema, history)
+
+
+def lagrangian_advantage(config: LagrangeConfig, state: LagrangeState, episode_cost: jax.Array,
+                         cost_limit: jax.Array, has_estimate: jax.Array,
+                         reward_advantage: jax.Array, cost_advantage: jax.Array
+                         ) -> tuple[LagrangeState, jax.Array, dict[str, jax.Array]]:
+    """Update the multipliers once, then combine the advantages (ALGORITHMS.md §2).
+
+    Before any episode has finished (``has_estimate`` false) the multipliers are left alone.
+    The advantage is ``(Â_R − Σ_i λ_i Â_Ci) / (1 + Σ_i λ_i)``: dividing by ``1 + Σλ`` keeps its
+    scale bounded as the multipliers grow.
+
+    Args:
+        config: The update rule.
+        state: Multipliers and PID memory.
+        episode_cost: ``[m]`` the batch's episode-cost estimate.
+        cost_limit: ``[m]`` the limits.
+        has_estimate: Whether ``episode_cost`` comes from finished episodes.
+        reward_advantage: ``[B]`` normalised reward advantages.
+        cost_advantage: ``[B, m]`` centred cost advantages.
+
+    Returns:
+        The new state, the combined advantage ``[B]`` and ``lagrange/lambda_<i>`` metrics.
+    """
+    updated = lagrange_update(config, state, episode_cost, cost_limit)
+    state = jax.tree_util.tree_map(lambda new, old: jnp.where(has_estimate, new, old), updated,
+                                   state)
+    multipliers = state.multiplier
+    advantage = (reward_advantage - cost_advantage @ multipliers) / (1.0 + multipliers.sum())
+    metrics = {f"lagrange/lambda_{i}": multipliers[i] for i in range(multipliers.shape[0])}
+    return state, advantage, metrics

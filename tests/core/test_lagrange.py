@@ -59,3 +59,22 @@ def test_pid_integral_is_projected_at_zero():
 def test_bad_configuration_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         LagrangeConfig(**{field: value})
+
+
+def test_lagrangian_advantage_combines_and_skips_without_an_estimate():
+    from saferl.core.lagrange import lagrangian_advantage
+
+    config = LagrangeConfig(method="gradient", lr=1.0)
+    state = lagrange_init(config, 2)
+    reward = jnp.array([1.0, -1.0])
+    costs = jnp.array([[2.0, 0.0], [0.0, 4.0]])
+    new, advantage, metrics = lagrangian_advantage(
+        config, state, jnp.array([12.0, 11.0]), jnp.array([10.0, 10.0]), jnp.array(True),
+        reward, costs)
+    np.testing.assert_allclose(new.multiplier, [2.0, 1.0])  # λ ← λ + 1·(J − d)
+    # (Â_R − Σ λ_i Â_Ci)/(1 + Σλ): [(1 − 4)/4, (−1 − 4)/4]
+    np.testing.assert_allclose(advantage, [-0.75, -1.25])
+    assert float(metrics["lagrange/lambda_0"]) == 2.0
+    same, _, _ = lagrangian_advantage(config, state, jnp.array([12.0, 11.0]),
+                                      jnp.array([10.0, 10.0]), jnp.array(False), reward, costs)
+    np.testing.assert_array_equal(same.multiplier, state.multiplier)
