@@ -183,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile one extra training run with cProfile")
     parser.add_argument("--max-other-cores", type=float, default=0.3,
-                        help="wait (up to 15 min) before each run until other processes use at "
+                        help="wait before each run until other processes use at "
                              "most this many cores, and leave out pairs during which they used "
                              "more; negative: neither")
+    parser.add_argument("--quiet-timeout", type=float, default=1800.0,
+                        help="longest wait (s) for other processes to quiet down before a "
+                             "measurement; after it the measurement goes on (and is flagged)")
     parser.add_argument("--json", type=Path, default=None, help="output JSON path")
     args = parser.parse_args(argv)
     code = code_info()  # the saferl sources as imported now
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         if args.max_other_cores >= 0:
-            wait_for_quiet(args.max_other_cores)
+            wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
         run = interleaved_run(args.env, args.num_envs, args.rollout_steps,
                               args.timed_iterations, args.seed + repeat)
         run["repeat"] = repeat
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = None
     if args.profile:
         if args.max_other_cores >= 0:
-            wait_for_quiet(args.max_other_cores)
+            wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
         profile = interleaved_run(args.env, args.num_envs, args.rollout_steps,
                                   args.timed_iterations, args.seed, profile=True)
         profile["figures"] = figures(profile, args.max_other_cores)

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-other-cores", type=float, default=0.3,
                         help="wait before each repeat until other processes use at most this "
                              "many cores (negative: do not wait)")
+    parser.add_argument("--quiet-timeout", type=float, default=1800.0,
+                        help="longest wait (s) for other processes to quiet down before a "
+                             "measurement; after it the measurement goes on (and is flagged)")
     parser.add_argument("--json", type=Path, default=None, help="output JSON path")
     args = parser.parse_args(argv)
     code = code_info()
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     for repeat in range(args.repeats):
         if args.max_other_cores >= 0:
-            wait_for_quiet(args.max_other_cores)
+            wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
         modes = list(policies) if repeat % 2 == 0 else list(reversed(policies))
         for mode in modes:
             per_step, observations = time_loop(vec, policies[mode], observations, args.steps,

@@ -125,7 +125,7 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                 while True:  # redo a measurement that other processes disturbed
                     attempts += 1
                     if args.max_other_cores >= 0:
-                        waited += wait_for_quiet(args.max_other_cores)
+                        waited += wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
                     result = measure(epochs, list(range(count)), args.timed_iterations)
                     if (args.max_other_cores < 0 or attempts > args.retries
                             or result["other_cores"] <= args.max_other_cores):
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="iterations timed after the first (compiling) one")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every setting (>= 3)")
     parser.add_argument("--max-other-cores", type=float, default=0.3,
-                        help="before each measurement wait (up to 15 min) until other processes "
+                        help="before each measurement wait until other processes "
                              "use at most this many cores; negative: do not wait")
     parser.add_argument("--retries", type=int, default=3,
                         help="measure again (at most this many times) when other processes used "
@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="calls per jitted part in the rollout/update breakdown (0: skip)")
     parser.add_argument("--summarize", type=Path, default=None,
                         help="only re-summarise the runs of a JSON this script wrote")
+    parser.add_argument("--quiet-timeout", type=float, default=1800.0,
+                        help="longest wait (s) for other processes to quiet down before a "
+                             "measurement; after it the measurement goes on (and is flagged)")
     parser.add_argument("--json", type=Path, default=None, help="output JSON path")
     args = parser.parse_args(argv)
     code = code_info()  # the saferl sources as imported now
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.breakdown_calls > 0:
         for epochs in args.epochs:
             if args.max_other_cores >= 0:
-                wait_for_quiet(args.max_other_cores)
+                wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
             breakdowns.append(breakdown(epochs, args.breakdown_calls))
     settings, targets = summarize(runs, args.max_other_cores)
     report(runs, settings, targets, breakdowns, args.timed_iterations)
