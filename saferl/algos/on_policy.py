@@ -15,7 +15,7 @@ functions, ``init_agent`` and ``update``; everything else lives here once:
 Several seeds train at once: every leaf of :class:`TrainState` carries a leading seed axis and
 steps 1–3 are ``vmap``-ped over it. When the process has several XLA CPU devices (the ``saferl``
 command asks for one per core) the seed axis is also sharded across them, so that seeds run on
-different cores: XLA runs one seed's small matrix products on a single core. Cost limits are
+different cores: one seed's small matrix products keep only ~1.5 of 2 cores busy. Cost limits are
 traced arrays, never static configuration.
 """
 
@@ -396,8 +396,9 @@ _NUMPY_ACTIVATIONS = {
 class HostActor:
     """A numpy twin of :func:`act` for rollouts in host simulators.
 
-    A jitted call costs ~0.3 ms of dispatch on CPU, a fifth of a Bullet step of 8 copies; the
-    policy's forward pass on a handful of observations costs microseconds in numpy. The
+    A jitted call plus fetching its result costs ~0.6 ms on CPU, a sixth of a Bullet step of
+    8 copies; this numpy forward pass costs ~0.24 ms per step inside the loop (measured by
+    benchmarks/host_loop_breakdown.py). The
     parameters are copied to the host once per rollout; the noise comes from a numpy generator
     seeded from each seed's JAX key, so runs stay reproducible.
     """

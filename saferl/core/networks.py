@@ -1,7 +1,7 @@
 """Flax networks: an MLP, a Gaussian policy, and a bank of value critics (reward + each cost).
 
 The critics for the reward and for every cost are independent MLPs with identical shapes,
-stacked with ``nn.vmap`` so that ``1 + m`` critics run as one batched matrix multiply per layer.
+evaluated side by side (see :class:`ValueCritics` for why they are not ``nn.vmap``-stacked).
 """
 
 from __future__ import annotations
