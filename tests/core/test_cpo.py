@@ -26,14 +26,7 @@ from saferl.core.cpo import (
 )
 from saferl.core.trust_region import fisher_vector_product
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _enable_x64():
-    """float64 for this module only; the previous setting is restored afterwards."""
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("enable_x64")  # float64 for this module (conftest.py)
 
 
 _cpo = jax.jit(cpo_step, static_argnames=("method", "max_enumeration"))
@@ -196,7 +189,7 @@ _SINGLE_DIMS = (3, 4, 5, 6, 7, 8)
 
 
 @pytest.fixture(scope="module")
-def single_pool(_enable_x64):
+def single_pool(enable_x64):
     """n -> (inputs, x, info) for 8 instances of every kind, dimensions 3-8 (240 in all)."""
     rng = np.random.default_rng(0)
     pool = {}
@@ -208,7 +201,7 @@ def single_pool(_enable_x64):
 
 
 @pytest.fixture(scope="module")
-def multi_pool(_enable_x64):
+def multi_pool(enable_x64):
     """(n, m) -> (instances, x, info) for m = 2, 3 (with the oracle's min-norm points)."""
     rng = np.random.default_rng(1)
     pool = {}

@@ -16,14 +16,7 @@ from saferl.core.trust_region import (
     trust_region_accept,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _enable_x64():
-    """float64 for this module only; the previous setting is restored afterwards."""
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", old)
+pytestmark = pytest.mark.usefixtures("enable_x64")  # float64 for this module (conftest.py)
 
 
 # --------------------------------------------------------------------------------------------
