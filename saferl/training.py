@@ -18,13 +18,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from saferl.algos.on_policy import (
-    Engine,
-    EpisodeTracker,
-    TrainState,
-    initial_states,
-    make_networks,
-)
+from saferl.algos import off_policy, on_policy
+from saferl.algos.on_policy import EpisodeTracker, TrainState
 from saferl.algos.registry import Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
@@ -119,9 +114,26 @@ def restore_states(run_dir: str | Path, checkpoint: str | None = None
                        gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
                                             np.asarray(s["action_high"], np.float32)),
                        s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
-    template = initial_states(entry, config, spec, make_networks(config.run, spec), task)
+    template = initial_states(entry, config, spec, task)
     states, meta = run.load_checkpoint(template, checkpoint)
     return record, entry, config, spec, states, meta
+
+
+def initial_states(entry: Algorithm, config: Any, spec: EnvSpec,
+                   task: NativeTask | None) -> Any:
+    """Fresh seed-stacked training states of either engine family (also a loading template)."""
+    if entry.family == "off_policy":
+        return off_policy.initial_states(entry.module, config, spec, task)
+    return on_policy.initial_states(entry, config, spec,
+                                    on_policy.make_networks(config.run, spec), task)
+
+
+def make_engine(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
+                envs: list[VecEnv] | None) -> Any:
+    """The engine of the algorithm's family (on- or off-policy)."""
+    if entry.family == "off_policy":
+        return off_policy.Engine(entry.module, config, spec, task=task, envs=envs)
+    return on_policy.Engine(entry, config, spec, task=task, envs=envs)
 
 
 @dataclass
@@ -227,6 +239,8 @@ def _resume(path: Path, steps: int | None, progress: bool,
         # Host simulators cannot be checkpointed: episodes restart, so forget partial sums.
         tracker = states.tracker
         states = states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x) for x in tracker)))
+        if entry.family == "off_policy":
+            states = off_policy.cut_open_episodes(states)
     return _loop(entry, config, spec, task, envs, RunDirectory(path), (states, meta), progress,
                  callback)
 
@@ -234,9 +248,9 @@ def _resume(path: Path, steps: int | None, progress: bool,
 def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
           envs: list[VecEnv] | None, run: RunDirectory, resumed: tuple[TrainState, dict] | None,
           progress: bool, callback: Callback | None) -> TrainResult:
-    engine = Engine(entry, config, spec, task=task, envs=envs)
+    engine = make_engine(entry, config, spec, task, envs)
     seeds = config.run.seed_list
-    batch = config.run.batch_size
+    batch = config.run.steps_per_iteration
     total = config.run.iterations
     if resumed is None:
         states, start, elapsed = engine.init_states(), 0, 0.0

@@ -153,6 +153,11 @@ class OnPolicyConfig:
         return self.num_envs * self.rollout_steps
 
     @property
+    def steps_per_iteration(self) -> int:
+        """Environment steps per iteration per seed (the batch)."""
+        return self.batch_size
+
+    @property
     def iterations(self) -> int:
         """Iterations needed to reach ``steps`` (the last batch may overshoot)."""
         return max(1, math.ceil(self.steps / self.batch_size))
@@ -594,6 +599,21 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
     return new_state, metrics
 
 
+def place_seeds(states: Any, num_seeds: int) -> Any:
+    """Shard a seed-stacked pytree over the local devices (the largest count dividing the seeds).
+
+    With one XLA CPU device per core, seeds then run on different cores.
+    """
+    devices = jax.local_devices()
+    count = max(d for d in range(1, min(len(devices), num_seeds) + 1) if num_seeds % d == 0)
+    if count == 1:
+        return jax.device_put(states, devices[0])
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices[:count]), ("seed",))
+    return jax.device_put(states, NamedSharding(mesh, PartitionSpec("seed")))
+
+
 class Engine:
     """Compiled iteration functions for one algorithm, config and environment.
 
@@ -631,16 +651,8 @@ class Engine:
                                          self.task))
 
     def place(self, states: TrainState) -> TrainState:
-        """Shard the seed axis over the local devices (the largest count dividing the seeds)."""
-        devices = jax.local_devices()
-        count = max(d for d in range(1, min(len(devices), self.num_seeds) + 1)
-                    if self.num_seeds % d == 0)
-        if count == 1:
-            return jax.device_put(states, devices[0])
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-        mesh = Mesh(np.array(devices[:count]), ("seed",))
-        return jax.device_put(states, NamedSharding(mesh, PartitionSpec("seed")))
+        """Shard the seed axis over the local devices (see :func:`place_seeds`)."""
+        return place_seeds(states, self.num_seeds)
 
     def iterate(self, states: TrainState,
                 cost_limit: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saferl.algos import cpo, pcpo, ppo, trpo, trust_region_base
+from saferl.algos import cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base
 
 
 @dataclass(frozen=True)
@@ -16,12 +16,14 @@ class Algorithm:
 
     Attributes:
         name: Registry name (``ppo_lag``).
-        family: ``"on_policy"`` (the engine that drives it).
+        family: ``"on_policy"`` or ``"off_policy"`` (the engine that drives it).
         config_class: Its frozen configuration dataclass.
-        init_agent: Builds the initial :class:`~saferl.algos.on_policy.AgentState`.
+        init_agent: Builds the initial agent state.
         update: The pure update function.
         description: One line for ``saferl list``.
         constrained: Whether it enforces the cost limits (``ppo`` does not).
+        module: Off-policy algorithms: the module implementing
+            :class:`~saferl.algos.off_policy.OffPolicyAlgorithm`.
     """
 
     name: str
@@ -31,6 +33,13 @@ class Algorithm:
     update: Callable[..., Any]
     description: str
     constrained: bool = True
+    module: Any = None
+
+
+def _off_policy(name: str, module: Any, config_class: type, description: str,
+                constrained: bool = True) -> Algorithm:
+    return Algorithm(name, "off_policy", config_class, module.init_agent, module.update,
+                     description, constrained, module)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -51,6 +60,18 @@ ALGORITHMS: dict[str, Algorithm] = {
     "pcpo": Algorithm("pcpo", "on_policy", pcpo.PCPOConfig, trust_region_base.init_agent,
                       pcpo.update, "PCPO: TRPO step then projection (KL or L2) onto the "
                                    "linearised constraints"),
+    "sac": _off_policy("sac", sac, sac.SACConfig,
+                       "SAC, entropy-regularised off-policy actor-critic; ignores costs "
+                       "(unconstrained baseline)", constrained=False),
+    "sac_lag": _off_policy("sac_lag", sac, sac.SACLagConfig,
+                           "SAC-Lagrangian: SAC on the Lagrangian with cost critics, multipliers "
+                           "by gradient or PID"),
+    "ddpg_lag": _off_policy("ddpg_lag", ddpg, ddpg.DDPGLagConfig,
+                            "DDPG-Lagrangian: deterministic actor-critic on the Lagrangian"),
+    "td3_lag": _off_policy("td3_lag", ddpg, ddpg.TD3LagConfig,
+                           "TD3-Lagrangian: twin critics, target smoothing, delayed actor"),
+    "cvpo": _off_policy("cvpo", cvpo, cvpo.CVPOConfig,
+                        "CVPO: safe RL as inference, E-step convex dual + KL-bounded M-step"),
 }
 
 

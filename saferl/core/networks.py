@@ -68,3 +68,70 @@ class ValueCritics(nn.Module):
         values = [MLP(self.hidden_sizes, 1, self.activation, 1.0, name=f"critic_{i}")(obs)
                   for i in range(self.num_critics)]
         return jnp.concatenate(values, axis=-1)
+
+
+class TanhGaussianActor(nn.Module):
+    """Gaussian over pre-squash actions ``u`` with a state-dependent std; ``a = tanh(u)``.
+
+    Used by SAC (reparametrised tanh-Gaussian samples) and CVPO (whose E-step samples ``u`` and
+    whose M-step needs the exact Gaussian KL between old and new policies). ``log_std`` is
+    squashed smoothly into ``[log_std_min, log_std_max]`` by a sigmoid shifted so that a fresh
+    network (outputs ≈ 0) starts at ``init_log_std``: a tiny initial std would leave CVPO's
+    E-step with identical samples and nothing to learn from.
+    """
+
+    action_dim: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    init_log_std: float = 0.0
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Return ``(mean, log_std)`` of ``u``, each ``[..., action_dim]``."""
+        out = MLP(self.hidden_sizes, 2 * self.action_dim, self.activation, output_scale=0.01)(obs)
+        mean, raw = jnp.split(out, 2, axis=-1)
+        span = self.log_std_max - self.log_std_min
+        fraction = (self.init_log_std - self.log_std_min) / span
+        shift = float(np.log(fraction / (1.0 - fraction)))
+        log_std = self.log_std_min + span * jax.nn.sigmoid(raw + shift)
+        return mean, log_std
+
+
+class DeterministicActor(nn.Module):
+    """``a = tanh(MLP(obs))`` in ``[-1, 1]^A`` (DDPG, TD3)."""
+
+    action_dim: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        """Actions ``[..., action_dim]`` in ``[-1, 1]``."""
+        return jnp.tanh(MLP(self.hidden_sizes, self.action_dim, self.activation,
+                            output_scale=0.01)(obs))
+
+
+class QCritics(nn.Module):
+    """``num_reward`` reward Q-networks and ``num_costs`` cost Q-networks of ``(obs, action)``.
+
+    Returns ``[..., num_reward + num_costs]``: the reward critics first (twin critics for SAC,
+    TD3 and CVPO, whose target takes their minimum), then one critic per cost. Separate MLPs, as
+    in :class:`ValueCritics`.
+    """
+
+    num_reward: int
+    num_costs: int
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """Q-values of every critic, last axis ``num_reward + num_costs``."""
+        x = jnp.concatenate([obs, action], axis=-1)
+        names = ([f"reward_{i}" for i in range(self.num_reward)]
+                 + [f"cost_{i}" for i in range(self.num_costs)])
+        values = [MLP(self.hidden_sizes, 1, self.activation, 1.0, name=name)(x)
+                  for name in names]
+        return jnp.concatenate(values, axis=-1)

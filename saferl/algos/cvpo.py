@@ -1,0 +1,297 @@
+"""CVPO: constrained variational policy optimisation (Liu et al. 2022), safe RL as inference.
+
+Per gradient update (ALGORITHMS.md §5):
+
+1. **Critics** — twin reward critics and one critic per cost regress
+   ``y = signal + γ^h Q'(s', a')`` with ``a' ~ π(·|s')`` and target networks (n-step windows;
+   no bootstrap after a termination).
+2. **E-step** — for every state of the batch, ``K`` pre-squash actions ``u_j`` are sampled from
+   the old policy ``π_old`` (the target actor) and scored by the target critics
+   (``Q_r = min`` of the twins). The convex dual over ``(η, λ)`` is minimised inside ``jit``
+   by warm-started projected Newton (:func:`saferl.core.inference.solve_estep_dual`) with the
+   episode limits converted to Q thresholds ``ε_Q``; the non-parametric target is
+   ``q_j = softmax_j((Q_r − λᵀQ_c)/η)``. ``λ`` is CVPO's cost multiplier (one per constraint).
+3. **M-step** — ``mstep_iterations`` Adam steps on
+   ``−E_s Σ_j q_j [log N(u_j; μ_θ, σ_old) + log N(u_j; μ_old, σ_θ)] + α_μ KL_μ + α_σ KL_σ``
+   (the decoupled likelihoods and KLs of Abdolmaleki et al. 2018), the KL multipliers ``α``
+   following projected gradient ascent on their bounds. Soft multipliers only steer, so the
+   update ends with a backtracking step on the parameter path from ``π_old`` to the new actor
+   that keeps the largest fraction with ``KL_μ ≤ ε_μ`` and ``KL_σ ≤ ε_σ``: the bounds hold
+   after every update.
+4. **Targets** — actor and critics by Polyak averaging (rate τ), so ``π_old`` trails the actor.
+
+The policy is a Gaussian over ``u`` with a state-dependent std; the environment receives
+``tanh(u)``. Gaussian KLs are therefore exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import tyro
+
+from saferl.algos.off_policy import (
+    Limits,
+    OffPolicyConfig,
+    critic_step,
+    polyak,
+    td_targets,
+)
+from saferl.core.distributions import gaussian_log_prob, gaussian_sample
+from saferl.core.inference import decoupled_kl, estep_weights, solve_estep_dual
+from saferl.core.networks import QCritics, TanhGaussianActor
+from saferl.data.replay import SampledBatch
+from saferl.envs.core import EnvSpec
+
+
+@dataclass(frozen=True)
+class CVPOParams:
+    """CVPO's own hyperparameters.
+
+    Attributes:
+        num_samples: Actions ``K`` sampled per state in the E-step.
+        estep_kl: The E-step KL bound κ.
+        dual_iterations: Projected Newton iterations of the E-step dual per update.
+        dual_init_eta: Initial temperature η (later updates warm-start from the last solution).
+        max_multiplier: Upper bound of the cost multipliers λ.
+        mstep_iterations: Actor gradient steps per update.
+        kl_mean: M-step bound ε_μ on the mean part of the KL.
+        kl_std: M-step bound ε_σ on the std part of the KL.
+        kl_multiplier_lr_mean: Step size of the multiplier α_μ.
+        kl_multiplier_lr_std: Step size of the multiplier α_σ.
+        kl_multiplier_max: Upper bound of α_μ and α_σ.
+    """
+
+    num_samples: int = 32
+    estep_kl: float = 0.02
+    dual_iterations: int = 10
+    dual_init_eta: float = 1.0
+    max_multiplier: float = 100.0
+    mstep_iterations: int = 5
+    kl_mean: float = 0.005
+    kl_std: float = 0.0005
+    kl_multiplier_lr_mean: float = 10.0
+    kl_multiplier_lr_std: float = 100.0
+    kl_multiplier_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "dual_iterations", "mstep_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"cvpo.{name} must be >= 1; got {getattr(self, name)}.")
+        for name in ("estep_kl", "dual_init_eta", "max_multiplier", "kl_mean", "kl_std",
+                     "kl_multiplier_lr_mean", "kl_multiplier_lr_std", "kl_multiplier_max"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"cvpo.{name} must be a finite number > 0; got {value}.")
+
+
+@dataclass(frozen=True)
+class CVPOConfig:
+    """Configuration of ``cvpo``: the shared off-policy settings and CVPO's hyperparameters."""
+
+    run: Annotated[OffPolicyConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=lambda: OffPolicyConfig(tau=0.05))
+    cvpo: CVPOParams = field(default_factory=CVPOParams)
+
+
+class Networks(NamedTuple):
+    """The Gaussian (pre-tanh) actor and the ``2 + m`` Q-critics."""
+
+    actor: TanhGaussianActor
+    critics: QCritics
+
+
+class CVPOAgent(NamedTuple):
+    """Online and target networks, optimiser states, the E-step dual and KL multipliers."""
+
+    actor_params: Any
+    critic_params: Any
+    target_actor_params: Any
+    target_critic_params: Any
+    actor_opt_state: Any
+    critic_opt_state: Any
+    dual: jax.Array  # [1 + m]: η, then the cost multipliers λ
+    kl_multipliers: jax.Array  # [2]: α_μ, α_σ
+
+
+def make_networks(config: CVPOConfig, spec: EnvSpec) -> Networks:
+    """Actor and critics with the configured hidden sizes."""
+    run = config.run
+    hidden = tuple(run.hidden_sizes)
+    return Networks(TanhGaussianActor(spec.action_dim, hidden, run.activation,
+                                      log_std_min=-10.0, log_std_max=1.0),
+                    QCritics(2, spec.num_costs, hidden, run.activation))
+
+
+def _optimizers(config: CVPOConfig) -> tuple[optax.GradientTransformation, ...]:
+    return optax.adam(config.run.actor_lr), optax.adam(config.run.critic_lr)
+
+
+def init_agent(config: CVPOConfig, spec: EnvSpec, networks: Networks,
+               key: jax.Array) -> CVPOAgent:
+    """Fresh networks with equal targets, Adam states, ``η = dual_init_eta``, ``λ = 0``."""
+    actor_key, critic_key = jax.random.split(key)
+    obs = jnp.zeros((1, spec.obs_dim))
+    actor_params = networks.actor.init(actor_key, obs)
+    critic_params = networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim)))
+    actor_tx, critic_tx = _optimizers(config)
+    dual = jnp.concatenate([jnp.asarray([config.cvpo.dual_init_eta]),
+                            jnp.zeros(spec.num_costs)]).astype(jnp.float32)
+    return CVPOAgent(actor_params, critic_params, actor_params, critic_params,
+                     actor_tx.init(actor_params), critic_tx.init(critic_params), dual,
+                     jnp.zeros(2, jnp.float32))
+
+
+def sample_action(config: CVPOConfig, networks: Networks, agent: CVPOAgent,
+                  observations: jax.Array, key: jax.Array) -> jax.Array:
+    """Exploration: ``tanh(u)``, ``u ~ π(·|s)``."""
+    mean, log_std = networks.actor.apply(agent.actor_params, observations)
+    return jnp.tanh(gaussian_sample(key, mean, log_std))
+
+
+def update_multipliers(config: CVPOConfig, agent: CVPOAgent, episode_cost: jax.Array,
+                       limits: Limits, fresh: jax.Array) -> tuple[CVPOAgent, dict[str, jax.Array]]:
+    """CVPO's multipliers are the E-step dual's λ (solved every update): only report them."""
+    return agent, {f"lagrange/lambda_{i}": agent.dual[1 + i]
+                   for i in range(agent.dual.shape[0] - 1)}
+
+
+def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_state: Any,
+          kl_multipliers: jax.Array, observations: jax.Array, samples: jax.Array,
+          weights: jax.Array, mean_old: jax.Array, std_old: jax.Array
+          ) -> tuple[Any, Any, jax.Array, dict[str, jax.Array]]:
+    """Weighted maximum likelihood under decoupled KL bounds (steps 3 of the module docstring).
+
+    Args:
+        config: CVPO configuration.
+        networks: The modules.
+        actor_params: Current actor parameters (the ascent starts here).
+        actor_opt_state: Its Adam state.
+        kl_multipliers: ``[2]`` α_μ, α_σ.
+        observations: ``[B, obs_dim]``.
+        samples: ``[K, B, A]`` pre-squash actions from ``π_old``.
+        weights: ``[B, K]`` E-step weights.
+        mean_old: ``[B, A]`` ``π_old`` means.
+        std_old: ``[B, A]`` ``π_old`` stds.
+
+    Returns:
+        New actor parameters, Adam state, KL multipliers, and metrics.
+    """
+    params = config.cvpo
+    actor_tx, _ = _optimizers(config)
+    bounds = jnp.asarray([params.kl_mean, params.kl_std])
+    rates = jnp.asarray([params.kl_multiplier_lr_mean, params.kl_multiplier_lr_std])
+
+    def kls(actor: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        mean, log_std = networks.actor.apply(actor, observations)
+        kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, jnp.exp(log_std))
+        return mean, log_std, kl_mean.mean(), kl_std.mean()
+
+    def loss_fn(actor: Any, alphas: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean, log_std, kl_mean, kl_std = kls(actor)
+        log_std_old = jnp.log(std_old)
+        # Decoupled likelihoods: the mean learns with the old std, the std with the old mean.
+        log_prob = (gaussian_log_prob(mean, log_std_old, samples)
+                    + gaussian_log_prob(mean_old, log_std, samples))  # [K, B]
+        likelihood = jnp.sum(weights.T * log_prob, axis=0).mean()
+        kl = jnp.stack([kl_mean, kl_std])
+        return -likelihood + alphas @ kl, kl
+
+    def step(carry: tuple[Any, Any, jax.Array], _: None) -> tuple[tuple, jax.Array]:
+        actor, opt_state, alphas = carry
+        (loss, kl), grads = jax.value_and_grad(loss_fn, has_aux=True)(actor, alphas)
+        updates, opt_state = actor_tx.update(grads, opt_state, actor)
+        actor = optax.apply_updates(actor, updates)
+        alphas = jnp.clip(alphas + rates * (kl - bounds), 0.0, params.kl_multiplier_max)
+        return (actor, opt_state, alphas), loss
+
+    (new_actor, opt_state, alphas), losses = jax.lax.scan(
+        step, (actor_params, actor_opt_state, kl_multipliers), None,
+        length=params.mstep_iterations)
+    return new_actor, opt_state, alphas, {"loss/actor": losses[-1]}
+
+
+def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, new_params: Any,
+                      observations: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+    """The largest step ``old + t (new − old)``, ``t ∈ {1, ½, …, 2⁻¹⁰, 0}``, within both bounds.
+
+    Returns the parameters, the fraction ``t`` and the mean KL parts at the result.
+    """
+    mean_old, log_std_old = networks.actor.apply(old_params, observations)
+    std_old = jnp.exp(log_std_old)
+    fractions = jnp.concatenate([0.5 ** jnp.arange(11.0), jnp.zeros(1)])
+
+    def kl_at(t: jax.Array) -> tuple[jax.Array, jax.Array]:
+        params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
+        mean, log_std = networks.actor.apply(params, observations)
+        kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, jnp.exp(log_std))
+        return kl_mean.mean(), kl_std.mean()
+
+    kl_mean, kl_std = jax.vmap(kl_at)(fractions)
+    ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
+    ok = ok.at[-1].set(True)  # t = 0 is π_old itself
+    choice = jnp.argmax(ok)
+    t = fractions[choice]
+    params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
+    return params, t, kl_mean[choice], kl_std[choice]
+
+
+def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: SampledBatch,
+           limits: Limits, key: jax.Array) -> tuple[CVPOAgent, dict[str, jax.Array]]:
+    """One CVPO update: critics, E-step, M-step, targets."""
+    run, params = config.run, config.cvpo
+    _, critic_tx = _optimizers(config)
+    next_key, sample_key = jax.random.split(key)
+
+    # 1. Critics.
+    mean, log_std = networks.actor.apply(agent.actor_params, batch.next_observations)
+    next_action = jnp.tanh(gaussian_sample(next_key, mean, log_std))
+    next_q = networks.critics.apply(agent.target_critic_params, batch.next_observations,
+                                    next_action)
+    targets = td_targets(batch, jnp.minimum(next_q[:, 0], next_q[:, 1]), next_q[:, 2:])
+    critic_params, critic_opt, critic_loss = critic_step(
+        networks.critics, critic_tx, agent.critic_params, agent.critic_opt_state, batch, targets,
+        num_reward=2)
+
+    # 2. E-step: K samples per state from π_old, scored by the target critics.
+    mean_old, log_std_old = networks.actor.apply(agent.target_actor_params, batch.observations)
+    std_old = jnp.exp(log_std_old)
+    noise = jax.random.normal(sample_key, (params.num_samples, *mean_old.shape))
+    samples = mean_old + std_old * noise  # [K, B, A]
+    observations = jnp.broadcast_to(batch.observations, (params.num_samples,
+                                                         *batch.observations.shape))
+    q = networks.critics.apply(agent.target_critic_params, observations, jnp.tanh(samples))
+    q_reward = jnp.minimum(q[..., 0], q[..., 1]).T  # [B, K]
+    q_costs = jnp.moveaxis(q[..., 2:], 0, 1)  # [B, K, m]
+    solution = solve_estep_dual(q_reward, q_costs, params.estep_kl, limits.q, agent.dual,
+                                params.dual_iterations, max_multiplier=params.max_multiplier)
+    weights = estep_weights(q_reward, q_costs, solution.variables)
+
+    # 3. M-step, then backtrack onto the KL bounds around π_old.
+    actor_params, actor_opt, kl_multipliers, mstep_metrics = mstep(
+        config, networks, agent.actor_params, agent.actor_opt_state, agent.kl_multipliers,
+        batch.observations, samples, weights, mean_old, std_old)
+    actor_params, fraction, kl_mean, kl_std = enforce_kl_bounds(
+        config, networks, agent.target_actor_params, actor_params, batch.observations)
+
+    # 4. Targets.
+    new_agent = CVPOAgent(actor_params, critic_params,
+                          polyak(agent.target_actor_params, actor_params, run.tau),
+                          polyak(agent.target_critic_params, critic_params, run.tau),
+                          actor_opt, critic_opt, solution.variables, kl_multipliers)
+    entropy_weights = -jnp.sum(weights * jnp.log(weights + 1e-12), axis=1).mean()
+    metrics = {"loss/critic": critic_loss, **mstep_metrics,
+               "cvpo/eta": solution.variables[0], "cvpo/dual_value": solution.value,
+               "cvpo/dual_gradient_norm": solution.gradient_norm,
+               "cvpo/weights_entropy": entropy_weights, "cvpo/kl_mean": kl_mean,
+               "cvpo/kl_std": kl_std, "cvpo/step_fraction": fraction,
+               "cvpo/alpha_mean": kl_multipliers[0], "cvpo/alpha_std": kl_multipliers[1],
+               "q/reward": q_reward.mean()}
+    for i in range(q_costs.shape[-1]):
+        metrics[f"q/cost_{i}"] = q_costs[..., i].mean()
+    return new_agent, metrics

@@ -1,0 +1,607 @@
+"""The off-policy engine: collection, the replay buffer, fused gradient updates, multipliers.
+
+An off-policy algorithm (``sac``, ``sac_lag``, ``ddpg_lag``, ``td3_lag``, ``cvpo``) is a module
+with five pure functions (:class:`OffPolicyAlgorithm`); everything else lives here once. One
+iteration of one seed:
+
+1. **Collect** ``num_envs × rollout_steps`` transitions: uniform random actions while the seed
+   has collected fewer than ``warmup_steps`` steps, then the algorithm's exploration policy. For
+   native tasks the collection is a ``lax.scan`` inside ``jit``; for host environments (Bullet,
+   gymnasium) a Python loop calls one jitted, seed-vmapped ``sample_action`` per step.
+2. **Store** them in the replay buffer (device arrays, :mod:`saferl.data.replay`) and track the
+   episodes that finished.
+3. **Multipliers**: once per iteration, from the mean cost of the episodes collected in this
+   iteration against the episode limit (FSRL found replay-based estimates worse); skipped, and
+   flagged, when no episode finished.
+4. **Learn** (after warm-up): ``round(update_ratio × steps collected)`` gradient updates fused in
+   one ``lax.scan``; each samples a minibatch (n-step returns, truncation bootstraps,
+   termination does not) inside ``jit``.
+
+Actions live in ``[-1, 1]^A`` inside the algorithms and the buffer; they are scaled to the
+environment's bounds when stepping. Several seeds train at once: every leaf of the state has a
+leading seed axis, steps 1–4 are ``vmap``-ped and the seed axis is sharded over the XLA CPU
+devices, as in the on-policy engine. Cost limits are traced arrays.
+
+**Q thresholds.** The critics estimate discounted per-step cost values, so an episode limit
+``ε`` becomes ``ε_Q = ε (1 − γ^T) / ((1 − γ) T)`` (ALGORITHMS.md §1) with ``T`` the episode
+length: ``episode_length`` if given, else the environment's time limit. For tasks whose
+episodes can end early this ``T`` is an upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from saferl.algos.on_policy import EpisodeTracker, place_seeds, track_episodes
+from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
+from saferl.data.replay import (
+    Replay,
+    SampledBatch,
+    Transitions,
+    replay_add,
+    replay_init,
+    replay_sample,
+)
+from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
+from saferl.envs.native import NativeTask, batch_reset, batch_step
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig:
+    """Settings shared by every off-policy algorithm: the task, the budget, replay, networks.
+
+    Attributes:
+        env: Environment id (``saferl list`` shows them).
+        env_kwargs: Keyword arguments for the environment.
+        cost_limit: One limit per constraint, in episode-cost units.
+        steps: Environment steps to train for, per seed.
+        seed: Random seed (ignored when ``seeds`` is given).
+        seeds: Several seeds trained at once in one process (vectorised).
+        num_envs: Environment copies per seed.
+        rollout_steps: Steps per copy per iteration (an iteration collects
+            ``num_envs × rollout_steps`` transitions, then learns).
+        buffer_size: Replay capacity in transitions per seed (capped at ``steps``).
+        batch_size: Minibatch size of every gradient update.
+        warmup_steps: Steps per seed collected with uniform random actions before learning.
+        update_ratio: Gradient updates per collected environment step (update-to-data ratio).
+        gamma: Discount of the reward and cost critics.
+        n_step: Steps of the n-step returns of the critic targets.
+        tau: Polyak averaging rate of the target networks.
+        hidden_sizes: Hidden layer sizes of the actor and of every critic.
+        activation: Hidden activation (``relu``, ``tanh``, ``elu``, ``gelu``).
+        actor_lr: Adam step size of the actor.
+        critic_lr: Adam step size of the critics.
+        episode_length: ``T`` of the Q-threshold conversion (default: the env's time limit).
+        checkpoint_every: Save a checkpoint every this many iterations (and at the end).
+        run_dir: Run directory (default: a new folder under ``runs/``).
+        cost_transform: ``sparse`` (the env's cost), ``dense`` or ``barrier`` (native tasks).
+        cost_buffer: Safety buffer of the dense/barrier transforms.
+    """
+
+    env: str = "saferl/BallCircle-v0"
+    env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
+    cost_limit: tuple[float, ...] = (10.0,)
+    steps: int = 200_000
+    seed: int = 0
+    seeds: tuple[int, ...] = ()
+    num_envs: int = 8
+    rollout_steps: int = 25
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    warmup_steps: int = 5_000
+    update_ratio: float = 0.25
+    gamma: float = 0.99
+    n_step: int = 1
+    tau: float = 0.005
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    episode_length: int | None = None
+    checkpoint_every: int = 50
+    run_dir: str | None = None
+    cost_transform: str = "sparse"
+    cost_buffer: float = 1.0
+
+    def __post_init__(self) -> None:
+        from saferl.core.networks import ACTIVATIONS
+
+        if not self.cost_limit:
+            raise ValueError("cost_limit needs at least one value (one per constraint).")
+        for limit in self.cost_limit:
+            if not (math.isfinite(limit) and limit >= 0):
+                raise ValueError(
+                    f"cost_limit values must be finite and >= 0; got {list(self.cost_limit)}.")
+        for name in ("steps", "num_envs", "rollout_steps", "buffer_size", "batch_size",
+                     "n_step", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}.")
+        if not (self.update_ratio > 0 and math.isfinite(self.update_ratio)):
+            raise ValueError(f"update_ratio must be a finite number > 0; got {self.update_ratio}.")
+        if not 0 <= self.gamma < 1:
+            raise ValueError(f"gamma must be in [0, 1) for off-policy critics; got {self.gamma}.")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1]; got {self.tau}.")
+        for name in ("actor_lr", "critic_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if self.n_step > self.rollout_steps:
+            raise ValueError(f"n_step ({self.n_step}) must be <= rollout_steps "
+                             f"({self.rollout_steps}) so that one iteration fills a window.")
+        if self.episode_length is not None and self.episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1 or None; got {self.episode_length}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}.")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be positive sizes; got {self.hidden_sizes}.")
+        if self.cost_transform not in ("sparse", "dense", "barrier"):
+            raise ValueError(f"cost_transform must be 'sparse', 'dense' or 'barrier'; got "
+                             f"{self.cost_transform!r}.")
+        if not (self.cost_buffer > 0 and math.isfinite(self.cost_buffer)):
+            raise ValueError(f"cost_buffer must be a finite number > 0; got {self.cost_buffer}.")
+        if len(set(self.seed_list)) != len(self.seed_list):
+            raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds trained: ``seeds`` if given, else ``(seed,)``."""
+        return tuple(self.seeds) if self.seeds else (self.seed,)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        """Environment steps collected per iteration per seed."""
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def iterations(self) -> int:
+        """Iterations needed to reach ``steps`` (the last one may overshoot)."""
+        return max(1, math.ceil(self.steps / self.steps_per_iteration))
+
+    @property
+    def updates_per_iteration(self) -> int:
+        """Gradient updates fused into one iteration's learning scan."""
+        return max(1, round(self.update_ratio * self.steps_per_iteration))
+
+    @property
+    def warmup_iterations(self) -> int:
+        """Iterations that act at random and do not learn."""
+        return math.ceil(self.warmup_steps / self.steps_per_iteration)
+
+    @property
+    def replay_rows(self) -> int:
+        """Rows (steps of all copies) of the replay ring."""
+        capacity = min(self.buffer_size, self.iterations * self.steps_per_iteration)
+        return max(self.rollout_steps, math.ceil(capacity / self.num_envs))
+
+    # Off-policy agents keep raw observations (as FSRL, SB3): nothing to normalise.
+    normalize_observations = False
+
+
+def q_threshold(episode_limit: jax.Array, gamma: float, episode_length: int) -> jax.Array:
+    """``ε_Q = ε (1 − γ^T) / ((1 − γ) T)``: the per-step discounted value of an episode limit.
+
+    A policy that spreads its ``ε`` episode cost evenly over ``T`` steps has a cost value of
+    ``ε/T · Σ_{t<T} γ^t`` at the start state (ALGORITHMS.md §1).
+    """
+    return episode_limit * (1.0 - gamma**episode_length) / ((1.0 - gamma) * episode_length)
+
+
+class Limits(NamedTuple):
+    """The cost limits in both units: per episode and as a Q threshold, each ``[m]``."""
+
+    episode: jax.Array
+    q: jax.Array
+
+
+class OffPolicyState(NamedTuple):
+    """The whole training state of one seed (a leading seed axis when several train at once)."""
+
+    agent: Any
+    replay: Replay
+    tracker: EpisodeTracker
+    env_state: Any  # EpisodeState for native tasks, () for host environments
+    key: jax.Array
+    iteration: jax.Array
+    total_cost: jax.Array  # [m]
+    cost_estimate: jax.Array  # [m] the latest episode-cost estimate
+    has_cost_estimate: jax.Array  # bool
+
+
+class OffPolicyAlgorithm(Protocol):
+    """What an off-policy algorithm module provides to the engine."""
+
+    def make_networks(self, config: Any, spec: EnvSpec) -> Any:
+        """Its Flax modules (a NamedTuple with an ``actor``)."""
+        ...
+
+    def init_agent(self, config: Any, spec: EnvSpec, networks: Any, key: jax.Array) -> Any:
+        """Initial parameters, targets, optimiser states and multipliers."""
+        ...
+
+    def sample_action(self, config: Any, networks: Any, agent: Any, observations: jax.Array,
+                      key: jax.Array) -> jax.Array:
+        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations."""
+        ...
+
+    def update(self, config: Any, networks: Any, agent: Any, batch: SampledBatch,
+               limits: Limits, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        """One gradient update from a sampled minibatch."""
+        ...
+
+    def update_multipliers(self, config: Any, agent: Any, episode_cost: jax.Array,
+                           limits: Limits, fresh: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        """Once per iteration: multipliers from the iteration's episode cost (if ``fresh``)."""
+        ...
+
+
+def scale_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
+    """Map ``[-1, 1]`` to the environment's action bounds."""
+    low = jnp.asarray(spec.action_space.low, jnp.float32)
+    high = jnp.asarray(spec.action_space.high, jnp.float32)
+    return low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
+
+
+def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Any, seed: int,
+               task: NativeTask | None) -> OffPolicyState:
+    """The initial state of one seed (native tasks also reset their environments here)."""
+    run: OffPolicyConfig = config.run
+    key = jax.random.PRNGKey(seed)
+    key, agent_key, env_key = jax.random.split(key, 3)
+    m = spec.num_costs
+    return OffPolicyState(
+        agent=algo.init_agent(config, spec, networks, agent_key),
+        replay=replay_init(run.replay_rows, run.num_envs, spec.obs_dim, spec.action_dim, m),
+        tracker=EpisodeTracker(jnp.zeros(run.num_envs), jnp.zeros((run.num_envs, m)),
+                               jnp.zeros(run.num_envs, jnp.int32), jnp.zeros((run.num_envs, m))),
+        env_state=() if task is None else batch_reset(task, env_key, run.num_envs),
+        key=key,
+        iteration=jnp.zeros((), jnp.int32),
+        total_cost=jnp.zeros(m),
+        cost_estimate=jnp.zeros(m),
+        has_cost_estimate=jnp.zeros((), bool),
+    )
+
+
+def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
+                   task: NativeTask | None) -> OffPolicyState:
+    """Initial states of every seed of ``config``, stacked along a leading seed axis."""
+    networks = algo.make_networks(config, spec)
+    states = [init_state(algo, config, spec, networks, seed, task)
+              for seed in config.run.seed_list]
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+
+def limits_for(config: Any, spec: EnvSpec, cost_limit: jax.Array) -> Limits:
+    """Both forms of the limits for a run (see :func:`q_threshold`)."""
+    run: OffPolicyConfig = config.run
+    length = run.episode_length or spec.max_episode_steps
+    if length is None:
+        raise ValueError(
+            f"{spec.id!r} has no time limit, so the episode length T of the Q-threshold "
+            f"conversion is unknown; set episode_length (e.g. --episode-length 1000).")
+    return Limits(cost_limit, q_threshold(cost_limit, run.gamma, length))
+
+
+def learn(algo: OffPolicyAlgorithm, config: Any, networks: Any, agent: Any, replay: Replay,
+          limits: Limits, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+    """``updates_per_iteration`` sampled gradient updates fused in one ``lax.scan``."""
+    run: OffPolicyConfig = config.run
+
+    def one_update(agent: Any, update_key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        sample_key, step_key = jax.random.split(update_key)
+        batch = replay_sample(replay, sample_key, run.batch_size, run.n_step, run.gamma)
+        return algo.update(config, networks, agent, batch, limits, step_key)
+
+    agent, metrics = jax.lax.scan(one_update, agent,
+                                  jax.random.split(key, run.updates_per_iteration))
+    return agent, {name: value.mean() for name, value in metrics.items()}
+
+
+def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec: EnvSpec,
+                     state: OffPolicyState, transitions: Transitions, limits: Limits,
+                     learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
+    """Store the iteration's transitions, update the multipliers, learn (one seed; pure)."""
+    m = spec.num_costs
+    steps, num_envs = transitions.rewards.shape
+    replay = replay_add(state.replay, transitions)
+    tracker, episodes = track_episodes(state.tracker, transitions)  # type: ignore[arg-type]
+    finished = episodes["episodes"] > 0
+    count = jnp.maximum(episodes["episodes"], 1.0)
+    batch_cost = episodes["sum_cost"] / count
+    cost_estimate = jnp.where(finished, batch_cost, state.cost_estimate)
+    has_estimate = finished | state.has_cost_estimate
+
+    # Warm-up episodes come from random actions, not from the policy: they say nothing about
+    # the policy's cost, so the multipliers wait for the first learning iteration.
+    agent, metrics = algo.update_multipliers(config, state.agent, batch_cost, limits,
+                                             finished & learning)
+    key, learn_key = jax.random.split(state.key)
+    if learning:
+        agent, learn_metrics = learn(algo, config, networks, agent, replay, limits, learn_key)
+    else:
+        # Same metric names during warm-up (NaN), so that every logged row has every column.
+        shapes = jax.eval_shape(lambda: learn(algo, config, networks, agent, replay, limits,
+                                              learn_key))[1]
+        learn_metrics = {name: jnp.full((), jnp.nan) for name in shapes}
+    metrics.update(learn_metrics)
+
+    total_cost = state.total_cost + transitions.costs.sum(axis=(0, 1))
+    iteration = state.iteration + 1
+    new_state = OffPolicyState(agent, replay, tracker, state.env_state, key, iteration,
+                               total_cost, cost_estimate, has_estimate)
+    nan = jnp.full((), jnp.nan)
+    metrics.update({
+        "rollout/ep_return": jnp.where(finished, episodes["sum_return"] / count, nan),
+        "rollout/ep_length": jnp.where(finished, episodes["sum_length"] / count, nan),
+        "rollout/episodes": episodes["episodes"],
+        "rollout/cost_estimate_stale": (~finished).astype(jnp.float32),
+        "rollout/step_reward": transitions.rewards.mean(),
+        "train/learning": jnp.asarray(float(learning)),
+    })
+    total_steps = iteration.astype(jnp.float32) * steps * num_envs
+    for i in range(m):
+        metrics[f"rollout/ep_cost_{i}"] = jnp.where(finished, batch_cost[i], nan)
+        metrics[f"train/cost_rate_{i}"] = total_cost[i] / total_steps
+    bad = ~(jnp.isfinite(transitions.rewards) & jnp.all(jnp.isfinite(transitions.costs), -1)
+            & jnp.all(jnp.isfinite(transitions.next_observations), -1))
+    flat_bad = bad.reshape(-1)
+    first = jnp.argmax(flat_bad)
+    metrics["_nonfinite_step"] = jnp.where(flat_bad.any(), first // num_envs, -1)
+    metrics["_nonfinite_env"] = jnp.where(flat_bad.any(), first % num_envs, -1)
+    return new_state, metrics
+
+
+def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: NativeTask,
+                   state: OffPolicyState, random: bool) -> tuple[OffPolicyState, Transitions]:
+    """Collect ``rollout_steps`` steps of every copy with ``lax.scan`` (one seed)."""
+    run: OffPolicyConfig = config.run
+    spec = task.spec
+
+    def one_step(carry: tuple[Any, jax.Array], _: None) -> tuple[Any, Transitions]:
+        env_state, key = carry
+        key, act_key = jax.random.split(key)
+        observations = env_state.observation
+        if random:
+            actions = jax.random.uniform(act_key, (run.num_envs, spec.action_dim),
+                                         minval=-1.0, maxval=1.0)
+        else:
+            actions = algo.sample_action(config, networks, state.agent, observations, act_key)
+        env_state, out = batch_step(task, env_state, scale_action(spec, actions))
+        return (env_state, key), Transitions(observations, actions, out.reward, out.costs,
+                                             out.terminated, out.truncated,
+                                             out.final_observation)
+
+    (env_state, key), transitions = jax.lax.scan(one_step, (state.env_state, state.key), None,
+                                                 length=run.rollout_steps)
+    return state._replace(env_state=env_state, key=key), transitions
+
+
+class Engine:
+    """Compiled iteration functions for one off-policy algorithm, config and environment.
+
+    ``iterate(states, cost_limit)`` runs one iteration of every seed (leading seed axis) and
+    returns the new states and per-seed metrics as numpy arrays. Warm-up iterations (random
+    actions, no learning) and learning iterations are two compiled functions; which one runs is
+    decided on the host from the iteration count, which all seeds share.
+    """
+
+    def __init__(self, algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
+                 task: NativeTask | None = None, envs: list[VecEnv] | None = None) -> None:
+        self.algo, self.config, self.spec, self.task, self.envs = algo, config, spec, task, envs
+        run: OffPolicyConfig = config.run
+        self.networks = algo.make_networks(config, spec)
+        self.num_seeds = len(run.seed_list)
+        self._iteration = 0
+
+        def finish(states: OffPolicyState, transitions: Transitions, cost_limit: jax.Array,
+                   learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
+            limits = limits_for(config, spec, cost_limit)
+            return jax.vmap(lambda s, t: finish_iteration(algo, config, self.networks, spec, s, t,
+                                                          limits, learning))(states, transitions)
+
+        if task is not None:
+            def iteration(states: OffPolicyState, cost_limit: jax.Array,
+                          learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
+                states, transitions = jax.vmap(
+                    lambda s: native_collect(algo, config, self.networks, task, s,
+                                             random=not learning))(states)
+                return finish(states, transitions, cost_limit, learning)
+
+            self._iterate = jax.jit(iteration, static_argnums=2)
+        else:
+            if envs is None or len(envs) != self.num_seeds:
+                raise ValueError("host environments need one VecEnv per seed")
+            self._finish = jax.jit(finish, static_argnums=3)
+            self._sample = jax.jit(jax.vmap(
+                lambda agent, obs, key: algo.sample_action(config, self.networks, agent, obs,
+                                                           key)))
+            self._observations: np.ndarray | None = None
+            self._env_steps = 0
+
+    def init_states(self) -> OffPolicyState:
+        """Initial states of every seed, stacked along a leading axis and placed."""
+        return self.place(initial_states(self.algo, self.config, self.spec, self.task))
+
+    def place(self, states: OffPolicyState) -> OffPolicyState:
+        """Shard the seed axis over the local devices."""
+        self._iteration = int(np.asarray(jax.device_get(states.iteration)).reshape(-1)[0])
+        return place_seeds(states, self.num_seeds)
+
+    def iterate(self, states: OffPolicyState,
+                cost_limit: jax.Array) -> tuple[OffPolicyState, dict[str, np.ndarray]]:
+        """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
+        learning = self._iteration >= self.config.run.warmup_iterations
+        if self.task is not None:
+            states, metrics = self._iterate(states, cost_limit, learning)
+        else:
+            states, transitions = self._host_collect(states, random=not learning)
+            states, metrics = self._finish(states, transitions, cost_limit, learning)
+        self._iteration += 1
+        metrics = jax.device_get(metrics)
+        if (metrics["_nonfinite_step"] >= 0).any():
+            seed_index = int(np.argmax(metrics["_nonfinite_step"] >= 0))
+            raise NonFiniteError(
+                f"Environment {self.spec.id!r} returned a non-finite observation, reward or cost "
+                f"at step {int(metrics['_nonfinite_step'][seed_index])} of iteration "
+                f"{self._iteration} in env index {int(metrics['_nonfinite_env'][seed_index])} "
+                f"(seed {self.config.run.seed_list[seed_index]}); the run stopped and the last "
+                f"checkpoint is intact.")
+        return states, {k: np.asarray(v) for k, v in metrics.items() if not k.startswith("_")}
+
+    def _host_collect(self, states: OffPolicyState,
+                      random: bool) -> tuple[OffPolicyState, Transitions]:
+        """Collect one iteration of every seed from host environments (numpy buffers)."""
+        run: OffPolicyConfig = self.config.run
+        envs = self.envs
+        assert envs is not None
+        if self._observations is None:
+            self._observations = np.stack([
+                env.reset(seed=seed) for env, seed in zip(envs, run.seed_list, strict=True)
+            ]).astype(np.float32)
+        steps, seeds, n = run.rollout_steps, self.num_seeds, run.num_envs
+        obs_dim, act_dim, m = self.spec.obs_dim, self.spec.action_dim, self.spec.num_costs
+        buffers = {
+            "observations": np.empty((seeds, steps, n, obs_dim), np.float32),
+            "actions": np.empty((seeds, steps, n, act_dim), np.float32),
+            "rewards": np.empty((seeds, steps, n), np.float32),
+            "costs": np.empty((seeds, steps, n, m), np.float32),
+            "terminated": np.empty((seeds, steps, n), bool),
+            "truncated": np.empty((seeds, steps, n), bool),
+            "next_observations": np.empty((seeds, steps, n, obs_dim), np.float32),
+        }
+        keys = jax.vmap(lambda k: jax.random.split(k))(states.key)  # [S, 2, 2]
+        states = states._replace(key=keys[:, 0])
+        # Random warm-up actions come from a numpy generator seeded by each seed's key.
+        rng = np.random.default_rng(np.asarray(jax.device_get(keys[:, 1])).reshape(-1))
+        act_keys = jax.vmap(lambda k: jax.random.split(k, steps))(keys[:, 1])  # [S, T, 2]
+        low = np.asarray(self.spec.action_space.low, np.float32)
+        high = np.asarray(self.spec.action_space.high, np.float32)
+        observations = self._observations
+        for t in range(steps):
+            if random:
+                actions = rng.uniform(-1.0, 1.0, (seeds, n, act_dim)).astype(np.float32)
+            else:
+                actions = np.asarray(self._sample(states.agent, jnp.asarray(observations),
+                                                  act_keys[:, t]))
+            buffers["observations"][:, t] = observations
+            buffers["actions"][:, t] = actions
+            env_actions = low + 0.5 * (np.clip(actions, -1.0, 1.0) + 1.0) * (high - low)
+            next_observations = np.empty_like(observations)
+            for s, env in enumerate(envs):
+                result = env.step(env_actions[s])
+                check_finite(result, self._env_steps, self.spec.id)
+                buffers["rewards"][s, t] = result.reward
+                buffers["costs"][s, t] = result.costs
+                buffers["terminated"][s, t] = result.terminated
+                buffers["truncated"][s, t] = result.truncated
+                buffers["next_observations"][s, t] = result.final_observation
+                next_observations[s] = result.observation
+            observations = next_observations
+            self._env_steps += n
+        self._observations = observations
+        return states, Transitions(**{k: jnp.asarray(v) for k, v in buffers.items()})
+
+
+def cut_open_episodes(states: OffPolicyState) -> OffPolicyState:
+    """Mark the newest stored step of every copy as truncated (resuming with host envs).
+
+    Host simulators cannot be checkpointed, so their episodes restart on resume; without this
+    an n-step window would join the interrupted episode to the new one. A truncation
+    bootstraps from the stored true next observation, which is what the cut episode needs.
+    """
+    replay = states.replay
+    capacity = replay.truncated.shape[-2]
+
+    def cut(r: Replay) -> Replay:
+        last = (r.position - 1) % capacity
+        marked = r.truncated.at[last].set(True)
+        return r._replace(truncated=jnp.where(r.size > 0, marked, r.truncated))
+
+    return states._replace(replay=jax.vmap(cut)(replay))
+
+
+@dataclass(frozen=True)
+class MultiplierParams:
+    """Where the Lagrangian algorithms' multipliers get their cost signal.
+
+    Attributes:
+        source: ``"episode"``: once per iteration from the mean cost of the episodes collected
+            in it, against the episode limit (default; FSRL's choice). ``"q"``: at every
+            gradient update from the batch mean of ``Q_C(s, π(s))`` against the Q threshold
+            ``ε_Q`` (the rule then takes thousands of steps per iteration: use a small
+            ``lagrange.lr``).
+    """
+
+    source: str = "episode"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("episode", "q"):
+            raise ValueError(
+                f"multiplier.source must be 'episode' or 'q'; got {self.source!r}.")
+
+
+def episode_multipliers(lagrange: LagrangeConfig, source: MultiplierParams,
+                        state: LagrangeState, episode_cost: jax.Array, limits: Limits,
+                        fresh: jax.Array) -> tuple[LagrangeState, dict[str, jax.Array]]:
+    """The once-per-iteration multiplier step of the episode form (no-op for the Q form)."""
+    if source.source == "episode":
+        updated = lagrange_update(lagrange, state, episode_cost, limits.episode)
+        state = jax.tree_util.tree_map(lambda new, old: jnp.where(fresh, new, old), updated,
+                                       state)
+    return state, {f"lagrange/lambda_{i}": state.multiplier[i]
+                   for i in range(state.multiplier.shape[0])}
+
+
+def q_multipliers(lagrange: LagrangeConfig, source: MultiplierParams, state: LagrangeState,
+                  cost_values: jax.Array, limits: Limits) -> LagrangeState:
+    """The per-update multiplier step of the Q form: ``mean Q_C(s, π(s))`` against ``ε_Q``."""
+    if source.source != "q":
+        return state
+    return lagrange_update(lagrange, state, jax.lax.stop_gradient(cost_values.mean(0)), limits.q)
+
+
+def td_targets(batch: SampledBatch, next_reward: jax.Array, next_costs: jax.Array) -> jax.Array:
+    """Critic targets ``[B, 1 + m]``: each signal plus ``discount ×`` its next-state value.
+
+    ``batch.discount`` is ``γ^h`` for an n-step window and 0 after a termination, so a
+    time-limit truncation still bootstraps (from the stored true last observation).
+    """
+    signals = jnp.concatenate([batch.rewards[:, None], batch.costs], axis=-1)
+    values = jnp.concatenate([next_reward[:, None], next_costs], axis=-1)
+    return jax.lax.stop_gradient(signals + batch.discount[:, None] * values)
+
+
+def critic_step(critics: Any, tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                batch: SampledBatch, targets: jax.Array, num_reward: int
+                ) -> tuple[Any, Any, jax.Array]:
+    """One Adam step of every Q-critic towards its target (reward critics share column 0)."""
+
+    def loss_fn(p: Any) -> jax.Array:
+        q = critics.apply(p, batch.observations, batch.actions)
+        expanded = jnp.concatenate([jnp.repeat(targets[:, :1], num_reward, axis=1),
+                                    targets[:, 1:]], axis=1)
+        return jnp.mean(jnp.sum((q - expanded) ** 2, axis=-1))
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def polyak(target: Any, online: Any, tau: float) -> Any:
+    """``target ← (1 − τ)·target + τ·online`` on every leaf."""
+    return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)
+
+
+OffPolicyIterate = Callable[[OffPolicyState, jax.Array],
+                            tuple[OffPolicyState, dict[str, np.ndarray]]]
