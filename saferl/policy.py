@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,29 +16,41 @@ from saferl.core.normalization import RunningStats, normalize
 
 
 class Policy:
-    """A trained Gaussian policy with its observation normaliser.
+    """A trained policy with its observation normaliser.
+
+    On-policy algorithms train a Gaussian policy whose actions are clipped to the bounds;
+    off-policy ones (``squashed``) act in ``[-1, 1]`` through ``tanh`` and are scaled to them.
 
     ``policy(obs)`` accepts one observation ``[obs_dim]`` or a batch ``[B, obs_dim]`` (numpy or
     anything array-like) and returns actions of the matching shape, clipped to the action bounds.
     ``deterministic=True`` (the default) returns the mean action; ``False`` samples.
     """
 
-    def __init__(self, module: GaussianPolicy, params: Any, obs_stats: RunningStats | None,
+    def __init__(self, module: nn.Module, params: Any, obs_stats: RunningStats | None,
                  action_low: np.ndarray, action_high: np.ndarray, seed: int = 0,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, squashed: bool = False) -> None:
         self.module, self.params, self.obs_stats = module, params, obs_stats
         self.action_low = np.asarray(action_low, np.float32)
         self.action_high = np.asarray(action_high, np.float32)
         self.info = dict(info or {})
+        self.squashed = squashed
         self._key = jax.random.PRNGKey(seed)
+        low, high = jnp.asarray(self.action_low), jnp.asarray(self.action_high)
 
         def forward(params: Any, stats: Any, obs: jax.Array, key: jax.Array,
                     deterministic: bool) -> jax.Array:
             if stats is not None:
                 obs = normalize(stats, obs)
-            mean, log_std = module.apply(params, obs)
-            action = mean if deterministic else gaussian_sample(key, mean, log_std)
-            return jnp.clip(action, self.action_low, self.action_high)
+            out = module.apply(params, obs)
+            if not isinstance(out, tuple):  # deterministic actor (DDPG, TD3): tanh already
+                action = out
+            else:
+                mean, log_std = out
+                action = mean if deterministic else gaussian_sample(key, mean, log_std)
+            if squashed:  # off-policy actors act in [-1, 1]: tanh, then scale to the bounds
+                action = jnp.tanh(action) if isinstance(out, tuple) else action
+                return low + 0.5 * (action + 1.0) * (high - low)
+            return jnp.clip(action, low, high)
 
         self._forward = jax.jit(forward, static_argnums=4)
 
@@ -69,14 +82,19 @@ class Policy:
                 f"seed_index {seed_index} is out of range: the run trained {len(seeds)} seed(s) "
                 f"{list(seeds)}.")
         pick = lambda x: x[seed_index]  # noqa: E731
+        info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
+                "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir)}
+        if entry.family == "off_policy":
+            module = entry.module.make_networks(config, spec).actor
+            params = jax.tree_util.tree_map(pick, states.agent.actor_params)
+            return cls(module, params, None, spec.action_space.low, spec.action_space.high,
+                       seed=seeds[seed_index], info=info, squashed=True)
         params = jax.tree_util.tree_map(pick, states.agent.policy_params)
         stats = (jax.tree_util.tree_map(pick, states.obs_stats)
                  if config.run.normalize_observations else None)
         module = GaussianPolicy(spec.action_dim, tuple(config.run.hidden_sizes),
                                 config.run.activation, config.run.init_log_std)
-        info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
-                "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
-                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir)}
         return cls(module, params, stats, spec.action_space.low, spec.action_space.high,
                    seed=seeds[seed_index], info=info)
 

@@ -235,6 +235,8 @@ def _resume(path: Path, steps: int | None, progress: bool,
         RunDirectory(path).write_config({k: v for k, v in record.items()
                                          if k != "saferl_version"})
     _, task, envs = make_environment(config)
+    if entry.family == "off_policy" and steps is not None:
+        states = off_policy.resize_replay(states, config)
     if task is None:
         # Host simulators cannot be checkpointed: episodes restart, so forget partial sums.
         tracker = states.tracker

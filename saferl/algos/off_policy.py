@@ -48,6 +48,7 @@ from saferl.data.replay import (
     Transitions,
     replay_add,
     replay_init,
+    replay_resize,
     replay_sample,
 )
 from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
@@ -282,14 +283,22 @@ def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
 
 
+def needs_q_threshold(config: Any) -> bool:
+    """Whether a configuration uses the Q-threshold form of the limits (CVPO, ``source="q"``)."""
+    multiplier = getattr(config, "multiplier", None)
+    return hasattr(config, "cvpo") or (multiplier is not None and multiplier.source == "q")
+
+
 def limits_for(config: Any, spec: EnvSpec, cost_limit: jax.Array) -> Limits:
-    """Both forms of the limits for a run (see :func:`q_threshold`)."""
+    """Both forms of the limits for a run (see :func:`q_threshold`).
+
+    Without an episode length (no time limit and no ``episode_length``) the Q threshold is NaN;
+    the engine refuses such a run up front when the algorithm needs it.
+    """
     run: OffPolicyConfig = config.run
     length = run.episode_length or spec.max_episode_steps
     if length is None:
-        raise ValueError(
-            f"{spec.id!r} has no time limit, so the episode length T of the Q-threshold "
-            f"conversion is unknown; set episode_length (e.g. --episode-length 1000).")
+        return Limits(cost_limit, jnp.full_like(cost_limit, jnp.nan))
     return Limits(cost_limit, q_threshold(cost_limit, run.gamma, length))
 
 
@@ -403,6 +412,11 @@ class Engine:
         self.networks = algo.make_networks(config, spec)
         self.num_seeds = len(run.seed_list)
         self._iteration = 0
+        if needs_q_threshold(config) and not (run.episode_length or spec.max_episode_steps):
+            raise ValueError(
+                f"{spec.id!r} has no time limit, so the episode length T that converts the "
+                f"episode cost limit into a Q threshold is unknown; set episode_length "
+                f"(e.g. --episode-length 1000).")
 
         def finish(states: OffPolicyState, transitions: Transitions, cost_limit: jax.Array,
                    learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
@@ -596,6 +610,14 @@ def critic_step(critics: Any, tx: optax.GradientTransformation, params: Any, opt
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
+
+
+def resize_replay(states: OffPolicyState, config: Any) -> OffPolicyState:
+    """Grow every seed's replay ring to the configuration's size (a run extended on resume)."""
+    rows = config.run.replay_rows
+    if states.replay.rewards.shape[1] >= rows:
+        return states
+    return states._replace(replay=jax.vmap(lambda r: replay_resize(r, rows))(states.replay))
 
 
 def polyak(target: Any, online: Any, tau: float) -> Any:

@@ -120,3 +120,22 @@ def replay_sample(buffer: Replay, key: jax.Array, batch_size: int, n_step: int =
         alive = alive & ~(terminated | truncated)
     return SampledBatch(buffer.observations[row, env], buffer.actions[row, env], rewards, costs,
                         discount, next_observations)
+
+
+def replay_resize(buffer: Replay, rows: int) -> Replay:
+    """A buffer of ``rows`` rows holding the newest ``min(size, rows)`` rows in time order.
+
+    Used when a finished run is extended: its ring was sized for the old step budget.
+    """
+    capacity = buffer.rewards.shape[0]
+    keep = jnp.minimum(buffer.size, rows)
+    # Source row of destination row i: the (size − keep + i)-th oldest row, for i < keep.
+    oldest = (buffer.position - buffer.size) % capacity
+    source = (oldest + buffer.size - keep + jnp.arange(rows)) % capacity
+    valid = jnp.arange(rows) < keep
+    fields = []
+    for name in Transitions._fields:
+        data = getattr(buffer, name)[source]
+        mask = valid.reshape((rows,) + (1,) * (data.ndim - 1))
+        fields.append(jnp.where(mask, data, jnp.zeros_like(data)))
+    return Replay(*fields, position=(keep % rows).astype(jnp.int32), size=keep.astype(jnp.int32))

@@ -1,0 +1,110 @@
+"""CVPO's E-step dual against SciPy, the E-step weights' conditions, the decoupled KL."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from saferl.core.distributions import gaussian_kl
+from saferl.core.inference import decoupled_kl, estep_dual, estep_weights, solve_estep_dual
+
+
+def random_q(seed, batch=64, samples=16, m=1, cost_shift=0.0):
+    rng = np.random.default_rng(seed)
+    q_reward = rng.normal(2.0, 1.0, (batch, samples))
+    # Cost Q correlated with the reward Q: the best actions are also the costly ones.
+    q_costs = (0.6 * q_reward[..., None] + rng.normal(0, 0.5, (batch, samples, m))
+               + cost_shift)
+    return q_reward, q_costs
+
+
+def scipy_solution(q_reward, q_costs, kappa, limit, max_multiplier):
+    m = q_costs.shape[-1]
+
+    def f(x):
+        return float(estep_dual(jnp.asarray(x), jnp.asarray(q_reward), jnp.asarray(q_costs),
+                                kappa, jnp.asarray(limit)))
+
+    grad = jax.grad(lambda x: estep_dual(x, jnp.asarray(q_reward), jnp.asarray(q_costs), kappa,
+                                         jnp.asarray(limit)))
+    best = None
+    for eta0 in (0.1, 1.0, 10.0):
+        result = minimize(f, np.r_[eta0, np.ones(m)], jac=lambda x: np.asarray(grad(jnp.asarray(x))),
+                          method="L-BFGS-B",
+                          bounds=[(1e-3, None)] + [(0.0, max_multiplier)] * m,
+                          options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000})
+        if best is None or result.fun < best.fun:
+            best = result
+    return best
+
+
+@pytest.mark.parametrize("case", [
+    # (seed, m, cost_shift, limit): slack constraint (λ = 0), active constraint(s) (λ > 0).
+    (0, 1, 0.0, [5.0]),
+    (1, 1, 0.0, [1.2]),
+    (2, 2, 0.0, [1.0, 1.3]),
+    (3, 2, 0.0, [1.1, 5.0]),
+])
+def test_dual_solution_matches_scipy(enable_x64, case):
+    seed, m, shift, limit = case
+    q_reward, q_costs = random_q(seed, m=m, cost_shift=shift)
+    kappa, cap = 0.05, 100.0
+    reference = scipy_solution(q_reward, q_costs, kappa, limit, cap)
+    init = jnp.asarray(np.r_[1.0, np.zeros(m)])
+    solution = solve_estep_dual(jnp.asarray(q_reward), jnp.asarray(q_costs), kappa,
+                                jnp.asarray(limit), init, iterations=25, max_multiplier=cap)
+    assert float(solution.value) == pytest.approx(reference.fun, abs=1e-7, rel=1e-7)
+    np.testing.assert_allclose(np.asarray(solution.variables), reference.x, rtol=2e-3,
+                               atol=2e-4)
+    slack = limit[0] >= 5.0
+    assert (float(solution.variables[1]) == 0.0) == slack
+
+
+def test_few_warm_started_iterations_reach_the_optimum(enable_x64):
+    """In training the solver gets ~10 iterations from the previous solution."""
+    q_reward, q_costs = random_q(4, m=1)
+    args = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02, jnp.asarray([1.2]))
+    exact = solve_estep_dual(*args, jnp.asarray([1.0, 0.0]), iterations=50)
+    moved = solve_estep_dual(args[0] + 0.05, *args[1:], exact.variables, iterations=50)
+    warm = solve_estep_dual(args[0] + 0.05, *args[1:], exact.variables, iterations=10)
+    assert float(warm.value) == pytest.approx(float(moved.value), rel=1e-6)
+
+
+def test_weights_meet_the_kl_bound_and_the_constraint(enable_x64):
+    q_reward, q_costs = random_q(5, batch=128, samples=32, m=1)
+    kappa, limit = 0.05, 1.2
+    solution = solve_estep_dual(jnp.asarray(q_reward), jnp.asarray(q_costs), kappa,
+                                jnp.asarray([limit]), jnp.asarray([1.0, 0.0]), iterations=40)
+    weights = np.asarray(estep_weights(jnp.asarray(q_reward), jnp.asarray(q_costs),
+                                       solution.variables))
+    np.testing.assert_allclose(weights.sum(1), 1.0, rtol=1e-10)
+    samples = weights.shape[1]
+    kl = np.mean(np.sum(weights * np.log(weights * samples + 1e-300), axis=1))
+    # KKT: η > 0 makes the KL bound active; λ > 0 makes the cost constraint active.
+    assert float(solution.variables[1]) > 0
+    assert kl == pytest.approx(kappa, rel=1e-4)
+    expected_cost = np.mean(np.sum(weights * q_costs[..., 0], axis=1))
+    assert expected_cost == pytest.approx(limit, rel=1e-4)
+    # The weights prefer high reward among the samples (positive correlation within a state).
+    assert np.mean(np.sum(weights * q_reward, 1)) > np.mean(q_reward) - 1e-9
+
+
+def test_infeasible_constraint_caps_the_multiplier(enable_x64):
+    q_reward, q_costs = random_q(6, m=1, cost_shift=10.0)  # every action costs ≫ the limit
+    solution = solve_estep_dual(jnp.asarray(q_reward), jnp.asarray(q_costs), 0.05,
+                                jnp.asarray([1.0]), jnp.asarray([1.0, 0.0]), iterations=30,
+                                max_multiplier=20.0)
+    assert float(solution.variables[1]) == pytest.approx(20.0)
+    assert np.isfinite(float(solution.value))
+
+
+def test_decoupled_kl_parts():
+    rng = np.random.default_rng(0)
+    mean_old, mean = rng.normal(size=(2, 5, 3))
+    std_old, std = np.exp(rng.normal(0, 0.3, (2, 5, 3)))
+    kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, std)
+    np.testing.assert_allclose(
+        kl_mean, gaussian_kl(mean_old, np.log(std_old), mean, np.log(std_old)), rtol=1e-5)
+    np.testing.assert_allclose(
+        kl_std, gaussian_kl(mean_old, np.log(std_old), mean_old, np.log(std)), rtol=1e-5)
