@@ -207,7 +207,7 @@ def test_host_environments_train_and_resume(tmp_path):
     _, _, _, _, states, _ = restore_states(result.run_dir)
     assert int(states.replay.size[0]) == 140
     # The env has no declared time limit: CVPO cannot convert the limit into a Q threshold.
-    with pytest.raises(ValueError, match="no time limit.*set episode_length"):
+    with pytest.raises(ValueError, match=r"no time limit.*set episode_length"):
         tiny_train(tmp_path, "cvpo", algo="cvpo", run=run)
     assert not list((tmp_path / "cvpo").glob("checkpoints/*"))
 
@@ -224,5 +224,5 @@ def test_bad_configuration_is_one_clear_sentence(overrides, match):
 
 
 def test_multiplier_source_is_validated():
-    with pytest.raises(ValueError, match="multiplier.source must be 'episode' or 'q'"):
+    with pytest.raises(ValueError, match=r"multiplier\.source must be 'episode' or 'q'"):
         build_config("sac_lag", overrides={"multiplier": {"source": "replay"}})

@@ -30,8 +30,8 @@ def scipy_solution(q_reward, q_costs, kappa, limit, max_multiplier):
                                          jnp.asarray(limit)))
     best = None
     for eta0 in (0.1, 1.0, 10.0):
-        result = minimize(f, np.r_[eta0, np.ones(m)], jac=lambda x: np.asarray(grad(jnp.asarray(x))),
-                          method="L-BFGS-B",
+        result = minimize(f, np.r_[eta0, np.ones(m)],
+                          jac=lambda x: np.asarray(grad(jnp.asarray(x))), method="L-BFGS-B",
                           bounds=[(1e-3, None)] + [(0.0, max_multiplier)] * m,
                           options={"ftol": 1e-14, "gtol": 1e-10, "maxiter": 2000})
         if best is None or result.fun < best.fun:
