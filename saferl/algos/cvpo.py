@@ -2,7 +2,7 @@
 
 Per gradient update (ALGORITHMS.md §5):
 
-1. **Critics** — twin reward critics and one critic per cost regress
+1. **Critics** — twin reward critics (or one) and one critic per cost regress
    ``y = signal + γ^h Q'(s', a')`` with ``a' ~ π(·|s')`` and target networks (n-step windows;
    no bootstrap after a termination).
 2. **E-step** — for every state of the batch, ``K`` pre-squash actions ``u_j`` are sampled from
@@ -65,6 +65,7 @@ class CVPOParams:
         kl_multiplier_lr_mean: Step size of the multiplier α_μ.
         kl_multiplier_lr_std: Step size of the multiplier α_σ.
         kl_multiplier_max: Upper bound of α_μ and α_σ.
+        twin_critics: Two reward critics whose minimum is used (``False``: one, as FSRL).
     """
 
     num_samples: int = 32
@@ -78,6 +79,7 @@ class CVPOParams:
     kl_multiplier_lr_mean: float = 10.0
     kl_multiplier_lr_std: float = 100.0
     kl_multiplier_max: float = 100.0
+    twin_critics: bool = True
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "dual_iterations", "mstep_iterations"):
@@ -100,7 +102,7 @@ class CVPOConfig:
 
 
 class Networks(NamedTuple):
-    """The Gaussian (pre-tanh) actor and the ``2 + m`` Q-critics."""
+    """The Gaussian (pre-tanh) actor and the ``k + m`` Q-critics (``k = 2`` twin, else 1)."""
 
     actor: TanhGaussianActor
     critics: QCritics
@@ -125,7 +127,11 @@ def make_networks(config: CVPOConfig, spec: EnvSpec) -> Networks:
     hidden = tuple(run.hidden_sizes)
     return Networks(TanhGaussianActor(spec.action_dim, hidden, run.activation,
                                       log_std_min=-10.0, log_std_max=1.0),
-                    QCritics(2, spec.num_costs, hidden, run.activation))
+                    QCritics(_num_reward(config), spec.num_costs, hidden, run.activation))
+
+
+def _num_reward(config: CVPOConfig) -> int:
+    return 2 if config.cvpo.twin_critics else 1
 
 
 def _optimizers(config: CVPOConfig) -> tuple[optax.GradientTransformation, ...]:
@@ -218,13 +224,13 @@ def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_s
 
 def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, new_params: Any,
                       observations: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
-    """The largest step ``old + t (new − old)``, ``t ∈ {1, ½, …, 2⁻¹⁰, 0}``, within both bounds.
+    """The largest step ``old + t (new − old)``, ``t ∈ {1, ½, …, 2⁻⁵, 0}``, within both bounds.
 
     Returns the parameters, the fraction ``t`` and the mean KL parts at the result.
     """
     mean_old, log_std_old = networks.actor.apply(old_params, observations)
     std_old = jnp.exp(log_std_old)
-    fractions = jnp.concatenate([0.5 ** jnp.arange(11.0), jnp.zeros(1)])
+    fractions = jnp.concatenate([0.5 ** jnp.arange(6.0), jnp.zeros(1)])
 
     def kl_at(t: jax.Array) -> tuple[jax.Array, jax.Array]:
         params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
@@ -253,10 +259,11 @@ def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: Samp
     next_action = jnp.tanh(gaussian_sample(next_key, mean, log_std))
     next_q = networks.critics.apply(agent.target_critic_params, batch.next_observations,
                                     next_action)
-    targets = td_targets(batch, jnp.minimum(next_q[:, 0], next_q[:, 1]), next_q[:, 2:])
+    k = _num_reward(config)
+    targets = td_targets(batch, jnp.min(next_q[:, :k], axis=-1), next_q[:, k:])
     critic_params, critic_opt, critic_loss = critic_step(
         networks.critics, critic_tx, agent.critic_params, agent.critic_opt_state, batch, targets,
-        num_reward=2)
+        num_reward=k)
 
     # 2. E-step: K samples per state from π_old, scored by the target critics.
     mean_old, log_std_old = networks.actor.apply(agent.target_actor_params, batch.observations)
@@ -266,8 +273,8 @@ def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: Samp
     observations = jnp.broadcast_to(batch.observations, (params.num_samples,
                                                          *batch.observations.shape))
     q = networks.critics.apply(agent.target_critic_params, observations, jnp.tanh(samples))
-    q_reward = jnp.minimum(q[..., 0], q[..., 1]).T  # [B, K]
-    q_costs = jnp.moveaxis(q[..., 2:], 0, 1)  # [B, K, m]
+    q_reward = jnp.min(q[..., :k], axis=-1).T  # [B, K]
+    q_costs = jnp.moveaxis(q[..., k:], 0, 1)  # [B, K, m]
     solution = solve_estep_dual(q_reward, q_costs, params.estep_kl, limits.q, agent.dual,
                                 params.dual_iterations, max_multiplier=params.max_multiplier)
     weights = estep_weights(q_reward, q_costs, solution.variables)

@@ -86,7 +86,8 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         blocked = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
         return jnp.where(blocked, 0.0, g)
 
-    ladder = 0.5 ** jnp.arange(12.0)
+    newton_ladder = 0.5 ** jnp.arange(8.0)
+    gradient_ladder = 4.0 ** -jnp.arange(4.0)
 
     def step(x: jax.Array, _: None) -> tuple[jax.Array, None]:
         g = jax.grad(objective)(x)
@@ -101,8 +102,8 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         # Candidates: the Newton ladder and a projected-gradient ladder; keep the best (or x).
         gradient_step = -jnp.where(free, g, 0.0) / scale
         candidates = jnp.concatenate([
-            x[None] + ladder[:, None] * newton[None],
-            x[None] + ladder[:, None] * gradient_step[None]])
+            x[None] + newton_ladder[:, None] * newton[None],
+            x[None] + gradient_ladder[:, None] * gradient_step[None]])
         candidates = jnp.clip(candidates, lower, upper)
         candidates = jnp.concatenate([x[None], candidates])
         values = jax.vmap(objective)(candidates)
