@@ -23,7 +23,9 @@ warm-up             none (FSRL has none)            none
 Wall time: FSRL's ``wall_s`` (training loop incl. buffer set-up; imports and env creation
 excluded) against saferl's ``saferl.train`` call (env creation and JIT compilation
 *included*). Quality: the mean return / cost of the last training episodes and of 10
-deterministic evaluation episodes. Each process may use both cores (FSRL: ``--threads 2``).
+deterministic evaluation episodes. saferl uses both cores; FSRL runs its torch updates on
+``--fsrl-threads`` threads (default 1, the setting of its measured runs; its 10 environment
+workers are separate processes on the other core).
 
 Example::
 
@@ -94,13 +96,13 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float) -> dict
             "eval_return": evaluation["return_mean"], "eval_cost": evaluation["cost_0_mean"]}
 
 
-def run_fsrl(python: str, algo: str, env: str, steps: int, seed: int,
-             limit: float) -> dict[str, Any]:
+def run_fsrl(python: str, algo: str, env: str, steps: int, seed: int, limit: float,
+             threads: int) -> dict[str, Any]:
     """Run FSRL's baseline script in its own venv and read its JSON."""
     out = Path(tempfile.mkdtemp(prefix="fsrl_")) / "out.json"
     command = [python, str(BENCH_DIR / "fsrl_baseline.py"), "--algo", algo, "--task", env,
                "--steps", str(steps), "--seed", str(seed), "--cost-limit", str(limit),
-               "--threads", "2", "--out", str(out), *SETTINGS[algo]["fsrl"]]
+               "--threads", str(threads), "--out", str(out), *SETTINGS[algo]["fsrl"]]
     subprocess.run(command, check=True)
     data = json.loads(out.read_text())
     data["library"] = "fsrl"
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--cost-limit", type=float, default=10.0)
     parser.add_argument("--fsrl-python", default="/work/fsrl-venv/bin/python")
+    parser.add_argument("--fsrl-threads", type=int, default=1,
+                        help="torch threads of FSRL (its env workers run in other processes)")
     parser.add_argument("--saferl-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("ALGO", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
@@ -129,7 +133,8 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     for algo in args.algos:
         for seed in args.seeds:
-            fsrl = run_fsrl(args.fsrl_python, algo, args.env, args.steps, seed, args.cost_limit)
+            fsrl = run_fsrl(args.fsrl_python, algo, args.env, args.steps, seed, args.cost_limit,
+                            args.fsrl_threads)
             child = subprocess.run(
                 [sys.executable, __file__, "--one", algo, str(seed), "--env", args.env,
                  "--steps", str(fsrl["steps"]), "--cost-limit", str(args.cost_limit)],
@@ -165,7 +170,8 @@ def main() -> None:
         print(f"{algo}: saferl / FSRL wall time, median over seeds = "
               f"{entry['median_time_ratio']:.3f}")
     write_json("fsrl_comparison", {"env": args.env, "steps": args.steps, "seeds": args.seeds,
-                                   "settings": SETTINGS, "runs": runs, "summary": summary},
+                                   "fsrl_threads": args.fsrl_threads, "settings": SETTINGS,
+                                   "runs": runs, "summary": summary},
                args.out or RESULTS_DIR / "fsrl_comparison.json")
 
 
