@@ -79,14 +79,8 @@ class DDPGLagConfig:
 
 
 @dataclass(frozen=True)
-class TD3LagConfig:
-    """Configuration of ``td3_lag`` (same fields; TD3's fixes switched on)."""
-
-    run: Annotated[OffPolicyConfig, tyro.conf.OmitArgPrefixes] = field(
-        default_factory=OffPolicyConfig)
-    ddpg: DDPGParams = field(default_factory=DDPGParams)
-    lagrange: LagrangeConfig = field(default_factory=LagrangeConfig)
-    multiplier: MultiplierParams = field(default_factory=MultiplierParams)
+class TD3LagConfig(DDPGLagConfig):
+    """Configuration of ``td3_lag``: the same fields; the type switches TD3's fixes on."""
 
 
 class Networks(NamedTuple):

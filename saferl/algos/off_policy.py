@@ -40,7 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saferl.algos.on_policy import EpisodeTracker, place_seeds, track_episodes
+from saferl.algos.on_policy import (
+    EpisodeTracker,
+    check_shared_run_fields,
+    nonfinite_location,
+    place_seeds,
+    track_episodes,
+)
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
 from saferl.data.replay import (
     Replay,
@@ -113,18 +119,8 @@ class OffPolicyConfig:
     cost_buffer: float = 1.0
 
     def __post_init__(self) -> None:
-        from saferl.core.networks import ACTIVATIONS
-
-        if not self.cost_limit:
-            raise ValueError("cost_limit needs at least one value (one per constraint).")
-        for limit in self.cost_limit:
-            if not (math.isfinite(limit) and limit >= 0):
-                raise ValueError(
-                    f"cost_limit values must be finite and >= 0; got {list(self.cost_limit)}.")
-        for name in ("steps", "num_envs", "rollout_steps", "buffer_size", "batch_size",
-                     "n_step", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
+        check_shared_run_fields(self, ("steps", "num_envs", "rollout_steps", "buffer_size",
+                                       "batch_size", "n_step", "checkpoint_every"))
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}.")
         if not (self.update_ratio > 0 and math.isfinite(self.update_ratio)):
@@ -141,18 +137,6 @@ class OffPolicyConfig:
                              f"({self.rollout_steps}) so that one iteration fills a window.")
         if self.episode_length is not None and self.episode_length < 1:
             raise ValueError(f"episode_length must be >= 1 or None; got {self.episode_length}.")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}.")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be positive sizes; got {self.hidden_sizes}.")
-        if self.cost_transform not in ("sparse", "dense", "barrier"):
-            raise ValueError(f"cost_transform must be 'sparse', 'dense' or 'barrier'; got "
-                             f"{self.cost_transform!r}.")
-        if not (self.cost_buffer > 0 and math.isfinite(self.cost_buffer)):
-            raise ValueError(f"cost_buffer must be a finite number > 0; got {self.cost_buffer}.")
-        if len(set(self.seed_list)) != len(self.seed_list):
-            raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -362,12 +346,8 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
     for i in range(m):
         metrics[f"rollout/ep_cost_{i}"] = jnp.where(finished, batch_cost[i], nan)
         metrics[f"train/cost_rate_{i}"] = total_cost[i] / total_steps
-    bad = ~(jnp.isfinite(transitions.rewards) & jnp.all(jnp.isfinite(transitions.costs), -1)
-            & jnp.all(jnp.isfinite(transitions.next_observations), -1))
-    flat_bad = bad.reshape(-1)
-    first = jnp.argmax(flat_bad)
-    metrics["_nonfinite_step"] = jnp.where(flat_bad.any(), first // num_envs, -1)
-    metrics["_nonfinite_env"] = jnp.where(flat_bad.any(), first % num_envs, -1)
+    metrics["_nonfinite_step"], metrics["_nonfinite_env"] = nonfinite_location(
+        transitions.rewards, transitions.costs, transitions.next_observations)
     return new_state, metrics
 
 

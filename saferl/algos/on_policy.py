@@ -46,6 +46,48 @@ from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
 from saferl.envs.native import EpisodeState, NativeTask, batch_reset, batch_step
 
 
+def check_shared_run_fields(run: Any, positive: tuple[str, ...]) -> None:
+    """Validate the fields every run configuration has (on- and off-policy).
+
+    Checks the cost limits, the ``positive`` integer fields, activation, hidden sizes, the cost
+    transform and its buffer, and that the seeds are distinct; raises ``ValueError`` naming the
+    field, the value and what is allowed.
+    """
+    if not run.cost_limit:
+        raise ValueError("cost_limit needs at least one value (one per constraint).")
+    for limit in run.cost_limit:
+        if not (math.isfinite(limit) and limit >= 0):
+            raise ValueError(
+                f"cost_limit values must be finite and >= 0; got {list(run.cost_limit)}.")
+    for name in positive:
+        if getattr(run, name) < 1:
+            raise ValueError(f"{name} must be a positive integer; got {getattr(run, name)}.")
+    if run.activation not in ACTIVATIONS:
+        raise ValueError(
+            f"activation must be one of {sorted(ACTIVATIONS)}; got {run.activation!r}.")
+    if not run.hidden_sizes or min(run.hidden_sizes) < 1:
+        raise ValueError(f"hidden_sizes must be positive sizes; got {run.hidden_sizes}.")
+    if run.cost_transform not in ("sparse", "dense", "barrier"):
+        raise ValueError(f"cost_transform must be 'sparse', 'dense' or 'barrier'; got "
+                         f"{run.cost_transform!r}.")
+    if not (run.cost_buffer > 0 and math.isfinite(run.cost_buffer)):
+        raise ValueError(f"cost_buffer must be a finite number > 0; got {run.cost_buffer}.")
+    seeds = tuple(run.seeds) if run.seeds else (run.seed,)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct; got {list(run.seeds)}.")
+
+
+def nonfinite_location(rewards: jax.Array, costs: jax.Array,
+                       observations: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(step, env)`` of the first non-finite reward, cost or observation in ``[T, N, ...]``
+    arrays, or ``(-1, -1)``; reported as ``_nonfinite_step`` / ``_nonfinite_env`` metrics."""
+    num_envs = rewards.shape[1]
+    bad = ~(jnp.isfinite(rewards) & jnp.all(jnp.isfinite(costs), -1)
+            & jnp.all(jnp.isfinite(observations), -1)).reshape(-1)
+    first = jnp.argmax(bad)
+    return (jnp.where(bad.any(), first // num_envs, -1), jnp.where(bad.any(), first % num_envs, -1))
+
+
 @dataclass(frozen=True)
 class OnPolicyConfig:
     """Settings shared by every on-policy algorithm: the task, the budget, rollouts, networks.
@@ -107,30 +149,11 @@ class OnPolicyConfig:
     predictor_lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        for limit in self.cost_limit:
-            if not (math.isfinite(limit) and limit >= 0):
-                raise ValueError(
-                    f"cost_limit values must be finite and >= 0; got {list(self.cost_limit)}.")
-        if not self.cost_limit:
-            raise ValueError("cost_limit needs at least one value (one per constraint).")
-        positive = ("steps", "num_envs", "rollout_steps", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)}.")
+        check_shared_run_fields(self, ("steps", "num_envs", "rollout_steps", "checkpoint_every"))
         for name in ("gamma", "gae_lambda", "cost_gamma", "cost_gae_lambda"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {value}.")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}; got {self.activation!r}.")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be positive sizes; got {self.hidden_sizes}.")
-        if self.cost_transform not in ("sparse", "dense", "barrier"):
-            raise ValueError(f"cost_transform must be 'sparse', 'dense' or 'barrier'; got "
-                             f"{self.cost_transform!r}.")
-        if not (self.cost_buffer > 0 and math.isfinite(self.cost_buffer)):
-            raise ValueError(f"cost_buffer must be a finite number > 0; got {self.cost_buffer}.")
         if not (self.predictor_alpha >= 0 and math.isfinite(self.predictor_alpha)):
             raise ValueError(
                 f"predictor_alpha must be a finite number >= 0; got {self.predictor_alpha}.")
@@ -139,8 +162,6 @@ class OnPolicyConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
         if not self.predictor_lr > 0:
             raise ValueError(f"predictor_lr must be > 0; got {self.predictor_lr}.")
-        if len(set(self.seed_list)) != len(self.seed_list):
-            raise ValueError(f"seeds must be distinct; got {list(self.seeds)}.")
 
     @property
     def seed_list(self) -> tuple[int, ...]:
@@ -590,12 +611,8 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
                                                                    nan)
     metrics.update(predictor_metrics)
     metrics.update(update_metrics)
-    bad = ~(jnp.isfinite(rollout.rewards) & jnp.all(jnp.isfinite(rollout.costs), -1)
-            & jnp.all(jnp.isfinite(rollout.final_observations), -1))
-    flat_bad = bad.reshape(-1)
-    first = jnp.argmax(flat_bad)
-    metrics["_nonfinite_step"] = jnp.where(flat_bad.any(), first // num_envs, -1)
-    metrics["_nonfinite_env"] = jnp.where(flat_bad.any(), first % num_envs, -1)
+    metrics["_nonfinite_step"], metrics["_nonfinite_env"] = nonfinite_location(
+        rollout.rewards, rollout.costs, rollout.final_observations)
     return new_state, metrics
 
 
