@@ -56,7 +56,8 @@ class CVPOParams:
     Attributes:
         num_samples: Actions ``K`` sampled per state in the E-step.
         estep_kl: The E-step KL bound κ.
-        dual_iterations: Projected Newton iterations of the E-step dual per update.
+        dual_iterations: The most projected Newton iterations of the E-step dual per update
+            (the solver stops earlier at convergence; warm-started, it usually needs 1–2).
         dual_init_eta: Initial temperature η (later updates warm-start from the last solution).
         max_multiplier: Upper bound of the cost multipliers λ.
         mstep_iterations: Actor gradient steps per update.
@@ -153,10 +154,10 @@ def init_agent(config: CVPOConfig, spec: EnvSpec, networks: Networks,
                      jnp.zeros(2, jnp.float32))
 
 
-def sample_action(config: CVPOConfig, networks: Networks, agent: CVPOAgent,
+def sample_action(config: CVPOConfig, networks: Networks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``tanh(u)``, ``u ~ π(·|s)``."""
-    mean, log_std = networks.actor.apply(agent.actor_params, observations)
+    mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
 
 
@@ -295,6 +296,7 @@ def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: Samp
     metrics = {"loss/critic": critic_loss, **mstep_metrics,
                "cvpo/eta": solution.variables[0], "cvpo/dual_value": solution.value,
                "cvpo/dual_gradient_norm": solution.gradient_norm,
+               "cvpo/dual_iterations": solution.iterations.astype(jnp.float32),
                "cvpo/weights_entropy": entropy_weights, "cvpo/kl_mean": kl_mean,
                "cvpo/kl_std": kl_std, "cvpo/step_fraction": fraction,
                "cvpo/alpha_mean": kl_multipliers[0], "cvpo/alpha_std": kl_multipliers[1],

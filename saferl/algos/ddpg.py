@@ -132,10 +132,10 @@ def init_agent(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec, networks: Ne
                      lagrange_init(config.lagrange, spec.num_costs), jnp.zeros((), jnp.int32))
 
 
-def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks, agent: DDPGAgent,
+def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``clip(μ(s) + N(0, σ²), −1, 1)``."""
-    action = networks.actor.apply(agent.actor_params, observations)
+    action = networks.actor.apply(actor_params, observations)
     noise = config.ddpg.exploration_noise * jax.random.normal(key, action.shape)
     return jnp.clip(action + noise, -1.0, 1.0)
 

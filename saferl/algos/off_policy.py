@@ -214,9 +214,13 @@ class OffPolicyAlgorithm(Protocol):
         """Initial parameters, targets, optimiser states and multipliers."""
         ...
 
-    def sample_action(self, config: Any, networks: Any, agent: Any, observations: jax.Array,
-                      key: jax.Array) -> jax.Array:
-        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations."""
+    def sample_action(self, config: Any, networks: Any, actor_params: Any,
+                      observations: jax.Array, key: jax.Array) -> jax.Array:
+        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations.
+
+        It sees only the actor's parameters (``agent.actor_params``): the host loop calls it
+        once per environment step, and a jitted call's cost grows with its argument leaves.
+        """
         ...
 
     def update(self, config: Any, networks: Any, agent: Any, batch: SampledBatch,
@@ -365,7 +369,8 @@ def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: N
             actions = jax.random.uniform(act_key, (run.num_envs, spec.action_dim),
                                          minval=-1.0, maxval=1.0)
         else:
-            actions = algo.sample_action(config, networks, state.agent, observations, act_key)
+            actions = algo.sample_action(config, networks, state.agent.actor_params,
+                                            observations, act_key)
         env_state, out = batch_step(task, env_state, scale_action(spec, actions))
         return (env_state, key), Transitions(observations, actions, out.reward, out.costs,
                                              out.terminated, out.truncated,
@@ -418,7 +423,7 @@ class Engine:
                 raise ValueError("host environments need one VecEnv per seed")
             self._finish = jax.jit(finish, static_argnums=3)
             self._sample = jax.jit(jax.vmap(
-                lambda agent, obs, key: algo.sample_action(config, self.networks, agent, obs,
+                lambda actor, obs, key: algo.sample_action(config, self.networks, actor, obs,
                                                            key)))
             self._observations: np.ndarray | None = None
             self._env_steps = 0
@@ -478,7 +483,8 @@ class Engine:
         states = states._replace(key=keys[:, 0])
         # Random warm-up actions come from a numpy generator seeded by each seed's key.
         rng = np.random.default_rng(np.asarray(jax.device_get(keys[:, 1])).reshape(-1))
-        act_keys = jax.vmap(lambda k: jax.random.split(k, steps))(keys[:, 1])  # [S, T, 2]
+        act_keys = np.asarray(jax.vmap(lambda k: jax.random.split(k, steps))(keys[:, 1]))
+        actor = states.agent.actor_params
         low = np.asarray(self.spec.action_space.low, np.float32)
         high = np.asarray(self.spec.action_space.high, np.float32)
         observations = self._observations
@@ -486,8 +492,7 @@ class Engine:
             if random:
                 actions = rng.uniform(-1.0, 1.0, (seeds, n, act_dim)).astype(np.float32)
             else:
-                actions = np.asarray(self._sample(states.agent, jnp.asarray(observations),
-                                                  act_keys[:, t]))
+                actions = np.asarray(self._sample(actor, observations, act_keys[:, t]))
             buffers["observations"][:, t] = observations
             buffers["actions"][:, t] = actions
             env_actions = low + 0.5 * (np.clip(actions, -1.0, 1.0) + 1.0) * (high - low)

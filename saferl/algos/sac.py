@@ -137,10 +137,10 @@ def init_agent(config: SACConfig | SACLagConfig, spec: EnvSpec, networks: Networ
                     critic_tx.init(critic_params), log_alpha, alpha_tx.init(log_alpha), lagrange)
 
 
-def sample_action(config: SACConfig | SACLagConfig, networks: Networks, agent: SACAgent,
+def sample_action(config: SACConfig | SACLagConfig, networks: Networks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``tanh(u)``, ``u ~ N(μ(s), σ(s)²)``."""
-    mean, log_std = networks.actor.apply(agent.actor_params, observations)
+    mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
 
 

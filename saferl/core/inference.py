@@ -11,11 +11,12 @@ minimise the convex dual (ALGORITHMS.md §5)
     g(η, λ) = ηκ + λᵀε + η · E_s[ log (1/K) Σ_j exp((Q_r,j − λᵀQ_c,j)/η) ],   η > 0, λ ≥ 0.
 
 :func:`solve_estep_dual` minimises it inside ``jit`` with a few projected Newton iterations on
-the ``1 + m`` variables (exact gradient and Hessian by autodiff; variables at an active bound
-are held fixed; each step is the best of a backtracking ladder, so ``g`` never increases),
-warm-started from the previous solution. ``λ`` is capped at ``max_multiplier``: when no sampled
-action satisfies a constraint, the dual is unbounded below in that ``λ`` and the cap makes the
-weights put all their mass on the least-costly actions.
+the ``1 + m`` variables (exact gradient and Hessian in closed form; variables at an active
+bound are held fixed; each step is the best of a backtracking ladder, so ``g`` never
+increases; it stops at a small Newton decrement), warm-started from the previous solution.
+``λ`` is capped at ``max_multiplier``: when no sampled action satisfies a constraint, the dual
+is unbounded below in that ``λ`` and the cap makes the weights put all their mass on the
+least-costly actions.
 
 **M-step.** :func:`decoupled_kl` gives the mean and covariance parts of the KL between Gaussian
 policies used by the decoupled trust region (Abdolmaleki et al. 2018).
@@ -48,18 +49,65 @@ def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl
     return eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
 
 
+def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array,
+                           kl_bound: float, q_limit: jax.Array
+                           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``g``, its gradient and its Hessian at ``variables = [η, λ]``, in one pass over the samples.
+
+    With ``A = Q_r − λᵀQ_c``, per-state weights ``w = softmax(A/η)`` and ``E_w``/``Cov_w`` their
+    moments over the samples:
+
+    * ``∂g/∂η = κ + E_s[LSE(A/η) − log K − E_w[A]/η]``, ``∂g/∂λ_i = ε_i − E_s E_w[Q_ci]``;
+    * ``∂²g/∂η² = E_s Var_w(A)/η³``, ``∂²g/∂η∂λ_i = E_s Cov_w(A, Q_ci)/η²``,
+      ``∂²g/∂λ_i∂λ_k = E_s Cov_w(Q_ci, Q_ck)/η``.
+
+    (Autodiff of :func:`estep_dual` gives the same numbers, tested, at several times the cost.)
+
+    Returns:
+        ``(g, gradient [1 + m], Hessian [1 + m, 1 + m])``.
+    """
+    eta, lam = variables[0], variables[1:]
+    advantage = q_reward - q_costs @ lam  # [B, K]
+    scaled = advantage / eta
+    log_sum = jax.nn.logsumexp(scaled, axis=1, keepdims=True)
+    weights = jnp.exp(scaled - log_sum)  # [B, K]
+    log_mean = log_sum[:, 0] - math.log(q_reward.shape[1])
+    values = jnp.concatenate([advantage[..., None], q_costs], axis=-1)  # [B, K, 1 + m]
+    moments = jnp.einsum("bk,bki->bi", weights, values)  # E_w per state
+    centred = values - moments[:, None, :]
+    covariance = jnp.einsum("bk,bki,bkj->ij", weights, centred, centred) / q_reward.shape[0]
+    mean_moments = moments.mean(0)
+    value = eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
+    gradient = jnp.concatenate([
+        jnp.reshape(kl_bound + log_mean.mean() - mean_moments[0] / eta, (1,)),
+        q_limit - mean_moments[1:]])
+    size = variables.shape[0]
+    power = 1.0 + (jnp.arange(size) == 0)  # η-rows and -columns carry extra 1/η factors
+    hessian = covariance / eta ** (power[:, None] + power[None, :] - 1.0)
+    return value, gradient, hessian
+
+
 class DualSolution(NamedTuple):
     """The minimiser found and diagnostics."""
 
     variables: jax.Array  # [1 + m]: η, then λ
     value: jax.Array  # g at the solution
     gradient_norm: jax.Array  # norm of the projected gradient (0 at the optimum)
+    iterations: jax.Array  # Newton iterations taken
 
 
 def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
                      q_limit: jax.Array, init: jax.Array, iterations: int = 10,
-                     eta_min: float = 1e-3, max_multiplier: float = 100.0) -> DualSolution:
+                     eta_min: float = 1e-3, max_multiplier: float = 100.0,
+                     tolerance: float = 1e-10) -> DualSolution:
     """Minimise :func:`estep_dual` over ``η ≥ eta_min``, ``0 ≤ λ ≤ max_multiplier``.
+
+    Each iteration takes the exact gradient and Hessian (:func:`estep_dual_derivatives`), holds
+    the variables at an active bound fixed, and moves to the best of a backtracking ladder of
+    Newton and projected-gradient steps (or stays), so ``g`` never increases. It stops early
+    once the Newton decrement ``½ gᵀH⁻¹g`` of the free variables is at most
+    ``tolerance · (1 + |g|)`` or no candidate improves ``g``: warm-started from the previous
+    update's solution, one or two iterations usually suffice.
 
     Args:
         q_reward: ``[B, K]``.
@@ -67,9 +115,10 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         kl_bound: κ.
         q_limit: ``[m]``.
         init: ``[1 + m]`` warm start (projected onto the bounds).
-        iterations: Projected Newton iterations.
+        iterations: The most projected Newton iterations.
         eta_min: Lower bound of η (keeps ``Q/η`` finite).
         max_multiplier: Upper bound of every λ.
+        tolerance: Relative Newton decrement at which to stop.
 
     Returns:
         A :class:`DualSolution`.
@@ -78,6 +127,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     lower = jnp.concatenate([jnp.asarray([eta_min]), jnp.zeros(size - 1)]).astype(init.dtype)
     upper = jnp.concatenate([jnp.asarray([jnp.inf]),
                              jnp.full((size - 1,), max_multiplier)]).astype(init.dtype)
+    eye = jnp.eye(size, dtype=init.dtype)
 
     def objective(x: jax.Array) -> jax.Array:
         return estep_dual(x, q_reward, q_costs, kl_bound, q_limit)
@@ -89,31 +139,53 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     newton_ladder = 0.5 ** jnp.arange(8.0)
     gradient_ladder = 4.0 ** -jnp.arange(4.0)
 
-    def step(x: jax.Array, _: None) -> tuple[jax.Array, None]:
-        g = jax.grad(objective)(x)
-        hessian = jax.hessian(objective)(x)
-        free = projected_gradient(x, g) != 0
+    class Carry(NamedTuple):
+        x: jax.Array
+        value: jax.Array
+        gradient: jax.Array
+        hessian: jax.Array
+        count: jax.Array
+        done: jax.Array
+
+    def evaluate(x: jax.Array, count: jax.Array, done: jax.Array) -> Carry:
+        value, gradient, hessian = estep_dual_derivatives(x, q_reward, q_costs, kl_bound, q_limit)
+        return Carry(x, value, gradient, hessian, count, done)
+
+    def newton_direction(carry: Carry) -> tuple[jax.Array, jax.Array, jax.Array]:
+        free = projected_gradient(carry.x, carry.gradient) != 0
         both = free[:, None] & free[None, :]
-        reduced = jnp.where(both, hessian, jnp.eye(size, dtype=x.dtype))
-        scale = jnp.maximum(jnp.max(jnp.abs(jnp.diag(hessian))), 1e-12)
-        newton = -jnp.linalg.solve(reduced + 1e-9 * scale * jnp.eye(size, dtype=x.dtype),
-                                   jnp.where(free, g, 0.0))
+        reduced = jnp.where(both, carry.hessian, eye)
+        scale = jnp.maximum(jnp.max(jnp.abs(jnp.diag(carry.hessian))), 1e-12)
+        gradient = jnp.where(free, carry.gradient, 0.0)
+        newton = -jnp.linalg.solve(reduced + 1e-9 * scale * eye, gradient)
         newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
+        return newton, gradient / scale, -0.5 * gradient @ newton
+
+    def keep_going(carry: Carry) -> jax.Array:
+        return (carry.count < iterations) & ~carry.done
+
+    def step(carry: Carry) -> Carry:
+        newton, gradient_step, decrement = newton_direction(carry)
         # Candidates: the Newton ladder and a projected-gradient ladder; keep the best (or x).
-        gradient_step = -jnp.where(free, g, 0.0) / scale
         candidates = jnp.concatenate([
-            x[None] + newton_ladder[:, None] * newton[None],
-            x[None] + gradient_ladder[:, None] * gradient_step[None]])
+            carry.x[None] + newton_ladder[:, None] * newton[None],
+            carry.x[None] - gradient_ladder[:, None] * gradient_step[None]])
         candidates = jnp.clip(candidates, lower, upper)
-        candidates = jnp.concatenate([x[None], candidates])
         values = jax.vmap(objective)(candidates)
         values = jnp.where(jnp.isfinite(values), values, jnp.inf)
-        return candidates[jnp.argmin(values)], None
+        best = jnp.argmin(values)
+        improved = values[best] < carry.value
+        converged = decrement <= tolerance * (1.0 + jnp.abs(carry.value))
+        x = jnp.where(improved & ~converged, candidates[best], carry.x)
+        done = converged | ~improved
+        return jax.lax.cond(done, lambda: carry._replace(done=done),
+                            lambda: evaluate(x, carry.count + 1, done))
 
-    x = jnp.clip(init, lower, upper)
-    x, _ = jax.lax.scan(step, x, None, length=iterations)
-    g = projected_gradient(x, jax.grad(objective)(x))
-    return DualSolution(x, objective(x), jnp.linalg.norm(g))
+    start = evaluate(jnp.clip(init, lower, upper), jnp.asarray(0, jnp.int32),
+                     jnp.asarray(False))
+    final = jax.lax.while_loop(keep_going, step, start)
+    gradient = projected_gradient(final.x, final.gradient)
+    return DualSolution(final.x, final.value, jnp.linalg.norm(gradient), final.count)
 
 
 def estep_weights(q_reward: jax.Array, q_costs: jax.Array, variables: jax.Array) -> jax.Array:

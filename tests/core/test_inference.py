@@ -7,7 +7,13 @@ import pytest
 from scipy.optimize import minimize
 
 from saferl.core.distributions import gaussian_kl
-from saferl.core.inference import decoupled_kl, estep_dual, estep_weights, solve_estep_dual
+from saferl.core.inference import (
+    decoupled_kl,
+    estep_dual,
+    estep_dual_derivatives,
+    estep_weights,
+    solve_estep_dual,
+)
 
 
 def random_q(seed, batch=64, samples=16, m=1, cost_shift=0.0):
@@ -61,14 +67,35 @@ def test_dual_solution_matches_scipy(enable_x64, case):
     assert (float(solution.variables[1]) == 0.0) == slack
 
 
+@pytest.mark.parametrize("m", [1, 3])
+def test_closed_form_derivatives_match_autodiff(enable_x64, m):
+    q_reward, q_costs = random_q(7, batch=32, samples=8, m=m)
+    rng = np.random.default_rng(m)
+    args = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.03,
+            jnp.asarray(rng.uniform(0.5, 2.0, m)))
+    for x in (np.r_[0.7, rng.uniform(0, 2, m)], np.r_[3.0, np.zeros(m)]):
+        x = jnp.asarray(x)
+        value, gradient, hessian = estep_dual_derivatives(x, *args)
+        assert float(value) == pytest.approx(float(estep_dual(x, *args)), rel=1e-12)
+        np.testing.assert_allclose(gradient, jax.grad(estep_dual)(x, *args), rtol=1e-9,
+                                   atol=1e-12)
+        np.testing.assert_allclose(hessian, jax.hessian(estep_dual)(x, *args), rtol=1e-9,
+                                   atol=1e-12)
+
+
 def test_few_warm_started_iterations_reach_the_optimum(enable_x64):
     """In training the solver gets ~10 iterations from the previous solution."""
     q_reward, q_costs = random_q(4, m=1)
     args = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02, jnp.asarray([1.2]))
     exact = solve_estep_dual(*args, jnp.asarray([1.0, 0.0]), iterations=50)
-    moved = solve_estep_dual(args[0] + 0.05, *args[1:], exact.variables, iterations=50)
-    warm = solve_estep_dual(args[0] + 0.05, *args[1:], exact.variables, iterations=10)
+    # The next update's samples: the Q-values move a little.
+    nudged = args[0] + 0.05 * jnp.asarray(np.random.default_rng(0).normal(size=q_reward.shape))
+    moved = solve_estep_dual(nudged, *args[1:], exact.variables, iterations=50)
+    warm = solve_estep_dual(nudged, *args[1:], exact.variables, iterations=10)
     assert float(warm.value) == pytest.approx(float(moved.value), rel=1e-6)
+    # It stops early: a converged start takes no step, a nearby one a few.
+    assert int(solve_estep_dual(*args, exact.variables, iterations=10).iterations) == 0
+    assert 1 <= int(warm.iterations) <= 4
 
 
 def test_weights_meet_the_kl_bound_and_the_constraint(enable_x64):
