@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,9 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float) -> dict
                           run_dir=run_dir / "run", overrides=overrides, progress=False)
     wall = time.perf_counter() - start
     figures = result.summary["per_seed"][seed]
+    curves = run_dir / "run" / "curves.png"
+    if curves.exists():  # the learning curves of this run, kept with the results
+        shutil.copy(curves, RESULTS_DIR / f"curves_{algo}_{env}_seed{seed}.png")
     evaluation = saferl.evaluate(result.policy(), episodes=10, num_envs=1).summary()
     return {"library": "saferl", "algo": algo, "seed": seed, "steps": steps, "wall_s": wall,
             "train_final_return": figures["rollout/ep_return"],

@@ -91,6 +91,7 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
         table.add_row("mean ± std", *(f"{summary['mean_std'][k][0]:.2f} ± "
                                       f"{summary['mean_std'][k][1]:.2f}" for k in keys))
     console.print(table)
-    verdict = ("every constraint satisfied" if summary["constraints_satisfied"]
-               else "a constraint is violated")
+    verdict = {True: "every constraint satisfied", False: "a constraint is violated",
+               None: "no episode finished, so constraint satisfaction is unknown"}[
+        summary["constraints_satisfied"]]
     console.print(f"{verdict}; curves: {run_dir / 'curves.png'}")

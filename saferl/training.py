@@ -308,7 +308,11 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
 
 def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: EnvSpec,
               cost_limit: tuple[float, ...], last: int = 5) -> dict[str, Any]:
-    """Final figures per seed: mean over the last ``last`` iterations with finished episodes."""
+    """Final figures per seed: mean over the last ``last`` iterations with finished episodes.
+
+    ``constraints_satisfied`` is ``True`` or ``False``, or ``None`` when a seed finished no
+    episode (its costs are NaN and nothing can be said).
+    """
     names = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
     per_seed: dict[int, dict[str, float]] = {}
     for seed in seeds:
@@ -324,8 +328,10 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
     keys = list(next(iter(per_seed.values())).keys()) if per_seed else []
     aggregate = {k: (float(np.mean([v[k] for v in per_seed.values()])),
                      float(np.std([v[k] for v in per_seed.values()]))) for k in keys}
-    satisfied = all(
-        per_seed[s][f"rollout/ep_cost_{i}"] <= cost_limit[i]
-        for s in seeds for i in range(spec.num_costs))
+    costs = [(per_seed[s][f"rollout/ep_cost_{i}"], cost_limit[i])
+             for s in seeds for i in range(spec.num_costs)]
+    # None: some seed finished no episode, so whether its constraints hold is unknown.
+    satisfied: bool | None = (None if any(math.isnan(c) for c, _ in costs)
+                              else all(c <= d for c, d in costs))
     return {"per_seed": per_seed, "mean_std": aggregate, "constraints_satisfied": satisfied,
             "window": last}

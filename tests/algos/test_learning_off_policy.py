@@ -64,7 +64,7 @@ def test_sac_exceeds_the_limit_so_the_constraint_binds(sac_lag_run, baseline, tm
     assert figures["rollout/ep_cost_0"] >= 3 * LIMIT, figures
     lagrangian = sac_lag_run.summary["per_seed"][0]["rollout/ep_cost_0"]
     assert figures["rollout/ep_cost_0"] >= 3 * lagrangian, (figures, lagrangian)
-    assert not run.summary["constraints_satisfied"]
+    assert run.summary["constraints_satisfied"] is False
 
 
 def test_cvpo_satisfies_the_limit_with_a_high_return(baseline, tmp_path):

@@ -1,0 +1,36 @@
+"""The end-of-run summary: final figures per seed and the constraint verdict."""
+
+import math
+from pathlib import Path
+
+from saferl.envs.native import make_task
+from saferl.progress import print_summary
+from saferl.training import summarize
+
+
+def rows(seed, costs):
+    # An iteration without a finished episode logs NaN return and cost.
+    return [{"seed": seed, "rollout/ep_return": 10.0 * i if math.isfinite(c) else math.nan,
+             "rollout/ep_cost_0": c, "train/cost_rate_0": 0.01} for i, c in enumerate(costs)]
+
+
+def test_final_figures_average_the_last_iterations_with_episodes():
+    spec = make_task("saferl/BallCircle-v0").spec
+    history = rows(0, [30.0, 12.0, math.nan, 8.0]) + rows(1, [5.0, 6.0, 7.0, 9.0])
+    summary = summarize(history, (0, 1), spec, (10.0,), last=2)
+    # Seed 0: the NaN row (no finished episode) is skipped; the last two with episodes count.
+    assert summary["per_seed"][0]["rollout/ep_cost_0"] == 10.0
+    assert summary["per_seed"][1]["rollout/ep_cost_0"] == 8.0
+    assert summary["constraints_satisfied"] is True
+    summary = summarize(history, (0, 1), spec, (9.0,), last=2)
+    assert summary["constraints_satisfied"] is False
+
+
+def test_no_finished_episode_leaves_the_verdict_unknown(capsys):
+    spec = make_task("saferl/BallCircle-v0").spec
+    history = rows(0, [math.nan, math.nan]) + rows(1, [1.0, 2.0])
+    summary = summarize(history, (0, 1), spec, (10.0,))
+    assert math.isnan(summary["per_seed"][0]["rollout/ep_cost_0"])
+    assert summary["constraints_satisfied"] is None
+    print_summary(summary, spec, (10.0,), Path("runs/x"))
+    assert "unknown" in capsys.readouterr().err
