@@ -63,6 +63,9 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
     """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
     run = config.run
     if run.env in NATIVE_TASKS:
+        if run.env_workers != 1:
+            raise ValueError(f"env_workers={run.env_workers}: native tasks like {run.env!r} run "
+                             f"inside XLA, not in worker processes; leave env_workers at 1.")
         task = build_task(run)
         spec, envs = task.spec, None
     else:
@@ -74,8 +77,8 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
                 f"tasks expose; for {run.env!r} wrap the env in "
                 f"saferl.envs.wrappers.SafetyMarginCost(env, margin_fn) and register it.")
         task = None
-        envs = [make(run.env, num_envs=run.num_envs, seed=seed, **run.env_kwargs)
-                for seed in run.seed_list]
+        envs = [make(run.env, num_envs=run.num_envs, seed=seed, workers=run.env_workers,
+                     **run.env_kwargs) for seed in run.seed_list]
         spec = envs[0].spec
     if len(run.cost_limit) != spec.num_costs:
         names = ", ".join(spec.cost_names)

@@ -68,6 +68,8 @@ class OffPolicyConfig:
     Attributes:
         env: Environment id (``saferl list`` shows them).
         env_kwargs: Keyword arguments for the environment.
+        env_workers: Worker processes that step the copies of a host environment (Bullet,
+            gymnasium) in parallel; 1 steps them in the learner's process. Native tasks: 1.
         cost_limit: One limit per constraint, in episode-cost units.
         steps: Environment steps to train for, per seed.
         seed: Random seed (ignored when ``seeds`` is given).
@@ -95,6 +97,7 @@ class OffPolicyConfig:
 
     env: str = "saferl/BallCircle-v0"
     env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
+    env_workers: int = 1
     cost_limit: tuple[float, ...] = (10.0,)
     steps: int = 200_000
     seed: int = 0

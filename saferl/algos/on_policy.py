@@ -72,6 +72,9 @@ def check_shared_run_fields(run: Any, positive: tuple[str, ...]) -> None:
                          f"{run.cost_transform!r}.")
     if not (run.cost_buffer > 0 and math.isfinite(run.cost_buffer)):
         raise ValueError(f"cost_buffer must be a finite number > 0; got {run.cost_buffer}.")
+    if not 1 <= run.env_workers <= run.num_envs:
+        raise ValueError(f"env_workers must be between 1 and num_envs={run.num_envs}; got "
+                         f"{run.env_workers}.")
     seeds = tuple(run.seeds) if run.seeds else (run.seed,)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct; got {list(run.seeds)}.")
@@ -95,6 +98,8 @@ class OnPolicyConfig:
     Attributes:
         env: Environment id (``saferl list`` shows them).
         env_kwargs: Keyword arguments for the environment (e.g. ``speed_limit`` for native Circle).
+        env_workers: Worker processes that step the copies of a host environment (Bullet,
+            gymnasium) in parallel; 1 steps them in the learner's process. Native tasks: 1.
         cost_limit: One limit per constraint, in episode-cost units (undiscounted by default).
         steps: Environment steps to train for, per seed.
         seed: Random seed (ignored when ``seeds`` is given).
@@ -124,6 +129,7 @@ class OnPolicyConfig:
 
     env: str = "saferl/BallCircle-v0"
     env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
+    env_workers: int = 1
     cost_limit: tuple[float, ...] = (10.0,)
     steps: int = 2_000_000
     seed: int = 0

@@ -4,7 +4,8 @@
 * :func:`list_envs` — the known ids with one-line descriptions;
 * :func:`check_env` — validate a custom environment with clear one-sentence errors;
 * :class:`GymVecEnv` (any gymnasium env with costs, Bullet-Safety-Gym, Safety-Gymnasium) and
-  :class:`NativeVecEnv` (saferl's pure-JAX tasks).
+  :class:`NativeVecEnv` (saferl's pure-JAX tasks); :class:`SubprocVecEnv` steps host copies in
+  worker processes (``make(..., workers=k)``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from saferl.envs.gym import GymVecEnv
 from saferl.envs.make import UnknownEnvError, list_envs, make
 from saferl.envs.native import NativeVecEnv
 from saferl.envs.safety_gymnasium import MissingBackendError, is_safety_gymnasium_id
+from saferl.envs.workers import SubprocVecEnv
 
 __all__ = [
     "EnvCheckWarning",
@@ -25,6 +27,7 @@ __all__ = [
     "NativeVecEnv",
     "NonFiniteError",
     "StepResult",
+    "SubprocVecEnv",
     "UnknownEnvError",
     "VecEnv",
     "check_env",

@@ -139,7 +139,7 @@ def make_single(env_id: str, **kwargs: Any) -> gymnasium.Env:
 
 
 def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int = 1,
-         seed: int = 0, **kwargs: Any) -> VecEnv:
+         seed: int = 0, workers: int = 1, **kwargs: Any) -> VecEnv:
     """Build a batched CMDP from an id, a ``gymnasium.Env`` or a factory.
 
     Args:
@@ -148,6 +148,10 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
             ``gymnasium.Env`` per call.
         num_envs: Number of copies, ≥ 1.
         seed: Copy ``i`` starts from ``seed + i`` (native tasks: one key from ``seed``).
+        workers: For host environments, step the copies in this many worker processes
+            (:class:`~saferl.envs.workers.SubprocVecEnv`; the same numbers as in-process, on
+            several cores). ``env`` must then be an id or a picklable factory. Native tasks
+            accept only 1: they run inside XLA.
         **kwargs: For native ids, the task's parameters (e.g. ``speed_limit=2.0``); otherwise
             :class:`~saferl.envs.gym.GymVecEnv` options (``num_costs``, ``cost_names``,
             ``max_episode_steps``, ``env_id``) and, for ids, the backend ``make``'s arguments.
@@ -166,6 +170,16 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
         1
     """
     num_envs = validate_num_envs(num_envs)
+    if workers != 1:
+        if isinstance(env, str) and (env in NATIVE_TASKS or env.startswith("saferl/")):
+            raise EnvError(f"workers={workers!r}: native tasks like {env!r} run inside XLA, not "
+                           f"in worker processes; leave workers at 1.")
+        if isinstance(env, gymnasium.Env):
+            raise EnvError("workers > 1 needs an env id or a picklable factory, not an env "
+                           "object (a process cannot share it).")
+        from saferl.envs.workers import SubprocVecEnv
+
+        return SubprocVecEnv(env, num_envs=num_envs, seed=seed, workers=workers, **kwargs)
     if not isinstance(env, str):
         return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
     if env in NATIVE_TASKS:
