@@ -75,7 +75,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float) -> dict[str, Any]:
+def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float,
+               env_workers: int = 1) -> dict[str, Any]:
     """Train and evaluate one saferl run in this (fresh) process."""
     from common import setup_jax
 
@@ -84,7 +85,7 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float) -> dict
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"saferl_{algo}_"))
     overrides = json.loads(json.dumps(SETTINGS[algo]["saferl"]))
-    overrides["run"].update({"checkpoint_every": 10_000})
+    overrides["run"].update({"checkpoint_every": 10_000, "env_workers": env_workers})
     start = time.perf_counter()
     result = saferl.train(algo, env, cost_limit=limit, steps=steps, seed=seed,
                           run_dir=run_dir / "run", overrides=overrides, progress=False)
@@ -95,6 +96,7 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float) -> dict
         shutil.copy(curves, RESULTS_DIR / f"curves_{algo}_{env}_seed{seed}.png")
     evaluation = saferl.evaluate(result.policy(), episodes=10, num_envs=1).summary()
     return {"library": "saferl", "algo": algo, "seed": seed, "steps": steps, "wall_s": wall,
+            "env_workers": env_workers,
             "train_final_return": figures["rollout/ep_return"],
             "train_final_cost": figures["rollout/ep_cost_0"],
             "eval_return": evaluation["return_mean"], "eval_cost": evaluation["cost_0_mean"]}
@@ -124,24 +126,37 @@ def main() -> None:
     parser.add_argument("--fsrl-python", default="/work/fsrl-venv/bin/python")
     parser.add_argument("--fsrl-threads", type=int, default=1,
                         help="torch threads of FSRL (its env workers run in other processes)")
-    parser.add_argument("--saferl-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--env-workers", type=int, default=1,
+                        help="saferl's env worker processes (FSRL always uses one per env)")
+    parser.add_argument("--reuse-fsrl", type=Path, default=None,
+                        help="take FSRL's runs from an earlier output JSON (same steps and "
+                             "seeds) instead of running FSRL again; the ratios then compare "
+                             "runs made at different times")
     parser.add_argument("--one", nargs=2, metavar=("ALGO", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     if args.one:  # child process: one saferl run, JSON on the last stdout line
         algo, seed = args.one[0], int(args.one[1])
-        print(json.dumps(run_saferl(algo, args.env, args.steps, seed, args.cost_limit)))
+        print(json.dumps(run_saferl(algo, args.env, args.steps, seed, args.cost_limit,
+                                    args.env_workers)))
         return
 
     runs: list[dict[str, Any]] = []
+    earlier = json.loads(args.reuse_fsrl.read_text())["runs"] if args.reuse_fsrl else None
     for algo in args.algos:
         for seed in args.seeds:
-            fsrl = run_fsrl(args.fsrl_python, algo, args.env, args.steps, seed, args.cost_limit,
-                            args.fsrl_threads)
+            if earlier is not None:
+                fsrl = next(r for r in earlier if r["library"] == "fsrl" and r["algo"] == algo
+                            and r["seed"] == seed
+                            and abs(r["steps"] - args.steps) <= args.steps // 20)
+            else:
+                fsrl = run_fsrl(args.fsrl_python, algo, args.env, args.steps, seed,
+                                args.cost_limit, args.fsrl_threads)
             child = subprocess.run(
                 [sys.executable, __file__, "--one", algo, str(seed), "--env", args.env,
-                 "--steps", str(fsrl["steps"]), "--cost-limit", str(args.cost_limit)],
+                 "--steps", str(fsrl["steps"]), "--cost-limit", str(args.cost_limit),
+                 "--env-workers", str(args.env_workers)],
                 check=True, capture_output=True, text=True)
             ours = json.loads(child.stdout.strip().splitlines()[-1])
             runs += [fsrl, ours]
@@ -174,7 +189,10 @@ def main() -> None:
         print(f"{algo}: saferl / FSRL wall time, median over seeds = "
               f"{entry['median_time_ratio']:.3f}")
     write_json("fsrl_comparison", {"env": args.env, "steps": args.steps, "seeds": args.seeds,
-                                   "fsrl_threads": args.fsrl_threads, "settings": SETTINGS,
+                                   "fsrl_threads": args.fsrl_threads,
+                                   "saferl_env_workers": args.env_workers,
+                                   "fsrl_reused_from": str(args.reuse_fsrl or ""),
+                                   "settings": SETTINGS,
                                    "runs": runs, "summary": summary},
                args.out or RESULTS_DIR / "fsrl_comparison.json")
 
