@@ -135,3 +135,18 @@ def test_decoupled_kl_parts():
         kl_mean, gaussian_kl(mean_old, np.log(std_old), mean, np.log(std_old)), rtol=1e-5)
     np.testing.assert_allclose(
         kl_std, gaussian_kl(mean_old, np.log(std_old), mean_old, np.log(std)), rtol=1e-5)
+
+
+def test_float32_solution_is_close_to_the_float64_optimum():
+    """Training runs in float32, where the solver stops at a relative decrement of 1e-6."""
+    q_reward, q_costs = random_q(5, batch=128, samples=32, m=1)
+    kappa, limit = 0.05, [1.2]
+    reference = scipy_solution(q_reward, q_costs, kappa, limit, 100.0)
+    solution = solve_estep_dual(jnp.asarray(q_reward, jnp.float32),
+                                jnp.asarray(q_costs, jnp.float32), kappa,
+                                jnp.asarray(limit, jnp.float32),
+                                jnp.asarray([1.0, 0.0], jnp.float32), iterations=40)
+    assert solution.variables.dtype == jnp.float32
+    assert float(solution.value) == pytest.approx(reference.fun, rel=1e-5)
+    np.testing.assert_allclose(np.asarray(solution.variables), reference.x, rtol=5e-3)
+    assert int(solution.iterations) < 40
