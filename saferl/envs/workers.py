@@ -10,8 +10,14 @@ is built and reset with ``seed + o_j``, so copy ``i`` is still seeded with ``see
 its own random streams (tested equal to :class:`~saferl.envs.gym.GymVecEnv` step for step).
 
 Workers are started with ``spawn`` (safe next to JAX's threads), so the environment must be an
-id or a picklable factory (a module-level function, not a lambda). Exceptions raised in a
-worker (e.g. :class:`~saferl.envs.core.EnvError`) are re-raised in the caller with their type.
+id or a picklable factory (a module-level function, not a lambda), and a script that starts
+them must guard its entry point with ``if __name__ == "__main__":`` (the workers import it), as
+with any spawn-based multiprocessing. Exceptions raised in a worker (e.g.
+:class:`~saferl.envs.core.EnvError`) are re-raised in the caller with their type.
+
+Whether workers pay off depends on the machine: on the 2-vCPU benchmark VM two CPU-bound
+processes ran only 1.35× faster than one, and the per-step pipe round trips made 2 workers
+slower than in-process stepping (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -133,8 +139,10 @@ class SubprocVecEnv:
             status, payload = self._connections[j].recv()
         except (EOFError, ConnectionResetError) as error:
             code = self._processes[j].exitcode
-            raise EnvError(f"Environment worker {j} exited unexpectedly (exit code {code}).") \
-                from error
+            raise EnvError(
+                f"Environment worker {j} exited unexpectedly (exit code {code}). Workers are "
+                f"spawned processes that import the main script: guard its entry point with "
+                f"`if __name__ == '__main__':`.") from error
         if status == "error":
             raise payload
         return payload
