@@ -39,6 +39,7 @@ from saferl.algos.off_policy import (
     Limits,
     OffPolicyConfig,
     critic_step,
+    init_actor_critics,
     polyak,
     td_targets,
 )
@@ -142,10 +143,7 @@ def _optimizers(config: CVPOConfig) -> tuple[optax.GradientTransformation, ...]:
 def init_agent(config: CVPOConfig, spec: EnvSpec, networks: Networks,
                key: jax.Array) -> CVPOAgent:
     """Fresh networks with equal targets, Adam states, ``η = dual_init_eta``, ``λ = 0``."""
-    actor_key, critic_key = jax.random.split(key)
-    obs = jnp.zeros((1, spec.obs_dim))
-    actor_params = networks.actor.init(actor_key, obs)
-    critic_params = networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim)))
+    actor_params, critic_params = init_actor_critics(networks, spec, key)
     actor_tx, critic_tx = _optimizers(config)
     dual = jnp.concatenate([jnp.asarray([config.cvpo.dual_init_eta]),
                             jnp.zeros(spec.num_costs)]).astype(jnp.float32)

@@ -32,6 +32,7 @@ from saferl.algos.off_policy import (
     OffPolicyConfig,
     critic_step,
     episode_multipliers,
+    init_actor_critics,
     polyak,
     q_multipliers,
     td_targets,
@@ -122,10 +123,7 @@ def _optimizers(config: DDPGLagConfig | TD3LagConfig) -> tuple[optax.GradientTra
 def init_agent(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec, networks: Networks,
                key: jax.Array) -> DDPGAgent:
     """Fresh networks with equal targets, Adam states and multipliers."""
-    actor_key, critic_key = jax.random.split(key)
-    obs = jnp.zeros((1, spec.obs_dim))
-    actor_params = networks.actor.init(actor_key, obs)
-    critic_params = networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim)))
+    actor_params, critic_params = init_actor_critics(networks, spec, key)
     actor_tx, critic_tx = _optimizers(config)
     return DDPGAgent(actor_params, critic_params, actor_params, critic_params,
                      actor_tx.init(actor_params), critic_tx.init(critic_params),

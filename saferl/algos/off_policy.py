@@ -42,6 +42,7 @@ import optax
 
 from saferl.algos.on_policy import (
     EpisodeTracker,
+    RunSchedule,
     check_shared_run_fields,
     nonfinite_location,
     place_seeds,
@@ -62,7 +63,7 @@ from saferl.envs.native import NativeTask, batch_reset, batch_step
 
 
 @dataclass(frozen=True)
-class OffPolicyConfig:
+class OffPolicyConfig(RunSchedule):
     """Settings shared by every off-policy algorithm: the task, the budget, replay, networks.
 
     Attributes:
@@ -142,19 +143,9 @@ class OffPolicyConfig:
             raise ValueError(f"episode_length must be >= 1 or None; got {self.episode_length}.")
 
     @property
-    def seed_list(self) -> tuple[int, ...]:
-        """The seeds trained: ``seeds`` if given, else ``(seed,)``."""
-        return tuple(self.seeds) if self.seeds else (self.seed,)
-
-    @property
     def steps_per_iteration(self) -> int:
         """Environment steps collected per iteration per seed."""
         return self.num_envs * self.rollout_steps
-
-    @property
-    def iterations(self) -> int:
-        """Iterations needed to reach ``steps`` (the last one may overshoot)."""
-        return max(1, math.ceil(self.steps / self.steps_per_iteration))
 
     @property
     def updates_per_iteration(self) -> int:
@@ -571,6 +562,15 @@ def q_multipliers(lagrange: LagrangeConfig, source: MultiplierParams, state: Lag
     if source.source != "q":
         return state
     return lagrange_update(lagrange, state, jax.lax.stop_gradient(cost_values.mean(0)), limits.q)
+
+
+def init_actor_critics(networks: Any, spec: EnvSpec, key: jax.Array) -> tuple[Any, Any]:
+    """Fresh parameters of ``networks.actor`` (of observations) and ``networks.critics`` (of
+    observations and actions), from two halves of ``key``."""
+    actor_key, critic_key = jax.random.split(key)
+    obs = jnp.zeros((1, spec.obs_dim))
+    return (networks.actor.init(actor_key, obs),
+            networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim))))
 
 
 def td_targets(batch: SampledBatch, next_reward: jax.Array, next_costs: jax.Array) -> jax.Array:

@@ -91,8 +91,31 @@ def nonfinite_location(rewards: jax.Array, costs: jax.Array,
     return (jnp.where(bad.any(), first // num_envs, -1), jnp.where(bad.any(), first % num_envs, -1))
 
 
+class RunSchedule:
+    """``seed_list`` and ``iterations`` of a run configuration (on- and off-policy), derived
+    from its ``seed``/``seeds``, ``steps`` and ``steps_per_iteration``."""
+
+    seed: int
+    seeds: tuple[int, ...]
+    steps: int
+
+    @property
+    def steps_per_iteration(self) -> int:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds trained: ``seeds`` if given, else ``(seed,)``."""
+        return tuple(self.seeds) if self.seeds else (self.seed,)
+
+    @property
+    def iterations(self) -> int:
+        """Iterations needed to reach ``steps`` (the last one may overshoot)."""
+        return max(1, math.ceil(self.steps / self.steps_per_iteration))
+
+
 @dataclass(frozen=True)
-class OnPolicyConfig:
+class OnPolicyConfig(RunSchedule):
     """Settings shared by every on-policy algorithm: the task, the budget, rollouts, networks.
 
     Attributes:
@@ -170,11 +193,6 @@ class OnPolicyConfig:
             raise ValueError(f"predictor_lr must be > 0; got {self.predictor_lr}.")
 
     @property
-    def seed_list(self) -> tuple[int, ...]:
-        """The seeds trained: ``seeds`` if given, else ``(seed,)``."""
-        return tuple(self.seeds) if self.seeds else (self.seed,)
-
-    @property
     def batch_size(self) -> int:
         """Transitions per iteration per seed."""
         return self.num_envs * self.rollout_steps
@@ -183,11 +201,6 @@ class OnPolicyConfig:
     def steps_per_iteration(self) -> int:
         """Environment steps per iteration per seed (the batch)."""
         return self.batch_size
-
-    @property
-    def iterations(self) -> int:
-        """Iterations needed to reach ``steps`` (the last batch may overshoot)."""
-        return max(1, math.ceil(self.steps / self.batch_size))
 
 
 class Networks(NamedTuple):

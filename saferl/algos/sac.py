@@ -36,6 +36,7 @@ from saferl.algos.off_policy import (
     OffPolicyConfig,
     critic_step,
     episode_multipliers,
+    init_actor_critics,
     polyak,
     q_multipliers,
     td_targets,
@@ -126,10 +127,7 @@ def _optimizers(config: SACConfig | SACLagConfig) -> tuple[optax.GradientTransfo
 def init_agent(config: SACConfig | SACLagConfig, spec: EnvSpec, networks: Networks,
                key: jax.Array) -> SACAgent:
     """Fresh networks (targets equal to the critics), Adam states, α and multipliers."""
-    actor_key, critic_key = jax.random.split(key)
-    obs = jnp.zeros((1, spec.obs_dim))
-    actor_params = networks.actor.init(actor_key, obs)
-    critic_params = networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim)))
+    actor_params, critic_params = init_actor_critics(networks, spec, key)
     actor_tx, critic_tx, alpha_tx = _optimizers(config)
     log_alpha = jnp.asarray(math.log(config.sac.init_alpha), jnp.float32)
     lagrange = lagrange_init(getattr(config, "lagrange", LagrangeConfig()), spec.num_costs)
