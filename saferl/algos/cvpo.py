@@ -222,13 +222,13 @@ def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_s
 
 
 def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, new_params: Any,
-                      observations: jax.Array) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+                      observations: jax.Array, mean_old: jax.Array, std_old: jax.Array
+                      ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
     """The largest step ``old + t (new − old)``, ``t ∈ {1, ½, …, 2⁻⁵, 0}``, within both bounds.
 
-    Returns the parameters, the fraction ``t`` and the mean KL parts at the result.
+    ``mean_old`` and ``std_old`` are the policy of ``old_params`` at ``observations``. Returns
+    the parameters, the fraction ``t`` and the mean KL parts at the result.
     """
-    mean_old, log_std_old = networks.actor.apply(old_params, observations)
-    std_old = jnp.exp(log_std_old)
     fractions = jnp.concatenate([0.5 ** jnp.arange(6.0), jnp.zeros(1)])
 
     def kl_at(t: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -237,13 +237,19 @@ def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, n
         kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, jnp.exp(log_std))
         return kl_mean.mean(), kl_std.mean()
 
-    kl_mean, kl_std = jax.vmap(kl_at)(fractions)
-    ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
-    ok = ok.at[-1].set(True)  # t = 0 is π_old itself
-    choice = jnp.argmax(ok)
-    t = fractions[choice]
+    def backtrack() -> tuple[jax.Array, jax.Array, jax.Array]:
+        kl_mean, kl_std = jax.vmap(kl_at)(fractions)
+        ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
+        choice = jnp.argmax(ok.at[-1].set(True))  # t = 0 is π_old itself
+        return fractions[choice], kl_mean[choice], kl_std[choice]
+
+    # The full step first (the soft multipliers usually keep it inside); the ladder if not.
+    full_mean, full_std = kl_at(jnp.ones(()))
+    inside = (full_mean <= config.cvpo.kl_mean) & (full_std <= config.cvpo.kl_std)
+    t, kl_mean, kl_std = jax.lax.cond(inside, lambda: (jnp.ones(()), full_mean, full_std),
+                                      backtrack)
     params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
-    return params, t, kl_mean[choice], kl_std[choice]
+    return params, t, kl_mean, kl_std
 
 
 def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: SampledBatch,
@@ -269,9 +275,9 @@ def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: Samp
     std_old = jnp.exp(log_std_old)
     noise = jax.random.normal(sample_key, (params.num_samples, *mean_old.shape))
     samples = mean_old + std_old * noise  # [K, B, A]
-    observations = jnp.broadcast_to(batch.observations, (params.num_samples,
-                                                         *batch.observations.shape))
-    q = networks.critics.apply(agent.target_critic_params, observations, jnp.tanh(samples))
+    # The critics broadcast [B, obs] against [K, B, A]: the observation part once per state.
+    q = networks.critics.apply(agent.target_critic_params, batch.observations,
+                               jnp.tanh(samples))  # [K, B, k + m]
     q_reward = jnp.min(q[..., :k], axis=-1).T  # [B, K]
     q_costs = jnp.moveaxis(q[..., k:], 0, 1)  # [B, K, m]
     solution = solve_estep_dual(q_reward, q_costs, params.estep_kl, limits.q, agent.dual,
@@ -283,7 +289,8 @@ def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: Samp
         config, networks, agent.actor_params, agent.actor_opt_state, agent.kl_multipliers,
         batch.observations, samples, weights, mean_old, std_old)
     actor_params, fraction, kl_mean, kl_std = enforce_kl_bounds(
-        config, networks, agent.target_actor_params, actor_params, batch.observations)
+        config, networks, agent.target_actor_params, actor_params, batch.observations,
+        mean_old, std_old)
 
     # 4. Targets.
     new_agent = CVPOAgent(actor_params, critic_params,

@@ -103,8 +103,10 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     """Minimise :func:`estep_dual` over ``η ≥ eta_min``, ``0 ≤ λ ≤ max_multiplier``.
 
     Each iteration takes the exact gradient and Hessian (:func:`estep_dual_derivatives`), holds
-    the variables at an active bound fixed, and moves to the best of a backtracking ladder of
-    Newton and projected-gradient steps (or stays), so ``g`` never increases. It stops early
+    the variables at an active bound fixed, and takes the full projected Newton step if it lowers
+    ``g`` (one pass over the samples gives its value and the next derivatives); otherwise it
+    moves to the best of a backtracking ladder of Newton and projected-gradient steps, or stays,
+    so ``g`` never increases. It stops early
     once the Newton decrement ``½ gᵀH⁻¹g`` of the free variables is at most
     ``tolerance · (1 + |g|)`` or no candidate improves ``g``: warm-started from the previous
     update's solution, one or two iterations usually suffice.
@@ -170,9 +172,9 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     def keep_going(carry: Carry) -> jax.Array:
         return (carry.count < iterations) & ~carry.done
 
-    def step(carry: Carry) -> Carry:
-        newton, gradient_step, decrement = newton_direction(carry)
-        # Candidates: the Newton ladder and a projected-gradient ladder; keep the best (or x).
+    def backtrack(carry: Carry, newton: jax.Array, gradient_step: jax.Array) -> Carry:
+        # The full Newton step did not lower g: the best of a backtracking ladder of Newton
+        # steps and a projected-gradient ladder, or stay (and stop) if none improves.
         candidates = jnp.concatenate([
             carry.x[None] + newton_ladder[:, None] * newton[None],
             carry.x[None] - gradient_ladder[:, None] * gradient_step[None]])
@@ -181,11 +183,21 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         values = jnp.where(jnp.isfinite(values), values, jnp.inf)
         best = jnp.argmin(values)
         improved = values[best] < carry.value
+        return jax.lax.cond(improved,
+                            lambda: evaluate(candidates[best], carry.count + 1, carry.done),
+                            lambda: carry._replace(done=jnp.asarray(True)))
+
+    def newton_step(carry: Carry, newton: jax.Array, gradient_step: jax.Array) -> Carry:
+        # The full step first: one pass gives its value and the next iteration's derivatives.
+        trial = evaluate(jnp.clip(carry.x + newton, lower, upper), carry.count + 1, carry.done)
+        return jax.lax.cond(trial.value < carry.value, lambda: trial,
+                            lambda: backtrack(carry, newton, gradient_step))
+
+    def step(carry: Carry) -> Carry:
+        newton, gradient_step, decrement = newton_direction(carry)
         converged = decrement <= tolerance * (1.0 + jnp.abs(carry.value))
-        x = jnp.where(improved & ~converged, candidates[best], carry.x)
-        done = converged | ~improved
-        return jax.lax.cond(done, lambda: carry._replace(done=done),
-                            lambda: evaluate(x, carry.count + 1, done))
+        return jax.lax.cond(converged, lambda: carry._replace(done=jnp.asarray(True)),
+                            lambda: newton_step(carry, newton, gradient_step))
 
     start = evaluate(jnp.clip(init, lower, upper), jnp.asarray(0, jnp.int32),
                      jnp.asarray(False))

@@ -6,7 +6,7 @@ evaluated side by side (see :class:`ValueCritics` for why they are not ``nn.vmap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -113,12 +113,57 @@ class DeterministicActor(nn.Module):
                             output_scale=0.01)(obs))
 
 
+class PairDense(nn.Module):
+    """A dense layer of the pair ``(obs, action)``: ``obs W_o + action W_a + b``.
+
+    The same parameters (``kernel`` ``[obs + action, features]``, ``bias``) and initialisation as
+    ``nn.Dense`` on ``concatenate([obs, action])``, but the two parts are multiplied separately
+    and added with broadcasting, so ``obs [B, d]`` with ``action [K, B, A]`` computes the
+    observation part once per state instead of ``K`` times (CVPO's E-step scores ``K`` sampled
+    actions per state).
+    """
+
+    features: int
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """``[..., features]`` over the broadcast leading shape of ``obs`` and ``action``."""
+        obs_dim = obs.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (obs_dim + action.shape[-1],
+                                                         self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return obs @ kernel[:obs_dim] + action @ kernel[obs_dim:] + bias
+
+
+class QMLP(nn.Module):
+    """:class:`MLP` of ``(obs, action)`` whose first layer is a :class:`PairDense`.
+
+    Parameters are laid out exactly as ``MLP`` on the concatenated input (``Dense_0`` …).
+    """
+
+    hidden_sizes: Sequence[int]
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """``[..., 1]`` over the broadcast leading shape of ``obs`` and ``action``."""
+        act = ACTIVATIONS[self.activation]
+        gain = nn.initializers.orthogonal(np.sqrt(2))
+        x = act(PairDense(self.hidden_sizes[0], gain, name="Dense_0")(obs, action))
+        for i, size in enumerate(self.hidden_sizes[1:], start=1):
+            x = act(nn.Dense(size, kernel_init=gain, name=f"Dense_{i}")(x))
+        return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0),
+                        name=f"Dense_{len(self.hidden_sizes)}")(x)
+
+
 class QCritics(nn.Module):
     """``num_reward`` reward Q-networks and ``num_costs`` cost Q-networks of ``(obs, action)``.
 
     Returns ``[..., num_reward + num_costs]``: the reward critics first (twin critics for SAC,
     TD3 and CVPO, whose target takes their minimum), then one critic per cost. Separate MLPs, as
-    in :class:`ValueCritics`.
+    in :class:`ValueCritics`. ``obs`` and ``action`` broadcast against each other in their
+    leading axes: ``obs [B, d]`` with ``action [K, B, A]`` scores ``K`` actions per state.
     """
 
     num_reward: int
@@ -129,9 +174,10 @@ class QCritics(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         """Q-values of every critic, last axis ``num_reward + num_costs``."""
-        x = jnp.concatenate([obs, action], axis=-1)
+        if not self.hidden_sizes:
+            raise ValueError("QCritics needs at least one hidden layer.")
         names = ([f"reward_{i}" for i in range(self.num_reward)]
                  + [f"cost_{i}" for i in range(self.num_costs)])
-        values = [MLP(self.hidden_sizes, 1, self.activation, 1.0, name=name)(x)
+        values = [QMLP(self.hidden_sizes, self.activation, name=name)(obs, action)
                   for name in names]
         return jnp.concatenate(values, axis=-1)

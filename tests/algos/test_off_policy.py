@@ -106,6 +106,37 @@ def test_cvpo_updates_respect_the_m_step_kl_bounds():
     assert min(fractions) < 1.0 and max(fractions) > 0.0
 
 
+def test_kl_backtracking_keeps_the_largest_fraction_within_the_bounds():
+    config = build_config("cvpo", overrides={"run": {**TINY, "hidden_sizes": [32, 32]},
+                                             "cvpo": {"kl_mean": 0.01, "kl_std": 0.001}})
+    spec = make_task("saferl/BallRun-v0").spec
+    networks = cvpo.make_networks(config, spec)
+    old = cvpo.init_agent(config, spec, networks, jax.random.PRNGKey(0)).actor_params
+    obs = jax.random.normal(jax.random.PRNGKey(1), (64, spec.obs_dim))
+    mean_old, log_std_old = networks.actor.apply(old, obs)
+    ladder = [1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0]
+    for scale, seed in ((1e-4, 2), (0.005, 3), (0.02, 4), (0.05, 5), (30.0, 6)):
+        leaves, tree = jax.tree_util.tree_flatten(old)
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+        new = jax.tree_util.tree_unflatten(
+            tree, [x + scale * jax.random.normal(k, x.shape)
+                   for x, k in zip(leaves, keys, strict=True)])
+        params, t, kl_mean, kl_std = cvpo.enforce_kl_bounds(config, networks, old, new, obs,
+                                                            mean_old, jnp.exp(log_std_old))
+        # Oracle: walk the ladder from the top, first fraction within both bounds (these
+        # scales give t = 1, ½, ¼, ⅛ and 0).
+        for expected in ladder:
+            step = jax.tree_util.tree_map(lambda o, n, t=expected: o + t * (n - o), old, new)
+            mean, log_std = networks.actor.apply(step, obs)
+            parts = decoupled_kl(mean_old, jnp.exp(log_std_old), mean, jnp.exp(log_std))
+            if float(parts[0].mean()) <= 0.01 and float(parts[1].mean()) <= 0.001:
+                break
+        assert float(t) == expected
+        assert float(kl_mean) <= 0.01 and float(kl_std) <= 0.001
+        np.testing.assert_allclose(jax.tree_util.tree_leaves(params)[0],
+                                   jax.tree_util.tree_leaves(step)[0], rtol=1e-6, atol=1e-7)
+
+
 def replay_like_batch(rng, observations, spec):
     from saferl.data.replay import SampledBatch
 
