@@ -19,7 +19,8 @@ iteration of one seed:
 
 Actions live in ``[-1, 1]^A`` inside the algorithms and the buffer; they are scaled to the
 environment's bounds when stepping. Several seeds train at once: every leaf of the state has a
-leading seed axis, steps 1–4 are ``vmap``-ped and the seed axis is sharded over the XLA CPU
+leading seed axis, steps 1–4 are ``vmap``-ped (a single seed runs unbatched, see
+:func:`saferl.algos.on_policy.over_seeds`) and the seed axis is sharded over the XLA CPU
 devices, as in the on-policy engine. Cost limits are traced arrays.
 
 **Q thresholds.** The critics estimate discounted per-step cost values, so an episode limit
@@ -45,6 +46,7 @@ from saferl.algos.on_policy import (
     RunSchedule,
     check_shared_run_fields,
     nonfinite_location,
+    over_seeds,
     place_seeds,
     track_episodes,
 )
@@ -400,15 +402,16 @@ class Engine:
         def finish(states: OffPolicyState, transitions: Transitions, cost_limit: jax.Array,
                    learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
             limits = limits_for(config, spec, cost_limit)
-            return jax.vmap(lambda s, t: finish_iteration(algo, config, self.networks, spec, s, t,
-                                                          limits, learning))(states, transitions)
+            return over_seeds(lambda s, t: finish_iteration(algo, config, self.networks, spec, s,
+                                                            t, limits, learning),
+                              self.num_seeds)(states, transitions)
 
         if task is not None:
             def iteration(states: OffPolicyState, cost_limit: jax.Array,
                           learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
-                states, transitions = jax.vmap(
+                states, transitions = over_seeds(
                     lambda s: native_collect(algo, config, self.networks, task, s,
-                                             random=not learning))(states)
+                                             random=not learning), self.num_seeds)(states)
                 return finish(states, transitions, cost_limit, learning)
 
             self._iterate = jax.jit(iteration, static_argnums=2)

@@ -635,6 +635,28 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: Networks,
     return new_state, metrics
 
 
+def over_seeds(fn: Callable[..., Any], num_seeds: int,
+               in_axes: int | tuple[int | None, ...] = 0) -> Callable[..., Any]:
+    """``jax.vmap(fn, in_axes)`` over the leading seed axis; for one seed, ``fn`` on the squeezed
+    arguments with the axis put back on its outputs.
+
+    The single-seed path matters for speed: under ``vmap`` every ``lax.cond`` turns into a
+    ``select`` that computes both branches, so a solver's rarely taken fallback (a line search,
+    a backtracking ladder) would run on every step.
+    """
+    if num_seeds > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+    axes = in_axes if isinstance(in_axes, tuple) else None
+
+    def single(*args: Any) -> Any:
+        squeezed = [arg if axes is not None and axes[i] is None
+                    else jax.tree_util.tree_map(lambda x: x[0], arg)
+                    for i, arg in enumerate(args)]
+        return jax.tree_util.tree_map(lambda x: x[None], fn(*squeezed))
+
+    return single
+
+
 def place_seeds(states: Any, num_seeds: int) -> Any:
     """Shard a seed-stacked pytree over the local devices (the largest count dividing the seeds).
 
@@ -664,13 +686,13 @@ class Engine:
         self.networks = make_networks(config.run, spec)
         run: OnPolicyConfig = config.run
         self.num_seeds = len(run.seed_list)
-        process = jax.vmap(
+        process = over_seeds(
             lambda s, r, d: process_and_update(algo, config, self.networks, spec, s, r, d),
-            in_axes=(0, 0, None))
+            self.num_seeds, in_axes=(0, 0, None))
         if task is not None:
             def iteration(states: TrainState, cost_limit: jax.Array) -> tuple[TrainState, dict]:
-                states, rollouts = jax.vmap(
-                    lambda s: native_rollout(run, self.networks, task, s))(states)
+                states, rollouts = over_seeds(
+                    lambda s: native_rollout(run, self.networks, task, s), self.num_seeds)(states)
                 return process(states, rollouts, cost_limit)
             self._iterate = jax.jit(iteration)
         else:
