@@ -229,7 +229,7 @@ def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, n
     ``mean_old`` and ``std_old`` are the policy of ``old_params`` at ``observations``. Returns
     the parameters, the fraction ``t`` and the mean KL parts at the result.
     """
-    fractions = jnp.concatenate([0.5 ** jnp.arange(6.0), jnp.zeros(1)])
+    shorter = jnp.concatenate([0.5 ** jnp.arange(1.0, 6.0), jnp.zeros(1)])  # after t = 1
 
     def kl_at(t: jax.Array) -> tuple[jax.Array, jax.Array]:
         params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
@@ -238,10 +238,10 @@ def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, n
         return kl_mean.mean(), kl_std.mean()
 
     def backtrack() -> tuple[jax.Array, jax.Array, jax.Array]:
-        kl_mean, kl_std = jax.vmap(kl_at)(fractions)
+        kl_mean, kl_std = jax.vmap(kl_at)(shorter)
         ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
         choice = jnp.argmax(ok.at[-1].set(True))  # t = 0 is π_old itself
-        return fractions[choice], kl_mean[choice], kl_std[choice]
+        return shorter[choice], kl_mean[choice], kl_std[choice]
 
     # The full step first (the soft multipliers usually keep it inside); the ladder if not.
     full_mean, full_std = kl_at(jnp.ones(()))

@@ -105,11 +105,11 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     Each iteration takes the exact gradient and Hessian (:func:`estep_dual_derivatives`), holds
     the variables at an active bound fixed, and takes the full projected Newton step if it lowers
     ``g`` (one pass over the samples gives its value and the next derivatives); otherwise it
-    moves to the best of a backtracking ladder of Newton and projected-gradient steps, or stays,
-    so ``g`` never increases. It stops early
-    once the Newton decrement ``½ gᵀH⁻¹g`` of the free variables is at most
-    ``tolerance · (1 + |g|)`` or no candidate improves ``g``: warm-started from the previous
-    update's solution, one or two iterations usually suffice.
+    moves to the best of a backtracking ladder of shorter Newton steps and projected-gradient
+    steps, or stays, so ``g`` never increases. It stops early once the Newton decrement
+    ``½ gᵀH⁻¹g`` of the free variables is at most ``tolerance · (1 + |g|)`` or no candidate
+    improves ``g``: warm-started from the previous update's solution, one or two iterations
+    usually suffice.
 
     Args:
         q_reward: ``[B, K]``.
@@ -144,7 +144,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         blocked = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
         return jnp.where(blocked, 0.0, g)
 
-    newton_ladder = (0.5 ** jnp.arange(8.0)).astype(dtype)
+    newton_ladder = (0.5 ** jnp.arange(1.0, 8.0)).astype(dtype)  # the full step is tried first
     gradient_ladder = (4.0 ** -jnp.arange(4.0)).astype(dtype)
 
     class Carry(NamedTuple):
@@ -173,8 +173,8 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         return (carry.count < iterations) & ~carry.done
 
     def backtrack(carry: Carry, newton: jax.Array, gradient_step: jax.Array) -> Carry:
-        # The full Newton step did not lower g: the best of a backtracking ladder of Newton
-        # steps and a projected-gradient ladder, or stay (and stop) if none improves.
+        # The full Newton step did not lower g: the best of shorter Newton steps and a
+        # projected-gradient ladder, or stay (and stop) if none improves.
         candidates = jnp.concatenate([
             carry.x[None] + newton_ladder[:, None] * newton[None],
             carry.x[None] - gradient_ladder[:, None] * gradient_step[None]])

@@ -17,7 +17,12 @@ ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu}
 
 
 class MLP(nn.Module):
-    """Fully connected network with orthogonal initialisation (√2 hidden gain)."""
+    """Fully connected network with orthogonal initialisation (√2 hidden gain).
+
+    Called with a second input ``action``, the network is of the pair ``(x, action)``: its first
+    layer is a :class:`PairDense`, with the parameters and initial values of ``nn.Dense`` on
+    ``concatenate([x, action])``, and ``x`` and ``action`` broadcast in their leading axes.
+    """
 
     hidden_sizes: Sequence[int]
     output_size: int
@@ -25,13 +30,43 @@ class MLP(nn.Module):
     output_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Map ``[..., in]`` to ``[..., output_size]``."""
+    def __call__(self, x: jax.Array, action: jax.Array | None = None) -> jax.Array:
+        """Map ``[..., in]`` (and ``[..., action_dim]``) to ``[..., output_size]``."""
         act = ACTIVATIONS[self.activation]
-        for size in self.hidden_sizes:
-            x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
-        return nn.Dense(self.output_size,
-                        kernel_init=nn.initializers.orthogonal(self.output_scale))(x)
+        sizes = [*self.hidden_sizes, self.output_size]
+        for i, size in enumerate(sizes):
+            gain = self.output_scale if i == len(sizes) - 1 else np.sqrt(2)
+            init = nn.initializers.orthogonal(gain)
+            if i == 0 and action is not None:
+                x = PairDense(size, init, name="Dense_0")(x, action)
+            else:
+                x = nn.Dense(size, kernel_init=init, name=f"Dense_{i}")(x)
+            if i < len(sizes) - 1:
+                x = act(x)
+        return x
+
+
+class PairDense(nn.Module):
+    """A dense layer of the pair ``(obs, action)``: ``obs W_o + action W_a + b``.
+
+    The same parameters (``kernel`` ``[obs + action, features]``, ``bias``) and initialisation as
+    ``nn.Dense`` on ``concatenate([obs, action])``, but the two parts are multiplied separately
+    and added with broadcasting, so ``obs [B, d]`` with ``action [K, B, A]`` computes the
+    observation part once per state instead of ``K`` times (CVPO's E-step scores ``K`` sampled
+    actions per state).
+    """
+
+    features: int
+    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """``[..., features]`` over the broadcast leading shape of ``obs`` and ``action``."""
+        obs_dim = obs.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (obs_dim + action.shape[-1],
+                                                         self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return obs @ kernel[:obs_dim] + action @ kernel[obs_dim:] + bias
 
 
 class GaussianPolicy(nn.Module):
@@ -113,50 +148,6 @@ class DeterministicActor(nn.Module):
                             output_scale=0.01)(obs))
 
 
-class PairDense(nn.Module):
-    """A dense layer of the pair ``(obs, action)``: ``obs W_o + action W_a + b``.
-
-    The same parameters (``kernel`` ``[obs + action, features]``, ``bias``) and initialisation as
-    ``nn.Dense`` on ``concatenate([obs, action])``, but the two parts are multiplied separately
-    and added with broadcasting, so ``obs [B, d]`` with ``action [K, B, A]`` computes the
-    observation part once per state instead of ``K`` times (CVPO's E-step scores ``K`` sampled
-    actions per state).
-    """
-
-    features: int
-    kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        """``[..., features]`` over the broadcast leading shape of ``obs`` and ``action``."""
-        obs_dim = obs.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (obs_dim + action.shape[-1],
-                                                         self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return obs @ kernel[:obs_dim] + action @ kernel[obs_dim:] + bias
-
-
-class QMLP(nn.Module):
-    """:class:`MLP` of ``(obs, action)`` whose first layer is a :class:`PairDense`.
-
-    Parameters are laid out exactly as ``MLP`` on the concatenated input (``Dense_0`` …).
-    """
-
-    hidden_sizes: Sequence[int]
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        """``[..., 1]`` over the broadcast leading shape of ``obs`` and ``action``."""
-        act = ACTIVATIONS[self.activation]
-        gain = nn.initializers.orthogonal(np.sqrt(2))
-        x = act(PairDense(self.hidden_sizes[0], gain, name="Dense_0")(obs, action))
-        for i, size in enumerate(self.hidden_sizes[1:], start=1):
-            x = act(nn.Dense(size, kernel_init=gain, name=f"Dense_{i}")(x))
-        return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0),
-                        name=f"Dense_{len(self.hidden_sizes)}")(x)
-
-
 class QCritics(nn.Module):
     """``num_reward`` reward Q-networks and ``num_costs`` cost Q-networks of ``(obs, action)``.
 
@@ -174,10 +165,8 @@ class QCritics(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
         """Q-values of every critic, last axis ``num_reward + num_costs``."""
-        if not self.hidden_sizes:
-            raise ValueError("QCritics needs at least one hidden layer.")
         names = ([f"reward_{i}" for i in range(self.num_reward)]
                  + [f"cost_{i}" for i in range(self.num_costs)])
-        values = [QMLP(self.hidden_sizes, self.activation, name=name)(obs, action)
+        values = [MLP(self.hidden_sizes, 1, self.activation, 1.0, name=name)(obs, action)
                   for name in names]
         return jnp.concatenate(values, axis=-1)

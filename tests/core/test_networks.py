@@ -1,4 +1,5 @@
-"""Q-critics: the split first layer equals an MLP on the concatenated input, and broadcasts."""
+"""Q-critics: the split first layer (an MLP of a pair) equals an MLP on the concatenated input,
+and broadcasts."""
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +21,13 @@ def test_q_critics_equal_an_mlp_on_the_concatenated_input():
     np.testing.assert_allclose(critics.apply(params, obs, action), expected, rtol=1e-5,
                                atol=1e-6)
     # Same layout and initial values as an MLP initialised on the concatenation.
-    mlp_params = mlp.init(jax.random.PRNGKey(3), x)
-    assert (jax.tree_util.tree_structure(mlp_params["params"])
-            == jax.tree_util.tree_structure(params["params"]["reward_0"]))
+    on_concatenation = mlp.init(jax.random.PRNGKey(3), x)
+    on_pair = mlp.init(jax.random.PRNGKey(3), obs, action)
+    assert (jax.tree_util.tree_structure(on_concatenation)
+            == jax.tree_util.tree_structure(on_pair))
+    for a, b in zip(jax.tree_util.tree_leaves(on_concatenation),
+                    jax.tree_util.tree_leaves(on_pair), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_q_critics_score_several_actions_per_state_by_broadcasting():
