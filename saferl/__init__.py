@@ -16,10 +16,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from saferl.core.precompile import enable_compilation_cache
 from saferl.envs import check_env, list_envs, make
 from saferl.evaluation import evaluate
 from saferl.policy import Policy, load
 from saferl.training import TrainResult, train
 
-__all__ = ["Policy", "TrainResult", "__version__", "check_env", "evaluate", "list_envs", "load",
-           "make", "train"]
+__all__ = ["Policy", "TrainResult", "__version__", "check_env", "enable_compilation_cache",
+           "evaluate", "list_envs", "load", "make", "train"]

@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return _error(f"unknown command {command!r}.{hint} Commands: {', '.join(COMMANDS)}.")
     use_all_cores()
+    from saferl.core.precompile import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         return handlers[command](rest)
     except (UnknownAlgorithmError, ConfigError, EnvError, MissingBackendError, ValueError,

@@ -48,9 +48,11 @@ from saferl.algos.on_policy import (
     nonfinite_location,
     over_seeds,
     place_seeds,
+    seed_sharding,
     track_episodes,
 )
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
+from saferl.core.precompile import BackgroundCompile, abstract
 from saferl.data.replay import (
     Replay,
     SampledBatch,
@@ -424,21 +426,56 @@ class Engine:
                                                            key)))
             self._observations: np.ndarray | None = None
             self._env_steps = 0
+        self._compiling: BackgroundCompile | None = None
 
     def init_states(self) -> OffPolicyState:
-        """Initial states of every seed, stacked along a leading axis and placed."""
+        """Initial states of every seed, stacked along a leading axis and placed.
+
+        On native tasks the first iteration compiles in the background meanwhile (see
+        :mod:`saferl.core.precompile`).
+        """
+        self._start_compiling(None)
         return self.place(initial_states(self.algo, self.config, self.spec, self.task))
 
     def place(self, states: OffPolicyState) -> OffPolicyState:
         """Shard the seed axis over the local devices."""
         self._iteration = int(np.asarray(jax.device_get(states.iteration)).reshape(-1)[0])
-        return place_seeds(states, self.num_seeds)
+        placed = place_seeds(states, self.num_seeds)
+        self._start_compiling(placed)
+        return placed
+
+    def _start_compiling(self, states: OffPolicyState | None) -> None:
+        """On native tasks, compile the next iterations (warm-up and/or learning variant) in a
+        background thread; ``states`` are the placed states, or ``None`` for fresh ones (their
+        shapes are traced). Host environments compile on first call: measured, overlapping the
+        compilation with the first collection gained nothing beyond noise."""
+        if self._compiling is not None or self.task is None:
+            return
+        run: OffPolicyConfig = self.config.run
+        first = self._iteration >= run.warmup_iterations
+        flags = [first] + ([True] if not first and run.iterations > run.warmup_iterations else [])
+        memo: list[OffPolicyState] = []
+
+        def placed() -> OffPolicyState:  # traced once, in the compiling thread
+            if not memo:
+                memo.append(abstract(states) if states is not None else abstract(
+                    jax.eval_shape(lambda: initial_states(self.algo, self.config, self.spec,
+                                                          self.task)),
+                    seed_sharding(self.num_seeds)))
+            return memo[0]
+
+        limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)
+        self._compiling = BackgroundCompile([
+            (learning, lambda flag=learning: self._iterate.lower(placed(), limit, flag).compile())
+            for learning in flags])
 
     def iterate(self, states: OffPolicyState,
                 cost_limit: jax.Array) -> tuple[OffPolicyState, dict[str, np.ndarray]]:
         """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
         learning = self._iteration >= self.config.run.warmup_iterations
         if self.task is not None:
+            if self._compiling is not None:
+                self._compiling.wait(learning)
             states, metrics = self._iterate(states, cost_limit, learning)
         else:
             states, transitions = self._host_collect(states, random=not learning)

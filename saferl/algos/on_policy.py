@@ -41,6 +41,7 @@ from saferl.core.normalization import (
     running_stats_init,
     running_stats_update,
 )
+from saferl.core.precompile import BackgroundCompile, abstract
 from saferl.core.returns import gae
 from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
 from saferl.envs.native import EpisodeState, NativeTask, batch_reset, batch_step
@@ -657,19 +658,24 @@ def over_seeds(fn: Callable[..., Any], num_seeds: int,
     return single
 
 
-def place_seeds(states: Any, num_seeds: int) -> Any:
-    """Shard a seed-stacked pytree over the local devices (the largest count dividing the seeds).
+def seed_sharding(num_seeds: int) -> jax.sharding.Sharding:
+    """Where a seed-stacked pytree lives: its seed axis split over the largest number of local
+    devices that divides ``num_seeds`` (one device: all of it on the first).
 
     With one XLA CPU device per core, seeds then run on different cores.
     """
     devices = jax.local_devices()
     count = max(d for d in range(1, min(len(devices), num_seeds) + 1) if num_seeds % d == 0)
     if count == 1:
-        return jax.device_put(states, devices[0])
+        return jax.sharding.SingleDeviceSharding(devices[0])
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    mesh = Mesh(np.array(devices[:count]), ("seed",))
-    return jax.device_put(states, NamedSharding(mesh, PartitionSpec("seed")))
+    return NamedSharding(Mesh(np.array(devices[:count]), ("seed",)), PartitionSpec("seed"))
+
+
+def place_seeds(states: Any, num_seeds: int) -> Any:
+    """Put a seed-stacked pytree where :func:`seed_sharding` says."""
+    return jax.device_put(states, seed_sharding(num_seeds))
 
 
 class Engine:
@@ -702,20 +708,47 @@ class Engine:
             self._actor = HostActor(run)
             self._observations: np.ndarray | None = None
             self._env_steps = 0
+        self._compiling: BackgroundCompile | None = None
 
     def init_states(self) -> TrainState:
-        """Initial states of every seed, stacked along a leading axis and placed."""
+        """Initial states of every seed, stacked along a leading axis and placed.
+
+        The iteration compiles in the background meanwhile (see :mod:`saferl.core.precompile`).
+        """
+        self._start_compiling(None)
         return self.place(initial_states(self.algo, self.config, self.spec, self.networks,
                                          self.task))
 
     def place(self, states: TrainState) -> TrainState:
         """Shard the seed axis over the local devices (see :func:`place_seeds`)."""
-        return place_seeds(states, self.num_seeds)
+        placed = place_seeds(states, self.num_seeds)
+        self._start_compiling(placed)
+        return placed
+
+    def _start_compiling(self, states: TrainState | None) -> None:
+        """On native tasks, compile the iteration in a background thread; ``states`` are the
+        placed states, or ``None`` for fresh ones (their shapes are traced). Host environments
+        compile the update on first call (overlapping it with the first rollout was measured
+        for the off-policy engine and gained nothing beyond noise)."""
+        if self._compiling is not None or self.task is None:
+            return
+        limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)
+
+        def compile_iteration() -> None:
+            placed = abstract(states) if states is not None else abstract(
+                jax.eval_shape(lambda: initial_states(self.algo, self.config, self.spec,
+                                                      self.networks, self.task)),
+                seed_sharding(self.num_seeds))
+            self._iterate.lower(placed, limit).compile()
+
+        self._compiling = BackgroundCompile([("iteration", compile_iteration)])
 
     def iterate(self, states: TrainState,
                 cost_limit: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:
         """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
         if self.task is not None:
+            if self._compiling is not None:
+                self._compiling.wait("iteration")
             states, metrics = self._iterate(states, cost_limit)
         else:
             states, rollout = self._host_rollout(states)
