@@ -76,12 +76,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float,
-               env_workers: int = 1) -> dict[str, Any]:
-    """Train and evaluate one saferl run in this (fresh) process."""
+               env_workers: int = 1, cache: str | None = None) -> dict[str, Any]:
+    """Train and evaluate one saferl run in this (fresh) process (``cache``: a persistent
+    compilation cache directory, as the ``saferl`` command uses by default)."""
     from common import setup_jax
 
     setup_jax()
     import saferl
+
+    if cache:
+        saferl.enable_compilation_cache(cache)
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"saferl_{algo}_"))
     overrides = json.loads(json.dumps(SETTINGS[algo]["saferl"]))
@@ -132,6 +136,11 @@ def main() -> None:
                         help="take FSRL's runs from an earlier output JSON (same steps and "
                              "seeds) instead of running FSRL again; the ratios then compare "
                              "runs made at different times")
+    parser.add_argument("--compilation-cache", default=None, metavar="DIR",
+                        help="saferl runs use this persistent compilation cache, warmed by an "
+                             "untimed 2-iteration run first (the saferl command's default "
+                             "behaviour from its second run on); default: no cache, every run "
+                             "compiles")
     parser.add_argument("--one", nargs=2, metavar=("ALGO", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -139,8 +148,23 @@ def main() -> None:
     if args.one:  # child process: one saferl run, JSON on the last stdout line
         algo, seed = args.one[0], int(args.one[1])
         print(json.dumps(run_saferl(algo, args.env, args.steps, seed, args.cost_limit,
-                                    args.env_workers)))
+                                    args.env_workers, args.compilation_cache)))
         return
+
+    def child_command(algo: str, seed: int, steps: int) -> list[str]:
+        command = [sys.executable, __file__, "--one", algo, str(seed), "--env", args.env,
+                   "--steps", str(steps), "--cost-limit", str(args.cost_limit),
+                   "--env-workers", str(args.env_workers)]
+        if args.compilation_cache:
+            command += ["--compilation-cache", args.compilation_cache]
+        return command
+
+    if args.compilation_cache:
+        for algo in args.algos:  # untimed: fills the cache with this configuration's programs
+            run = SETTINGS[algo]["saferl"]["run"]
+            subprocess.run(child_command(algo, args.seeds[0],
+                                         2 * run["num_envs"] * run["rollout_steps"]),
+                           check=True, capture_output=True, text=True)
 
     runs: list[dict[str, Any]] = []
     earlier = json.loads(args.reuse_fsrl.read_text())["runs"] if args.reuse_fsrl else None
@@ -153,11 +177,8 @@ def main() -> None:
             else:
                 fsrl = run_fsrl(args.fsrl_python, algo, args.env, args.steps, seed,
                                 args.cost_limit, args.fsrl_threads)
-            child = subprocess.run(
-                [sys.executable, __file__, "--one", algo, str(seed), "--env", args.env,
-                 "--steps", str(fsrl["steps"]), "--cost-limit", str(args.cost_limit),
-                 "--env-workers", str(args.env_workers)],
-                check=True, capture_output=True, text=True)
+            child = subprocess.run(child_command(algo, seed, fsrl["steps"]), check=True,
+                                   capture_output=True, text=True)
             ours = json.loads(child.stdout.strip().splitlines()[-1])
             runs += [fsrl, ours]
             print(f"{algo} seed {seed}: FSRL {fsrl['wall_s']:.0f} s, saferl "
@@ -191,6 +212,8 @@ def main() -> None:
     write_json("fsrl_comparison", {"env": args.env, "steps": args.steps, "seeds": args.seeds,
                                    "fsrl_threads": args.fsrl_threads,
                                    "saferl_env_workers": args.env_workers,
+                                   "saferl_compilation_cache": (
+                                       "warm" if args.compilation_cache else "off"),
                                    "fsrl_reused_from": str(args.reuse_fsrl or ""),
                                    "settings": SETTINGS,
                                    "runs": runs, "summary": summary},
