@@ -7,18 +7,23 @@ Tolerances. The training figures are means over the last 5 iterations with finis
 which here is only 5 × 8 = 40 stochastic episodes per seed (the on-policy tests average 320),
 and the cost of single 8-episode windows swings between ~0 and ~20 around the limit. So:
 
-* ``sac_lag``: training episode cost within 20 % of the limit (measured 8.8–10.2 on seeds
-  0–3). The multiplier moves once per finished episode batch (every 8 iterations here), and the
-  policy swings around the limit from batch to batch (seed 0's last windows: 18.6, 1.1, 20.8,
-  0.9), so the *final* policy is a snapshot of that swing: its deterministic cost measured
-  0.1–17.2 over seeds 0–3 and two seed batchings (its stochastic cost up to 20). The test holds
-  the window average to the limit and the final deterministic policy to 2× the limit, far
+* ``sac_lag``: training episode cost, averaged over the last 15 windows with finished
+  episodes (120 stochastic episodes per seed), within 20 % of the limit. The multiplier moves
+  once per finished episode batch (every 8 iterations here), and the policy swings around the
+  limit from batch to batch (single windows 1.6–26.2 at the end of training), so a 5-window
+  mean is too noisy for a 20 % band: it measured 8.8–10.2 on seeds 0–3, then 8.8 / 12.4 on
+  seeds 0 / 1 after a change of the critics' first layer that only reorders floating-point sums;
+  the 15-window means of that run are 9.0 / 10.7. The *final* policy is a snapshot of the swing:
+  its deterministic cost measured 0.1–17.2 over seeds 0–3 and two seed batchings (its
+  stochastic cost up to 20). The test holds the final deterministic policy to 2× the limit, far
   under unconstrained SAC's ≥ 30 (≈ 120 here).
 * ``cvpo``: its multiplier is re-solved from the replay batch at every update (no memory), so
   the training cost oscillates more (single windows 0–35; 5-window means measured 7.8–14.6 on
   seeds 0–3): training cost within 50 % of the limit — still far below the ~120 of the
   unconstrained baseline — and the deterministic policy at or under the limit (measured 0–0.6).
 """
+
+import math
 
 import pytest
 
@@ -48,7 +53,10 @@ def sac_lag_run(tmp_path_factory):
 
 def test_sac_lag_satisfies_the_limit_with_a_high_return(sac_lag_run, baseline):
     for index, (seed, figures) in enumerate(sac_lag_run.summary["per_seed"].items()):
-        assert figures["rollout/ep_cost_0"] <= LIMIT + SAC_LAG_TOLERANCE, (seed, figures)
+        windows = [r["rollout/ep_cost_0"] for r in sac_lag_run.history
+                   if int(r["seed"]) == seed and math.isfinite(r["rollout/ep_cost_0"])]
+        assert len(windows) >= 15, (seed, len(windows))
+        assert sum(windows[-15:]) / 15 <= LIMIT + SAC_LAG_TOLERANCE, (seed, windows[-15:])
         assert figures["rollout/ep_return"] >= baseline + 300, (seed, figures, baseline)
         deterministic = saferl.evaluate(sac_lag_run.policy(index), episodes=32).summary()
         assert deterministic["cost_0_mean"] <= 2 * LIMIT, (seed, deterministic)
