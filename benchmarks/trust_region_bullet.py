@@ -51,17 +51,34 @@ def run_one(algo: str, env: str, steps: int, seeds: list[int], limit: float, num
         import shutil
 
         shutil.rmtree(run_dir)
-    result = saferl.train(algo, env, cost_limit=limit, steps=steps, seeds=seeds,
-                          run_dir=run_dir, progress=False, overrides=overrides)
-    per_seed = result.summary["per_seed"]
+    saferl.train(algo, env, cost_limit=limit, steps=steps, seeds=seeds, run_dir=run_dir,
+                 progress=False, overrides=overrides)
+    return figures(name, run_dir, seeds)
+
+
+def figures(name: str, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
+    """The figures of a finished run from its ``progress.csv`` (mean of the last 5 iterations
+    with finished episodes per seed, then mean ± std over seeds; cost rate at the end)."""
+    import numpy as np
+
+    from saferl.runs import RunDirectory
+
+    history = RunDirectory(run_dir).read_progress()
+    per_seed = {}
+    for seed in seeds:
+        rows = [r for r in history if int(r["seed"]) == seed]
+        tail = [r for r in rows if math.isfinite(r["rollout/ep_return"])][-5:]
+        per_seed[seed] = {key: float(np.mean([r[key] for r in tail])) if tail else math.nan
+                          for key in ("rollout/ep_return", "rollout/ep_cost_0")}
+        per_seed[seed]["train/cost_rate_0"] = rows[-1]["train/cost_rate_0"] if rows else math.nan
     curves = {seed: [(r["env_steps"], r["rollout/ep_cost_0"], r["rollout/ep_return"])
-                     for r in result.history if int(r["seed"]) == seed] for seed in seeds}
+                     for r in history if int(r["seed"]) == seed] for seed in seeds}
     return {
         "name": name,
         "return": _mean_std([f["rollout/ep_return"] for f in per_seed.values()]),
         "cost": _mean_std([f["rollout/ep_cost_0"] for f in per_seed.values()]),
         "cost_rate": _mean_std([f["train/cost_rate_0"] for f in per_seed.values()]),
-        "wall_time": result.history[-1]["wall_time"],
+        "wall_time": history[-1]["wall_time"],
         "curves": curves,
         "run_dir": str(run_dir),
     }
@@ -108,11 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--predictor", action="store_true",
                         help="also run CPO with the learned safety predictor")
+    parser.add_argument("--from-runs", action="store_true",
+                        help="train nothing: summarise the runs of an earlier invocation that "
+                             "finished (their directories under benchmarks/out)")
     args = parser.parse_args(argv)
     runs = [(algo, False) for algo in args.algos] + ([("cpo", True)] if args.predictor else [])
     results = []
     context = multiprocessing.get_context("spawn")
     for algo, predictor in runs:
+        if args.from_runs:
+            name = f"{algo}+predictor" if predictor else algo
+            run_dir = OUT_DIR / f"trust_region_{args.env}_{name}".replace("+", "_")
+            done = (run_dir / "checkpoints").is_dir() and (run_dir / "curves.png").is_file()
+            if done:
+                results.append(figures(name, run_dir, args.seeds))
+            print(f"{name}: {'finished run found' if done else 'no finished run, left out'}")
+            continue
         print(f"training {algo}{' + predictor' if predictor else ''} on {args.env} ...",
               flush=True)
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
