@@ -713,7 +713,8 @@ class Engine:
     def init_states(self) -> TrainState:
         """Initial states of every seed, stacked along a leading axis and placed.
 
-        The iteration compiles in the background meanwhile (see :mod:`saferl.core.precompile`).
+        On native tasks the iteration compiles in the background meanwhile (see
+        :mod:`saferl.core.precompile`).
         """
         self._start_compiling(None)
         return self.place(initial_states(self.algo, self.config, self.spec, self.networks,
