@@ -57,20 +57,17 @@ def run_one(algo: str, env: str, steps: int, seeds: list[int], limit: float, num
 
 
 def figures(name: str, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
-    """The figures of a finished run from its ``progress.csv`` (mean of the last 5 iterations
-    with finished episodes per seed, then mean ± std over seeds; cost rate at the end)."""
-    import numpy as np
-
+    """The figures of a finished run, from its directory: :func:`saferl.training.summarize`
+    (mean of the last 5 iterations with finished episodes per seed, cost rate at the end), then
+    mean ± std over seeds, and the curves."""
     from saferl.runs import RunDirectory
+    from saferl.training import spec_from_record, summarize
 
-    history = RunDirectory(run_dir).read_progress()
-    per_seed = {}
-    for seed in seeds:
-        rows = [r for r in history if int(r["seed"]) == seed]
-        tail = [r for r in rows if math.isfinite(r["rollout/ep_return"])][-5:]
-        per_seed[seed] = {key: float(np.mean([r[key] for r in tail])) if tail else math.nan
-                          for key in ("rollout/ep_return", "rollout/ep_cost_0")}
-        per_seed[seed]["train/cost_rate_0"] = rows[-1]["train/cost_rate_0"] if rows else math.nan
+    run = RunDirectory(run_dir)
+    record, history = run.read_config(), run.read_progress()
+    summary = summarize(history, tuple(seeds), spec_from_record(record),
+                        tuple(record["config"]["run"]["cost_limit"]))
+    per_seed = summary["per_seed"]
     curves = {seed: [(r["env_steps"], r["rollout/ep_cost_0"], r["rollout/ep_return"])
                      for r in history if int(r["seed"]) == seed] for seed in seeds}
     return {

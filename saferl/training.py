@@ -98,6 +98,17 @@ def _spec_record(spec: EnvSpec) -> dict[str, Any]:
             "action_high": np.asarray(spec.action_space.high).tolist()}
 
 
+def spec_from_record(record: dict[str, Any]) -> EnvSpec:
+    """The environment spec a run directory's ``config.json`` recorded (spaces as boxes)."""
+    import gymnasium
+
+    s = record["spec"]
+    return EnvSpec(s["id"], gymnasium.spaces.Box(-np.inf, np.inf, (s["obs_dim"],), np.float32),
+                   gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
+                                        np.asarray(s["action_high"], np.float32)),
+                   s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
+
+
 def restore_states(run_dir: str | Path, checkpoint: str | None = None
                    ) -> tuple[dict, Algorithm, Any, EnvSpec, TrainState, dict]:
     """Rebuild the configuration, spec and training state stored in a run directory."""
@@ -109,14 +120,8 @@ def restore_states(run_dir: str | Path, checkpoint: str | None = None
         task: NativeTask | None = build_task(config.run)
         spec = task.spec  # type: ignore[union-attr]
     else:
-        import gymnasium
-
         task = None
-        s = record["spec"]
-        spec = EnvSpec(s["id"], gymnasium.spaces.Box(-np.inf, np.inf, (s["obs_dim"],), np.float32),
-                       gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
-                                            np.asarray(s["action_high"], np.float32)),
-                       s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
+        spec = spec_from_record(record)
     template = initial_states(entry, config, spec, task)
     states, meta = run.load_checkpoint(template, checkpoint)
     return record, entry, config, spec, states, meta
