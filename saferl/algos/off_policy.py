@@ -44,15 +44,15 @@ import optax
 from saferl.algos.on_policy import (
     EpisodeTracker,
     RunSchedule,
+    abstract_placed,
     check_shared_run_fields,
     nonfinite_location,
     over_seeds,
     place_seeds,
-    seed_sharding,
     track_episodes,
 )
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
-from saferl.core.precompile import BackgroundCompile, abstract
+from saferl.core.precompile import BackgroundCompile
 from saferl.data.replay import (
     Replay,
     SampledBatch,
@@ -458,10 +458,8 @@ class Engine:
 
         def placed() -> OffPolicyState:  # traced once, in the compiling thread
             if not memo:
-                memo.append(abstract(states) if states is not None else abstract(
-                    jax.eval_shape(lambda: initial_states(self.algo, self.config, self.spec,
-                                                          self.task)),
-                    seed_sharding(self.num_seeds)))
+                memo.append(abstract_placed(states, lambda: initial_states(
+                    self.algo, self.config, self.spec, self.task), self.num_seeds))
             return memo[0]
 
         limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)

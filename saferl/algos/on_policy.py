@@ -678,6 +678,15 @@ def place_seeds(states: Any, num_seeds: int) -> Any:
     return jax.device_put(states, seed_sharding(num_seeds))
 
 
+def abstract_placed(states: Any | None, initial: Callable[[], Any], num_seeds: int) -> Any:
+    """Shapes, dtypes and shardings of placed states, for compiling ahead of the first call:
+    those of ``states`` (already placed), or, if ``None``, of what ``initial()`` would build
+    (traced, not run) placed by :func:`place_seeds`."""
+    if states is not None:
+        return abstract(states)
+    return abstract(jax.eval_shape(initial), seed_sharding(num_seeds))
+
+
 class Engine:
     """Compiled iteration functions for one algorithm, config and environment.
 
@@ -736,10 +745,8 @@ class Engine:
         limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)
 
         def compile_iteration() -> None:
-            placed = abstract(states) if states is not None else abstract(
-                jax.eval_shape(lambda: initial_states(self.algo, self.config, self.spec,
-                                                      self.networks, self.task)),
-                seed_sharding(self.num_seeds))
+            placed = abstract_placed(states, lambda: initial_states(
+                self.algo, self.config, self.spec, self.networks, self.task), self.num_seeds)
             self._iterate.lower(placed, limit).compile()
 
         self._compiling = BackgroundCompile([("iteration", compile_iteration)])
