@@ -281,11 +281,12 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
     began = time.time()
     display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
                               start_steps=start * batch)
-    iteration = start
+    completed = start  # the last iteration whose results are in `states`
     try:
         with display:
             for iteration in range(start + 1, total + 1):
                 states, metrics = engine.iterate(states, cost_limit)
+                completed = iteration
                 wall = elapsed + time.time() - began
                 run.log(iteration, iteration * batch, wall, seeds, metrics)
                 display.update(iteration * batch, metrics)
@@ -294,10 +295,11 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                 if callback is not None:
                     callback(iteration, metrics)
     except KeyboardInterrupt:
-        # `states` is the state after the last *completed* iteration: save it so that nothing
-        # done so far is lost (unless that iteration was already checkpointed).
-        if iteration > start and run.latest_checkpoint() != f"iter_{iteration:07d}":
-            checkpoint(iteration)
+        # `states` is the state after the last *completed* iteration (an interrupt inside
+        # `iterate` leaves that iteration undone): save it so that nothing done so far is lost
+        # (unless that iteration was already checkpointed).
+        if completed > start and run.latest_checkpoint() != f"iter_{completed:07d}":
+            checkpoint(completed)
         raise
     finally:
         run.close()

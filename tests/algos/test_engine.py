@@ -106,6 +106,29 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_interrupt_inside_an_iteration_saves_the_last_completed_one(tmp_path, monkeypatch):
+    from saferl.algos.on_policy import Engine
+
+    full = small_train(tmp_path, "full", run={"steps": 4800})
+    calls = []
+    iterate = Engine.iterate
+
+    def interrupted(self, states, cost_limit):
+        calls.append(1)
+        if len(calls) == 5:  # Ctrl-C while iteration 5 runs: iterations 1-4 are complete
+            raise KeyboardInterrupt
+        return iterate(self, states, cost_limit)
+
+    monkeypatch.setattr(Engine, "iterate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small_train(tmp_path, "killed", run={"steps": 4800, "checkpoint_every": 3})
+    monkeypatch.setattr(Engine, "iterate", iterate)
+    _, _, _, _, states, meta = restore_states(tmp_path / "killed")
+    assert meta["iteration"] == 4 and int(np.asarray(states.iteration).reshape(-1)[0]) == 4
+    resumed = saferl.train(resume=tmp_path / "killed", progress=False)
+    assert_same_rows(rows_without_time(full.history), rows_without_time(resumed.history))
+
+
 def test_resume_can_extend_a_finished_run(tmp_path):
     first = small_train(tmp_path, "run")
     longer = saferl.train(resume=first.run_dir, steps=5600, progress=False)
