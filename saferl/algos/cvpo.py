@@ -32,6 +32,7 @@ from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tyro
 
@@ -45,7 +46,7 @@ from saferl.algos.off_policy import (
 )
 from saferl.core.distributions import gaussian_log_prob, gaussian_sample
 from saferl.core.inference import decoupled_kl, estep_weights, solve_estep_dual
-from saferl.core.networks import QCritics, TanhGaussianActor
+from saferl.core.networks import QCritics, TanhGaussianActor, host_tanh_gaussian
 from saferl.data.replay import SampledBatch
 from saferl.envs.core import EnvSpec
 
@@ -157,6 +158,14 @@ def sample_action(config: CVPOConfig, networks: Networks, actor_params: Any,
     """Exploration: ``tanh(u)``, ``u ~ π(·|s)``."""
     mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
+
+
+def host_sample_action(config: CVPOConfig, networks: Networks, actor_params: Any,
+                       observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
+    standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
+    mean, log_std = host_tanh_gaussian(networks.actor, actor_params, observations)
+    return np.tanh(mean + np.exp(log_std) * noise)
 
 
 def update_multipliers(config: CVPOConfig, agent: CVPOAgent, episode_cost: jax.Array,

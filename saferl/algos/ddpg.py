@@ -23,6 +23,7 @@ from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tyro
 
@@ -38,7 +39,7 @@ from saferl.algos.off_policy import (
     td_targets,
 )
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_init
-from saferl.core.networks import DeterministicActor, QCritics
+from saferl.core.networks import DeterministicActor, QCritics, host_deterministic
 from saferl.data.replay import SampledBatch
 from saferl.envs.core import EnvSpec
 
@@ -136,6 +137,15 @@ def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks, acto
     action = networks.actor.apply(actor_params, observations)
     noise = config.ddpg.exploration_noise * jax.random.normal(key, action.shape)
     return jnp.clip(action + noise, -1.0, 1.0)
+
+
+def host_sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks,
+                       actor_params: Any, observations: np.ndarray,
+                       noise: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
+    standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
+    action = host_deterministic(networks.actor, actor_params, observations)
+    return np.clip(action + config.ddpg.exploration_noise * noise, -1.0, 1.0)
 
 
 def update_multipliers(config: DDPGLagConfig | TD3LagConfig, agent: DDPGAgent,

@@ -7,7 +7,8 @@ iteration of one seed:
 1. **Collect** ``num_envs × rollout_steps`` transitions: uniform random actions while the seed
    has collected fewer than ``warmup_steps`` steps, then the algorithm's exploration policy. For
    native tasks the collection is a ``lax.scan`` inside ``jit``; for host environments (Bullet,
-   gymnasium) a Python loop calls one jitted, seed-vmapped ``sample_action`` per step.
+   gymnasium) a Python loop steps them and acts with the algorithm's numpy twin of its policy
+   (``host_sample_action``, parameters copied to the host once per iteration).
 2. **Store** them in the replay buffer (device arrays, :mod:`saferl.data.replay`) and track the
    episodes that finished.
 3. **Multipliers**: once per iteration, from the mean cost of the episodes collected in this
@@ -16,6 +17,14 @@ iteration of one seed:
 4. **Learn** (after warm-up): ``round(update_ratio × steps collected)`` gradient updates fused in
    one ``lax.scan``; each samples a minibatch (n-step returns, truncation bootstraps,
    termination does not) inside ``jit``.
+
+**Overlapped collection** (``overlap_collection``, host environments only): while iteration
+``i``'s updates run (XLA computes asynchronously), the Python thread collects iteration
+``i + 1``'s transitions with the actor from *before* those updates. The environment steps,
+minibatches and update-to-data ratio are unchanged; the data lags the learner by one iteration's
+updates, as in asynchronous actor–learner designs. The simulator's stepping then costs almost no
+wall time (measured on Bullet BallCircle; see benchmarks/RESULTS.md). Off by default: the default
+schedule is the textbook one (collect with the current actor, then learn).
 
 Actions live in ``[-1, 1]^A`` inside the algorithms and the buffer; they are scaled to the
 environment's bounds when stepping. Several seeds train at once: every leaf of the state has a
@@ -52,6 +61,7 @@ from saferl.algos.on_policy import (
     track_episodes,
 )
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
+from saferl.core.networks import host_params
 from saferl.core.precompile import BackgroundCompile
 from saferl.data.replay import (
     Replay,
@@ -98,6 +108,9 @@ class OffPolicyConfig(RunSchedule):
         run_dir: Run directory (default: a new folder under ``runs/``).
         cost_transform: ``sparse`` (the env's cost), ``dense`` or ``barrier`` (native tasks).
         cost_buffer: Safety buffer of the dense/barrier transforms.
+        overlap_collection: Host environments: collect the next iteration while this one's
+            updates run, with the actor from before them (a one-iteration policy lag; see the
+            module docstring). Native tasks collect inside XLA and must leave it off.
     """
 
     env: str = "saferl/BallCircle-v0"
@@ -125,6 +138,7 @@ class OffPolicyConfig(RunSchedule):
     run_dir: str | None = None
     cost_transform: str = "sparse"
     cost_buffer: float = 1.0
+    overlap_collection: bool = False
 
     def __post_init__(self) -> None:
         check_shared_run_fields(self, ("steps", "num_envs", "rollout_steps", "buffer_size",
@@ -214,11 +228,16 @@ class OffPolicyAlgorithm(Protocol):
 
     def sample_action(self, config: Any, networks: Any, actor_params: Any,
                       observations: jax.Array, key: jax.Array) -> jax.Array:
-        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations.
+        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations (native
+        collection; it sees only the actor's parameters, ``agent.actor_params``)."""
+        ...
 
-        It sees only the actor's parameters (``agent.actor_params``): the host loop calls it
-        once per environment step, and a jitted call's cost grows with its argument leaves.
-        """
+    def host_sample_action(self, config: Any, networks: Any, actor_params: Any,
+                           observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """numpy twin of :meth:`sample_action` for host rollouts: every seed's actions
+        ``[S, N, A]`` from observations ``[S, N, obs_dim]``, float64 host parameters with a
+        leading seed axis and standard-normal ``noise`` ``[S, N, A]`` (what ``sample_action``
+        draws from its key)."""
         ...
 
     def update(self, config: Any, networks: Any, agent: Any, batch: SampledBatch,
@@ -395,6 +414,11 @@ class Engine:
         self.networks = algo.make_networks(config, spec)
         self.num_seeds = len(run.seed_list)
         self._iteration = 0
+        if run.overlap_collection and task is not None:
+            raise ValueError(
+                f"overlap_collection=True: {spec.id!r} is a native task, collected inside the "
+                f"compiled iteration, so there is nothing to overlap; leave it False (it is "
+                f"for host environments such as Bullet and gymnasium).")
         if needs_q_threshold(config) and not (run.episode_length or spec.max_episode_steps):
             raise ValueError(
                 f"{spec.id!r} has no time limit, so the episode length T that converts the "
@@ -421,11 +445,12 @@ class Engine:
             if envs is None or len(envs) != self.num_seeds:
                 raise ValueError("host environments need one VecEnv per seed")
             self._finish = jax.jit(finish, static_argnums=3)
-            self._sample = jax.jit(jax.vmap(
-                lambda actor, obs, key: algo.sample_action(config, self.networks, actor, obs,
-                                                           key)))
             self._observations: np.ndarray | None = None
             self._env_steps = 0
+            # Overlapped collection: the next iteration's transitions (or the error that
+            # stopped them), collected while the current iteration's updates ran.
+            self._ahead: Transitions | None = None
+            self._ahead_error: Exception | None = None
         self._compiling: BackgroundCompile | None = None
 
     def init_states(self) -> OffPolicyState:
@@ -440,6 +465,7 @@ class Engine:
     def place(self, states: OffPolicyState) -> OffPolicyState:
         """Shard the seed axis over the local devices."""
         self._iteration = int(np.asarray(jax.device_get(states.iteration)).reshape(-1)[0])
+        self._ahead = self._ahead_error = None
         placed = place_seeds(states, self.num_seeds)
         self._start_compiling(placed)
         return placed
@@ -470,14 +496,29 @@ class Engine:
     def iterate(self, states: OffPolicyState,
                 cost_limit: jax.Array) -> tuple[OffPolicyState, dict[str, np.ndarray]]:
         """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
-        learning = self._iteration >= self.config.run.warmup_iterations
+        run: OffPolicyConfig = self.config.run
+        learning = self._iteration >= run.warmup_iterations
         if self.task is not None:
             if self._compiling is not None:
                 self._compiling.wait(learning)
             states, metrics = self._iterate(states, cost_limit, learning)
         else:
-            states, transitions = self._host_collect(states, random=not learning)
+            if self._ahead_error is not None:  # the overlapped collection failed
+                error, self._ahead_error = self._ahead_error, None
+                raise error
+            transitions, self._ahead = self._ahead, None
+            if transitions is None:
+                states, transitions = self._host_collect(states, random=not learning)
+            ahead = run.overlap_collection and self._iteration + 1 < run.iterations
+            if ahead:  # the key and actor of the next collection, before the updates
+                states, collect = self._collection_inputs(states)
             states, metrics = self._finish(states, transitions, cost_limit, learning)
+            if ahead:  # runs while XLA computes the updates dispatched above
+                next_random = self._iteration + 1 < run.warmup_iterations
+                try:
+                    self._ahead = self._collect(*collect, random=next_random)
+                except Exception as error:  # raised by the next iterate(), once this
+                    self._ahead_error = error  # iteration is logged and checkpointed
         self._iteration += 1
         metrics = jax.device_get(metrics)
         if (metrics["_nonfinite_step"] >= 0).any():
@@ -492,7 +533,25 @@ class Engine:
 
     def _host_collect(self, states: OffPolicyState,
                       random: bool) -> tuple[OffPolicyState, Transitions]:
-        """Collect one iteration of every seed from host environments (numpy buffers)."""
+        """Collect one iteration of every seed from host environments with the current actor."""
+        states, collect = self._collection_inputs(states)
+        return states, self._collect(*collect, random=random)
+
+    def _collection_inputs(self, states: OffPolicyState
+                           ) -> tuple[OffPolicyState, tuple[Any, list[np.random.Generator]]]:
+        """Split every seed's key for a collection: the states with their next keys, and the
+        collection's inputs (the actor's parameters on the host, one numpy generator per seed,
+        seeded from its key, so runs stay reproducible)."""
+        keys = jax.vmap(lambda k: jax.random.split(k))(states.key)  # [S, 2, 2]
+        collect_keys = np.asarray(jax.device_get(keys[:, 1])).reshape(self.num_seeds, -1)
+        rngs = [np.random.default_rng([int(x) for x in key]) for key in collect_keys]
+        actor = host_params(states.agent.actor_params)
+        return states._replace(key=keys[:, 0]), (actor, rngs)
+
+    def _collect(self, actor: Any, rngs: list[np.random.Generator],
+                 random: bool) -> Transitions:
+        """Step every seed's host environments ``rollout_steps`` times (numpy only: no XLA call,
+        so it can run while an update computes)."""
         run: OffPolicyConfig = self.config.run
         envs = self.envs
         assert envs is not None
@@ -511,20 +570,17 @@ class Engine:
             "truncated": np.empty((seeds, steps, n), bool),
             "next_observations": np.empty((seeds, steps, n, obs_dim), np.float32),
         }
-        keys = jax.vmap(lambda k: jax.random.split(k))(states.key)  # [S, 2, 2]
-        states = states._replace(key=keys[:, 0])
-        # Random warm-up actions come from a numpy generator seeded by each seed's key.
-        rng = np.random.default_rng(np.asarray(jax.device_get(keys[:, 1])).reshape(-1))
-        act_keys = np.asarray(jax.vmap(lambda k: jax.random.split(k, steps))(keys[:, 1]))
-        actor = states.agent.actor_params
         low = np.asarray(self.spec.action_space.low, np.float32)
         high = np.asarray(self.spec.action_space.high, np.float32)
         observations = self._observations
         for t in range(steps):
             if random:
-                actions = rng.uniform(-1.0, 1.0, (seeds, n, act_dim)).astype(np.float32)
+                actions = np.stack([rng.uniform(-1.0, 1.0, (n, act_dim)) for rng in rngs])
             else:
-                actions = np.asarray(self._sample(actor, observations, act_keys[:, t]))
+                noise = np.stack([rng.standard_normal((n, act_dim)) for rng in rngs])
+                actions = self.algo.host_sample_action(self.config, self.networks, actor,
+                                                       observations, noise)
+            actions = actions.astype(np.float32)
             buffers["observations"][:, t] = observations
             buffers["actions"][:, t] = actions
             env_actions = low + 0.5 * (np.clip(actions, -1.0, 1.0) + 1.0) * (high - low)
@@ -541,7 +597,7 @@ class Engine:
             observations = next_observations
             self._env_steps += n
         self._observations = observations
-        return states, Transitions(**{k: jnp.asarray(v) for k, v in buffers.items()})
+        return Transitions(**{k: jnp.asarray(v) for k, v in buffers.items()})
 
 
 def cut_open_episodes(states: OffPolicyState) -> OffPolicyState:

@@ -34,7 +34,14 @@ import optax
 
 from saferl.core.distributions import gaussian_log_prob, gaussian_sample
 from saferl.core.lagrange import LagrangeState
-from saferl.core.networks import ACTIVATIONS, MLP, GaussianPolicy, ValueCritics
+from saferl.core.networks import (
+    ACTIVATIONS,
+    MLP,
+    GaussianPolicy,
+    ValueCritics,
+    host_mlp,
+    host_params,
+)
 from saferl.core.normalization import (
     RunningStats,
     normalize,
@@ -430,15 +437,6 @@ def act(networks: Networks, policy_params: Any, obs_stats: RunningStats, observa
     return actions, gaussian_log_prob(mean, log_std, actions)
 
 
-_NUMPY_ACTIVATIONS = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
-    # flax's nn.gelu defaults to the tanh approximation.
-    "gelu": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3))),
-}
-
-
 class HostActor:
     """A numpy twin of :func:`act` for rollouts in host simulators.
 
@@ -451,16 +449,13 @@ class HostActor:
 
     def __init__(self, config: OnPolicyConfig) -> None:
         self.normalize_observations = config.normalize_observations
-        self.activation = _NUMPY_ACTIVATIONS[config.activation]
+        self.activation = config.activation
 
     def load(self, states: TrainState) -> None:
         """Copy every seed's policy parameters, normaliser and an RNG to the host."""
-        params = jax.device_get(states.agent.policy_params)["params"]
-        mlp = params["MLP_0"]
-        names = sorted(mlp, key=lambda name: int(name.split("_")[-1]))
-        self.layers = [(np.asarray(mlp[n]["kernel"], np.float64),
-                        np.asarray(mlp[n]["bias"], np.float64)) for n in names]
-        self.log_std = np.asarray(params["log_std"], np.float64)  # [S, A]
+        params = host_params(states.agent.policy_params)["params"]
+        self.mlp = params["MLP_0"]
+        self.log_std = params["log_std"]  # [S, A]
         stats = jax.device_get(states.obs_stats)
         self.mean = np.asarray(stats.mean, np.float64)[:, None]
         self.scale = 1.0 / np.sqrt(np.asarray(stats.var, np.float64)[:, None] + 1e-8)
@@ -472,10 +467,7 @@ class HostActor:
         x = observations.astype(np.float64)
         if self.normalize_observations:
             x = np.clip((x - self.mean) * self.scale, -10.0, 10.0)
-        for index, (kernel, bias) in enumerate(self.layers):
-            x = np.einsum("sni,sio->sno", x, kernel) + bias[:, None]
-            if index < len(self.layers) - 1:
-                x = self.activation(x)
+        x = host_mlp(self.mlp, x, self.activation)
         noise = np.stack([rng.standard_normal(x.shape[1:]) for rng in self.rngs])
         std = np.exp(self.log_std)[:, None]
         actions = x + std * noise

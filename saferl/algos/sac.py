@@ -27,6 +27,7 @@ from typing import Annotated, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tyro
 
@@ -43,7 +44,7 @@ from saferl.algos.off_policy import (
 )
 from saferl.core.distributions import gaussian_sample, tanh_gaussian_sample_and_log_prob
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_init
-from saferl.core.networks import QCritics, TanhGaussianActor
+from saferl.core.networks import QCritics, TanhGaussianActor, host_tanh_gaussian
 from saferl.data.replay import SampledBatch
 from saferl.envs.core import EnvSpec
 
@@ -140,6 +141,14 @@ def sample_action(config: SACConfig | SACLagConfig, networks: Networks, actor_pa
     """Exploration: ``tanh(u)``, ``u ~ N(μ(s), σ(s)²)``."""
     mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
+
+
+def host_sample_action(config: SACConfig | SACLagConfig, networks: Networks, actor_params: Any,
+                       observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
+    standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
+    mean, log_std = host_tanh_gaussian(networks.actor, actor_params, observations)
+    return np.tanh(mean + np.exp(log_std) * noise)
 
 
 def update_multipliers(config: SACConfig | SACLagConfig, agent: SACAgent,

@@ -6,7 +6,8 @@ evaluated side by side (see :class:`ValueCritics` for why they are not ``nn.vmap
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -14,6 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu}
+
+#: numpy twins of :data:`ACTIVATIONS` for the host-side forward passes (:func:`host_mlp`).
+NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    # flax's nn.gelu defaults to the tanh approximation.
+    "gelu": lambda x: 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3))),
+}
 
 #: Up to this many action inputs, :class:`PairDense` adds the action part element by element.
 SMALL_ACTION_DIM = 8
@@ -47,6 +57,39 @@ class MLP(nn.Module):
             if i < len(sizes) - 1:
                 x = act(x)
         return x
+
+
+def host_params(params: Any) -> Any:
+    """A parameter tree copied to the host as float64 numpy arrays (for :func:`host_mlp`)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), jax.device_get(params))
+
+
+def host_mlp(params: Mapping[str, Any], x: np.ndarray, activation: str) -> np.ndarray:
+    """numpy forward pass of :class:`MLP` parameters that carry a leading seed axis.
+
+    Host rollouts act once per environment step; a jitted call costs more than this pass for the
+    few observations of one step, and it would wait behind a running update (XLA on CPU runs a
+    device's programs one after another).
+
+    Args:
+        params: The MLP's ``{"Dense_i": {"kernel": [S, in, out], "bias": [S, out]}}`` (float64
+            from :func:`host_params`; other dtypes are converted on every call).
+        x: ``[S, N, in]`` inputs.
+        activation: A key of :data:`NUMPY_ACTIVATIONS`.
+
+    Returns:
+        ``[S, N, out]`` float64 outputs.
+    """
+    names = sorted(params, key=lambda name: int(name.split("_")[-1]))
+    act = NUMPY_ACTIVATIONS[activation]
+    x = np.asarray(x, np.float64)
+    for index, name in enumerate(names):
+        layer = params[name]
+        x = x @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"],
+                                                                     np.float64)[:, None]
+        if index < len(names) - 1:
+            x = act(x)
+    return x
 
 
 class PairDense(nn.Module):
@@ -141,11 +184,29 @@ class TanhGaussianActor(nn.Module):
         """Return ``(mean, log_std)`` of ``u``, each ``[..., action_dim]``."""
         out = MLP(self.hidden_sizes, 2 * self.action_dim, self.activation, output_scale=0.01)(obs)
         mean, raw = jnp.split(out, 2, axis=-1)
-        span = self.log_std_max - self.log_std_min
-        fraction = (self.init_log_std - self.log_std_min) / span
-        shift = float(np.log(fraction / (1.0 - fraction)))
+        span, shift = _log_std_squash(self)
         log_std = self.log_std_min + span * jax.nn.sigmoid(raw + shift)
         return mean, log_std
+
+
+def _log_std_squash(actor: TanhGaussianActor) -> tuple[float, float]:
+    """Span and shift of the sigmoid that maps a raw output to ``log_std`` (0 → ``init``)."""
+    span = actor.log_std_max - actor.log_std_min
+    fraction = (actor.init_log_std - actor.log_std_min) / span
+    return span, float(np.log(fraction / (1.0 - fraction)))
+
+
+def host_tanh_gaussian(actor: TanhGaussianActor, params: Any,
+                       obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of ``actor.apply(params, obs)`` with a leading seed axis: ``(mean, log_std)``.
+
+    ``params`` from :func:`host_params`, ``obs`` ``[S, N, obs_dim]``.
+    """
+    out = host_mlp(params["params"]["MLP_0"], obs, actor.activation)
+    mean, raw = np.split(out, 2, axis=-1)
+    span, shift = _log_std_squash(actor)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * (raw + shift)))  # no overflow for large |raw|
+    return mean, actor.log_std_min + span * sigmoid
 
 
 class DeterministicActor(nn.Module):
@@ -160,6 +221,14 @@ class DeterministicActor(nn.Module):
         """Actions ``[..., action_dim]`` in ``[-1, 1]``."""
         return jnp.tanh(MLP(self.hidden_sizes, self.action_dim, self.activation,
                             output_scale=0.01)(obs))
+
+
+def host_deterministic(actor: DeterministicActor, params: Any, obs: np.ndarray) -> np.ndarray:
+    """numpy twin of ``actor.apply(params, obs)`` with a leading seed axis (``[S, N, A]``).
+
+    ``params`` from :func:`host_params`, ``obs`` ``[S, N, obs_dim]``.
+    """
+    return np.tanh(host_mlp(params["params"]["MLP_0"], obs, actor.activation))
 
 
 class QCritics(nn.Module):

@@ -257,3 +257,131 @@ def test_bad_configuration_is_one_clear_sentence(overrides, match):
 def test_multiplier_source_is_validated():
     with pytest.raises(ValueError, match=r"multiplier\.source must be 'episode' or 'q'"):
         build_config("sac_lag", overrides={"multiplier": {"source": "replay"}})
+
+
+@pytest.mark.parametrize("algo", ["sac_lag", "cvpo", "ddpg_lag"])
+def test_host_actor_is_the_jax_exploration_policy(algo):
+    """Host rollouts act with a numpy twin of ``sample_action``: same actions from the same
+    normal noise (float64 vs float32 arithmetic only), every seed of a seed axis."""
+    from saferl.algos.off_policy import initial_states
+    from saferl.algos.registry import get_algorithm
+    from saferl.core.networks import host_params
+
+    module = get_algorithm(algo).module
+    config = build_config(algo, overrides={"run": {**TINY, "seeds": [0, 1]}})
+    task = make_task(config.run.env)
+    networks = module.make_networks(config, task.spec)
+    params = initial_states(module, config, task.spec, task).agent.actor_params
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    noise_keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    # Large weights: means far from 0 and log-stds at both ends of their squashing range.
+    params = jax.tree_util.tree_unflatten(tree, [
+        x + 0.7 * jax.random.normal(k, x.shape) for x, k in zip(leaves, noise_keys, strict=True)])
+    obs = 2 * np.random.default_rng(0).normal(size=(2, 8, task.spec.obs_dim)).astype(np.float32)
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    expected = jax.vmap(lambda p, o, k: module.sample_action(config, networks, p, o, k))(
+        params, jnp.asarray(obs), keys)
+    noise = jax.vmap(lambda k: jax.random.normal(k, (8, task.spec.action_dim)))(keys)
+    actions = module.host_sample_action(config, networks, host_params(params), obs,
+                                        np.asarray(noise, np.float64))
+    assert actions.shape == (2, 8, task.spec.action_dim)
+    np.testing.assert_allclose(actions, np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert 0.1 < np.abs(actions).mean() < 0.99  # neither all zero nor all saturated
+
+
+class CountingLineEnv(LineEnv):
+    """:class:`LineEnv` that counts the steps of all its copies."""
+
+    steps_taken = 0
+
+    def step(self, action):
+        CountingLineEnv.steps_taken += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_overlapped_collection_acts_one_iteration_behind_on_the_same_budget(overlap):
+    """Default: iteration k's transitions come from the actor after k − 1 iterations. With
+    ``overlap_collection`` (collected while iteration k − 1 learns): after k − 2. Either way
+    the run steps its environments exactly ``steps`` times (nothing is collected ahead of the
+    last iteration)."""
+    from saferl.algos.off_policy import Engine
+    from saferl.algos.registry import get_algorithm
+    from saferl.training import make_environment
+
+    if "SaferlTest/CountingLine-v0" not in gymnasium.registry:
+        gymnasium.register("SaferlTest/CountingLine-v0", entry_point=CountingLineEnv,
+                           max_episode_steps=20)
+    module = get_algorithm("ddpg_lag").module
+    config = build_config("ddpg_lag", overrides={
+        "run": {**TINY, "env": "SaferlTest/CountingLine-v0", "num_envs": 2, "steps": 120,
+                "warmup_steps": 0, "actor_lr": 1e-3, "overlap_collection": overlap},
+        "ddpg": {"exploration_noise": 0.0}})  # deterministic actions: a function of the actor
+    spec, _, envs = make_environment(config)
+    engine = Engine(module, config, spec, envs=envs)
+    CountingLineEnv.steps_taken = 0
+    states = engine.init_states()
+    actors = [states.agent.actor_params]  # actors[j]: after j iterations
+    for _ in range(config.run.iterations):
+        states, _ = engine.iterate(states, jnp.asarray([10.0]))
+        actors.append(states.agent.actor_params)
+    assert config.run.iterations == 6 and CountingLineEnv.steps_taken == 120
+    replay = states.replay
+    assert int(replay.size[0]) == 60  # 6 iterations × 10 rows, no wrap-around
+    lag = 1 if overlap else 0
+    actor = module.make_networks(config, spec).actor
+
+    def actions_of(j, observations):  # deterministic actions of the actor after j iterations
+        params = jax.tree_util.tree_map(lambda x: x[0], actors[max(j, 0)])
+        return np.asarray(actor.apply(params, observations))
+
+    for k in range(1, 7):
+        rows = replay.observations[0, (k - 1) * 10:k * 10]
+        stored = np.asarray(replay.actions[0, (k - 1) * 10:k * 10])
+        np.testing.assert_allclose(stored, actions_of(k - 1 - lag, rows), atol=1e-5)
+        if k >= 3:  # the actor has moved: the other schedule's actor acted differently
+            other = actions_of(k - 2 + lag, rows)
+            assert np.abs(stored - other).max() > 1e-3
+
+
+class NaNLineEnv(LineEnv):
+    """:class:`LineEnv` whose cost is NaN at its 25th step (iteration 3 of 10-step iterations)."""
+
+    def reset(self, *, seed=None, options=None):
+        self.total = getattr(self, "total", 0)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.total += 1
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, reward, terminated, truncated, {"cost": np.nan if self.total == 25 else
+                                                    info["cost"]}
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_overlapped_collection_is_deterministic_and_reports_env_faults_in_order(tmp_path,
+                                                                              overlap):
+    """Same seed, same numbers; an env fault met while collecting ahead is raised only after
+    the iteration that was learning meanwhile is logged and checkpointed, as without overlap."""
+    from saferl.runs import RunDirectory
+
+    for name, env in (("Line", LineEnv), ("NaNLine", NaNLineEnv)):
+        if f"SaferlTest/{name}-v0" not in gymnasium.registry:
+            gymnasium.register(f"SaferlTest/{name}-v0", entry_point=env)
+    run = {"env": "SaferlTest/Line-v0", "num_envs": 2, "steps": 200, "warmup_steps": 40,
+           "overlap_collection": overlap, "checkpoint_every": 1}
+    a = tiny_train(tmp_path, "a", algo="sac_lag", run=run, seed=4)
+    b = tiny_train(tmp_path, "b", algo="sac_lag", run=run, seed=4)
+    assert len(a.history) == 10
+    assert_same_rows(rows_without_time(a.history), rows_without_time(b.history))
+    with pytest.raises(saferl.envs.NonFiniteError, match=r"cost at step \d+ in env index 0"):
+        tiny_train(tmp_path, "nan", algo="sac_lag", run={**run, "env": "SaferlTest/NaNLine-v0"})
+    directory = RunDirectory(tmp_path / "nan")
+    assert [r["iteration"] for r in directory.read_progress()] == [1, 2]
+    assert directory.latest_checkpoint() == "iter_0000002"
+
+
+def test_overlapped_collection_is_refused_for_native_tasks(tmp_path):
+    with pytest.raises(ValueError, match=r"overlap_collection=True: 'saferl/BallRun-v0' is a "
+                                         r"native task.*leave it False"):
+        tiny_train(tmp_path, "native", run={"overlap_collection": True})
