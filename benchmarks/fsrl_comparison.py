@@ -76,9 +76,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float,
-               env_workers: int = 1, cache: str | None = None) -> dict[str, Any]:
+               env_workers: int = 1, cache: str | None = None,
+               overlap: bool = False) -> dict[str, Any]:
     """Train and evaluate one saferl run in this (fresh) process (``cache``: a persistent
-    compilation cache directory, as the ``saferl`` command uses by default)."""
+    compilation cache directory, as the ``saferl`` command uses by default; ``overlap``:
+    ``run.overlap_collection``)."""
     from common import setup_jax
 
     setup_jax()
@@ -89,7 +91,8 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float,
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"saferl_{algo}_"))
     overrides = json.loads(json.dumps(SETTINGS[algo]["saferl"]))
-    overrides["run"].update({"checkpoint_every": 10_000, "env_workers": env_workers})
+    overrides["run"].update({"checkpoint_every": 10_000, "env_workers": env_workers,
+                             "overlap_collection": overlap})
     start = time.perf_counter()
     result = saferl.train(algo, env, cost_limit=limit, steps=steps, seed=seed,
                           run_dir=run_dir / "run", overrides=overrides, progress=False)
@@ -100,7 +103,7 @@ def run_saferl(algo: str, env: str, steps: int, seed: int, limit: float,
         shutil.copy(curves, RESULTS_DIR / f"curves_{algo}_{env}_seed{seed}.png")
     evaluation = saferl.evaluate(result.policy(), episodes=10, num_envs=1).summary()
     return {"library": "saferl", "algo": algo, "seed": seed, "steps": steps, "wall_s": wall,
-            "env_workers": env_workers,
+            "env_workers": env_workers, "overlap_collection": overlap,
             "train_final_return": figures["rollout/ep_return"],
             "train_final_cost": figures["rollout/ep_cost_0"],
             "eval_return": evaluation["return_mean"], "eval_cost": evaluation["cost_0_mean"]}
@@ -141,6 +144,10 @@ def main() -> None:
                              "untimed 2-iteration run first (the saferl command's default "
                              "behaviour from its second run on); default: no cache, every run "
                              "compiles")
+    parser.add_argument("--overlap-collection", action="store_true",
+                        help="saferl collects the next iteration while the current one's "
+                             "updates run (run.overlap_collection: one-iteration policy lag; "
+                             "same env steps, batches and update ratio)")
     parser.add_argument("--one", nargs=2, metavar=("ALGO", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -148,7 +155,8 @@ def main() -> None:
     if args.one:  # child process: one saferl run, JSON on the last stdout line
         algo, seed = args.one[0], int(args.one[1])
         print(json.dumps(run_saferl(algo, args.env, args.steps, seed, args.cost_limit,
-                                    args.env_workers, args.compilation_cache)))
+                                    args.env_workers, args.compilation_cache,
+                                    args.overlap_collection)))
         return
 
     def child_command(algo: str, seed: int, steps: int) -> list[str]:
@@ -157,6 +165,8 @@ def main() -> None:
                    "--env-workers", str(args.env_workers)]
         if args.compilation_cache:
             command += ["--compilation-cache", args.compilation_cache]
+        if args.overlap_collection:
+            command.append("--overlap-collection")
         return command
 
     if args.compilation_cache:
@@ -214,6 +224,7 @@ def main() -> None:
                                    "saferl_env_workers": args.env_workers,
                                    "saferl_compilation_cache": (
                                        "warm" if args.compilation_cache else "off"),
+                                   "saferl_overlap_collection": args.overlap_collection,
                                    "fsrl_reused_from": str(args.reuse_fsrl or ""),
                                    "settings": SETTINGS,
                                    "runs": runs, "summary": summary},

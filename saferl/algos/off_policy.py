@@ -1,7 +1,7 @@
 """The off-policy engine: collection, the replay buffer, fused gradient updates, multipliers.
 
 An off-policy algorithm (``sac``, ``sac_lag``, ``ddpg_lag``, ``td3_lag``, ``cvpo``) is a module
-with five pure functions (:class:`OffPolicyAlgorithm`); everything else lives here once. One
+with six pure functions (:class:`OffPolicyAlgorithm`); everything else lives here once. One
 iteration of one seed:
 
 1. **Collect** ``num_envs × rollout_steps`` transitions: uniform random actions while the seed
@@ -62,7 +62,7 @@ from saferl.algos.on_policy import (
 )
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
 from saferl.core.networks import host_params
-from saferl.core.precompile import BackgroundCompile
+from saferl.core.precompile import BackgroundCompile, stacked_initial_states
 from saferl.data.replay import (
     Replay,
     SampledBatch,
@@ -258,8 +258,8 @@ def scale_action(spec: EnvSpec, action: jax.Array) -> jax.Array:
     return low + 0.5 * (jnp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
 
 
-def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Any, seed: int,
-               task: NativeTask | None) -> OffPolicyState:
+def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Any,
+               seed: int | jax.Array, task: NativeTask | None) -> OffPolicyState:
     """The initial state of one seed (native tasks also reset their environments here)."""
     run: OffPolicyConfig = config.run
     key = jax.random.PRNGKey(seed)
@@ -281,11 +281,11 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
 
 def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
                    task: NativeTask | None) -> OffPolicyState:
-    """Initial states of every seed of ``config``, stacked along a leading seed axis."""
+    """Initial states of every seed of ``config``, stacked along a leading seed axis (built
+    by one quickly compiled program, :func:`~saferl.core.precompile.stacked_initial_states`)."""
     networks = algo.make_networks(config, spec)
-    states = [init_state(algo, config, spec, networks, seed, task)
-              for seed in config.run.seed_list]
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    return stacked_initial_states(
+        lambda seed: init_state(algo, config, spec, networks, seed, task), config.run.seed_list)
 
 
 def needs_q_threshold(config: Any) -> bool:

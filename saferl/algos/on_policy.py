@@ -48,7 +48,7 @@ from saferl.core.normalization import (
     running_stats_init,
     running_stats_update,
 )
-from saferl.core.precompile import BackgroundCompile, abstract
+from saferl.core.precompile import BackgroundCompile, abstract, stacked_initial_states
 from saferl.core.returns import gae
 from saferl.envs.core import EnvSpec, NonFiniteError, VecEnv, check_finite
 from saferl.envs.native import EpisodeState, NativeTask, batch_reset, batch_step
@@ -86,6 +86,9 @@ def check_shared_run_fields(run: Any, positive: tuple[str, ...]) -> None:
     seeds = tuple(run.seeds) if run.seeds else (run.seed,)
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct; got {list(run.seeds)}.")
+    for seed in seeds:
+        if not 0 <= seed < 2**32:  # a JAX key's and numpy's (env reset) seed range
+            raise ValueError(f"seeds must be integers in [0, 2**32); got {seed}.")
 
 
 def nonfinite_location(rewards: jax.Array, costs: jax.Array,
@@ -396,7 +399,7 @@ def reward_cost_advantages(advantages: jax.Array) -> tuple[jax.Array, jax.Array]
 
 
 def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Networks,
-                     seed: int, task: NativeTask | None) -> TrainState:
+                     seed: int | jax.Array, task: NativeTask | None) -> TrainState:
     """The initial state of one seed (native tasks also reset their environments here)."""
     run: OnPolicyConfig = config.run
     key = jax.random.PRNGKey(seed)
@@ -422,10 +425,11 @@ def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networ
 
 def initial_states(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Networks,
                    task: NativeTask | None) -> TrainState:
-    """Initial states of every seed of ``config``, stacked along a leading seed axis."""
-    states = [init_train_state(algo, config, spec, networks, seed, task)
-              for seed in config.run.seed_list]
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    """Initial states of every seed of ``config``, stacked along a leading seed axis (built
+    by one quickly compiled program, :func:`~saferl.core.precompile.stacked_initial_states`)."""
+    return stacked_initial_states(
+        lambda seed: init_train_state(algo, config, spec, networks, seed, task),
+        config.run.seed_list)
 
 
 def act(networks: Networks, policy_params: Any, obs_stats: RunningStats, observations: jax.Array,

@@ -178,6 +178,8 @@ def test_cost_limit_count_must_match_the_constraints(tmp_path):
     ({"ppo": {"minibatches": 7}}, "must divide the batch"),
     ({"lagrange": {"method": "adam"}}, "lagrange.method"),
     ({"no_such_field": 1}, "Unknown configuration field no_such_field"),
+    ({"seeds": [0, -1]}, r"seeds must be integers in \[0, 2\*\*32\); got -1"),
+    ({"seed": 2**32}, r"seeds must be integers in \[0, 2\*\*32\); got 4294967296"),
 ])
 def test_bad_configuration_is_one_clear_sentence(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -63,3 +63,28 @@ def test_compilation_cache_stores_programs_and_can_be_switched_off(tmp_path):
     # A cache the user configured for JAX is left alone.
     assert run("other", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax")) == "None"
     assert not (tmp_path / "other" / "saferl").exists()
+
+
+def test_stacked_initial_states_equal_eager_ones_and_trace_to_the_same_shapes():
+    """The initial states come from one quickly compiled program: the eager values up to float
+    rounding, and the same shapes when traced (as the background compilation does)."""
+    import numpy as np
+
+    from saferl.algos import off_policy
+
+    config = build_config("cvpo", overrides={"run": {**SMALL, "seeds": [3, 8]}})
+    task = make_task(config.run.env)
+    algo = get_algorithm("cvpo").module
+    stacked = off_policy.initial_states(algo, config, task.spec, task)
+    networks = algo.make_networks(config, task.spec)
+    for index, seed in enumerate((3, 8)):
+        eager = off_policy.init_state(algo, config, task.spec, networks, seed, task)
+        for x, y in zip(jax.tree_util.tree_leaves(stacked), jax.tree_util.tree_leaves(eager),
+                        strict=True):
+            np.testing.assert_allclose(np.asarray(x[index]), np.asarray(y), rtol=1e-5,
+                                       atol=1e-5)
+    traced = jax.eval_shape(lambda: off_policy.initial_states(algo, config, task.spec, task))
+    assert (jax.tree_util.tree_structure(traced) == jax.tree_util.tree_structure(stacked))
+    for x, y in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(stacked),
+                    strict=True):
+        assert (x.shape, x.dtype) == (y.shape, y.dtype)
