@@ -79,5 +79,20 @@ def test_train_without_an_algorithm_runs_cpo(tmp_path):
     assert main(["train", *flags]) == 0
     record = json.loads((run_dir / "config.json").read_text())
     assert record["algo"] == "cpo" and "trust_region" in record["config"]
+    assert record["config"]["run"]["safety_predictor"] is True
+    assert record["config"]["run"]["predictor_alpha"] == 0.3
     rows = (run_dir / "progress.csv").read_text().splitlines()
     assert "cpo/case" in rows[0] and len(rows) == 3
+
+
+def test_naming_cpo_gives_plain_cpo_and_flags_override_the_default_recipe(tmp_path):
+    named = tmp_path / "named"
+    flags = [f for f in small_flags(named) if f not in ("--ppo.epochs", "1")]
+    assert main(["train", "cpo", *flags]) == 0
+    run = json.loads((named / "config.json").read_text())["config"]["run"]
+    assert run["safety_predictor"] is False
+    default = tmp_path / "default"
+    flags = [f for f in small_flags(default) if f not in ("--ppo.epochs", "1")]
+    assert main(["train", *flags, "--predictor-alpha", "0.5"]) == 0
+    run = json.loads((default / "config.json").read_text())["config"]["run"]
+    assert run["safety_predictor"] is True and run["predictor_alpha"] == 0.5

@@ -51,3 +51,19 @@ def test_cpo_satisfies_two_constraints(baseline, tmp_path):
     assert figures["rollout/ep_return"] >= baseline + 150, (figures, baseline)
     rows = [r for r in run.history if r["iteration"] > 1]
     assert {int(r["cpo/case"]) for r in rows} & {1, 2}, "the dual (constraint-active) cases ran"
+
+
+def test_the_quick_start_run_ends_within_the_limit(baseline, tmp_path):
+    # What `saferl train` runs with no arguments (README quick start): cpo with its safety
+    # predictor, 2M steps, seed 0. No tolerance here: the README promises a constraint-satisfying
+    # policy, so the training cost of the last 5 iterations must be at or under the limit
+    # (measured 6.1; plain CPO ends at 10.1 on this seed).
+    run = saferl.train(run_dir=tmp_path / "quick", progress=False)
+    assert run.algo == "cpo" and run.config.run.safety_predictor
+    assert run.config.run.env == "saferl/BallCircle-v0" and run.config.run.cost_limit == (LIMIT,)
+    figures = run.summary["per_seed"][0]
+    assert run.summary["constraints_satisfied"] is True, figures
+    assert figures["rollout/ep_cost_0"] <= LIMIT, figures
+    assert figures["rollout/ep_return"] >= baseline + 300, (figures, baseline)
+    evaluation = saferl.evaluate(run.policy(), episodes=32).summary()
+    assert evaluation["cost_0_mean"] <= LIMIT, evaluation
