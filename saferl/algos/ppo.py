@@ -33,6 +33,7 @@ from saferl.algos.on_policy import (
 )
 from saferl.core.distributions import gaussian_entropy, gaussian_kl, gaussian_log_prob
 from saferl.core.lagrange import LagrangeConfig, lagrange_init, lagrangian_advantage
+from saferl.core.shuffle import permutation
 from saferl.envs.core import EnvSpec
 
 
@@ -174,7 +175,7 @@ def update(config: PPOConfig | PPOLagConfig, networks: Networks, agent: AgentSta
     size = batch.actions.shape[0]
 
     def epoch(carry: tuple, epoch_key: jax.Array) -> tuple[tuple, tuple]:
-        order = jax.random.permutation(epoch_key, size).reshape(ppo.minibatches, -1)
+        order = permutation(epoch_key, size).reshape(ppo.minibatches, -1)
         return jax.lax.scan(minibatch, carry, order)
 
     init = (agent.policy_params, agent.critic_params, agent.policy_opt_state,

@@ -28,6 +28,7 @@ from saferl.algos.on_policy import (
 )
 from saferl.core.distributions import gaussian_kl, gaussian_log_prob
 from saferl.core.lagrange import LagrangeConfig, lagrange_init
+from saferl.core.shuffle import permutation
 from saferl.core.trust_region import (
     backtracking_line_search,
     fisher_vector_product,
@@ -120,7 +121,7 @@ def fit_critics(networks: Networks, params: TrustRegionParams, critic_params: An
         return (optax.apply_updates(p, updates), o), loss
 
     def epoch(carry: tuple, k: jax.Array) -> tuple[tuple, jax.Array]:
-        order = jax.random.permutation(k, size).reshape(params.critic_minibatches, -1)
+        order = permutation(k, size).reshape(params.critic_minibatches, -1)
         return jax.lax.scan(minibatch, carry, order)
 
     (critic_params, opt_state), losses = jax.lax.scan(
@@ -179,7 +180,7 @@ def policy_problem(networks: Networks, params: TrustRegionParams, policy_params:
 
     size = batch.observations.shape[0]
     count = max(1, round(params.fvp_fraction * size))
-    subset = jax.random.choice(key, size, (count,), replace=False) if count < size else None
+    subset = permutation(key, size)[:count] if count < size else None
 
     def fvp_kl(p: Any) -> jax.Array:
         obs = batch.observations if subset is None else batch.observations[subset]
