@@ -20,7 +20,7 @@ import numpy as np
 
 from saferl.algos import off_policy, on_policy
 from saferl.algos.on_policy import EpisodeTracker, TrainState
-from saferl.algos.registry import Algorithm, get_algorithm
+from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.native import NATIVE_TASKS, NativeTask, make_task
@@ -189,8 +189,9 @@ def train(algo: str | None = None, env: str | None = None, *,
     """Train a safe-RL agent and return its run.
 
     Args:
-        algo: Algorithm name (``saferl list``); ignored when resuming. Without one: ``cpo``
-            with the settings of :data:`DEFAULT_RECIPE` (under ``config_file``/``overrides``).
+        algo: Algorithm name (``saferl list``); ignored when resuming. Without one: the
+            algorithm of ``config`` if given, else ``cpo`` with the settings of
+            :data:`DEFAULT_RECIPE` (under ``config_file`` and ``overrides``).
         env: Environment id (default: native BallCircle).
         cost_limit: One limit per constraint (a single number for one constraint).
         steps: Environment steps per seed (when resuming: a new, larger total to extend to).
@@ -220,6 +221,9 @@ def train(algo: str | None = None, env: str | None = None, *,
         if value is not None:
             shortcuts[name] = value
     recipe = DEFAULT_RECIPE if algo is None else None
+    if algo is None and config is not None:  # the configuration names its algorithm
+        algo = next((name for name, entry in ALGORITHMS.items()
+                     if type(config) is entry.config_class), None)
     algo = DEFAULT_ALGORITHM if algo is None else algo
     if config is None:
         merged = dict(overrides or {})

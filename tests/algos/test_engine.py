@@ -186,6 +186,15 @@ def test_bad_configuration_is_one_clear_sentence(overrides, match):
         saferl.training.build_config("ppo_lag", overrides=overrides)
 
 
+def test_a_configuration_object_names_its_algorithm(tmp_path):
+    config = saferl.training.build_config(
+        "ppo", overrides={"run": {**SMALL, "steps": 800}, "ppo": SMALL_PPO})
+    run = saferl.train(config=config, run_dir=tmp_path / "run", progress=False)
+    assert run.algo == "ppo" and not run.config.run.safety_predictor
+    with pytest.raises(TypeError, match="needs a CPOConfig"):
+        saferl.train("cpo", config=config, run_dir=tmp_path / "other", progress=False)
+
+
 def test_unknown_algorithm_suggests_the_nearest():
     with pytest.raises(KeyError, match="Did you mean 'ppo_lag'"):
         saferl.train("ppo_lgs", progress=False)
