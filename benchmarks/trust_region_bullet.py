@@ -33,7 +33,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_one(algo: str, env: str, steps: int, seeds: list[int], limit: float, num_envs: int,
-            rollout_steps: int, predictor: bool) -> dict[str, Any]:
+            rollout_steps: int, predictor: bool, alpha: float = 1.0) -> dict[str, Any]:
     """Train ``algo`` on every seed (vectorised in one process) and collect its figures.
 
     Runs in a fresh process per algorithm (see :func:`main`), so that no run inherits the
@@ -42,11 +42,12 @@ def run_one(algo: str, env: str, steps: int, seeds: list[int], limit: float, num
     setup_jax()
     import saferl
 
-    name = f"{algo}+predictor" if predictor else algo
+    name = run_name(algo, predictor, alpha)
     overrides: dict[str, Any] = {"run": {"num_envs": num_envs, "rollout_steps": rollout_steps}}
     if predictor:
         overrides["run"]["safety_predictor"] = True
-    run_dir = OUT_DIR / f"trust_region_{env}_{name}".replace("+", "_")
+        overrides["run"]["predictor_alpha"] = alpha
+    run_dir = run_directory(env, name)
     if run_dir.exists():
         import shutil
 
@@ -54,6 +55,20 @@ def run_one(algo: str, env: str, steps: int, seeds: list[int], limit: float, num
     saferl.train(algo, env, cost_limit=limit, steps=steps, seeds=seeds, run_dir=run_dir,
                  progress=False, overrides=overrides)
     return figures(name, run_dir, seeds)
+
+
+def run_name(algo: str, predictor: bool, alpha: float) -> str:
+    """``cpo``, ``cpo+predictor`` (α = 1, the default) or ``cpo+predictor(α=0.3)``."""
+    if not predictor:
+        return algo
+    return f"{algo}+predictor" if alpha == 1.0 else f"{algo}+predictor(α={alpha:g})"
+
+
+def run_directory(env: str, name: str) -> Path:
+    """Where a run of this script lives (under ``benchmarks/out``)."""
+    for old, new in (("+", "_"), ("(α=", "_alpha"), (")", "")):
+        name = name.replace(old, new)
+    return OUT_DIR / f"trust_region_{env}_{name}"
 
 
 def figures(name: str, run_dir: Path, seeds: list[int]) -> dict[str, Any]:
@@ -119,9 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cost-limit", type=float, default=10.0)
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--rollout-steps", type=int, default=1000)
-    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--algos", nargs="*", default=list(ALGORITHMS),
+                        help="algorithms to run (none: only CPO + predictor, with --predictor)")
     parser.add_argument("--predictor", action="store_true",
                         help="also run CPO with the learned safety predictor")
+    parser.add_argument("--predictor-alpha", type=float, default=1.0,
+                        help="the predictor's weight α (saferl train's default recipe: 0.3)")
+    parser.add_argument("--tag", default="",
+                        help="suffix of the result files (keeps earlier results)")
     parser.add_argument("--from-runs", action="store_true",
                         help="train nothing: summarise the runs of an earlier invocation that "
                              "finished (their directories under benchmarks/out)")
@@ -131,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     for algo, predictor in runs:
         if args.from_runs:
-            name = f"{algo}+predictor" if predictor else algo
-            run_dir = OUT_DIR / f"trust_region_{args.env}_{name}".replace("+", "_")
+            name = run_name(algo, predictor, args.predictor_alpha if predictor else 1.0)
+            run_dir = run_directory(args.env, name)
             done = (run_dir / "checkpoints").is_dir() and (run_dir / "curves.png").is_file()
             if done:
                 results.append(figures(name, run_dir, args.seeds))
@@ -143,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             results.append(pool.submit(run_one, algo, args.env, args.steps, args.seeds,
                                        args.cost_limit, args.num_envs, args.rollout_steps,
-                                       predictor).result())
+                                       predictor, args.predictor_alpha).result())
     rows = [[r["name"], f"{r['return'][0]:.1f} ± {r['return'][1]:.1f}",
              f"{r['cost'][0]:.2f} ± {r['cost'][1]:.2f}",
              f"{r['cost_rate'][0]:.4f} ± {r['cost_rate'][1]:.4f}", f"{r['wall_time']:.0f}"]
@@ -151,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["algorithm", "return", f"episode cost (≤ {args.cost_limit:g})",
                         "cost rate", "wall s"], rows))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = f"trust_region_{args.env}"
+    stem = f"trust_region_{args.env}{'_' + args.tag if args.tag else ''}"
     plot(results, args.env, args.cost_limit, RESULTS_DIR / f"{stem}.png")
     write_json(stem, {"settings": vars(args),
                       "results": [{k: v for k, v in r.items() if k != "curves"} | {
