@@ -106,6 +106,26 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_resume_equals_uninterrupted_for_the_quick_start_recipe(tmp_path):
+    # cpo with the safety predictor (what `saferl train` runs): the predictor's parameters and
+    # Adam state are part of the checkpoint.
+    def run(name, **kwargs):
+        return saferl.train(overrides={"run": {**SMALL, "steps": 2400}}, progress=False,
+                            run_dir=tmp_path / name, **kwargs)
+
+    def kill(iteration, metrics):
+        if iteration == 2:
+            raise KeyboardInterrupt
+
+    full = run("full")
+    assert full.config.run.safety_predictor
+    with pytest.raises(KeyboardInterrupt):
+        run("killed", callback=kill)
+    resumed = saferl.train(resume=tmp_path / "killed", progress=False)
+    assert "predictor/loss" in full.history[0]
+    assert_same_rows(rows_without_time(full.history), rows_without_time(resumed.history))
+
+
 def test_interrupt_inside_an_iteration_saves_the_last_completed_one(tmp_path, monkeypatch):
     from saferl.algos.on_policy import Engine
 
