@@ -32,7 +32,8 @@ DEFAULT_RECIPE: dict[str, Any] = {"run": {"safety_predictor": True, "predictor_a
 
 ``cpo`` on native BallCircle with CPO's learned safety predictor at α = 0.3 (CPO paper §6.3):
 plain CPO settles on the limit from above (2M steps, limit 10, seeds 0–3: final training episode
-cost 10.2–10.4, return ≈ 500), with the predictor it ends at 6.6–8.0 with a return of 480–600.
+cost 9.9–11.1, mean 10.3, return ≈ 495), with the predictor it ends at 6.0–8.2 with returns of
+490–730.
 Naming the algorithm (``saferl train cpo``) gives plain CPO; a config file or flags override these.
 """
 Callback = Callable[[int, dict[str, np.ndarray]], None]
