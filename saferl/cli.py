@@ -60,7 +60,7 @@ def _pop_flag(args: list[str], name: str) -> bool:
 def _train(args: list[str]) -> int:
     from saferl.algos.registry import get_algorithm
     from saferl.runs import new_run_dir
-    from saferl.training import DEFAULT_ALGORITHM, DEFAULT_RECIPE, build_config, train
+    from saferl.training import build_config, resolve_algorithm, train
 
     args = list(args)
     quiet = _pop_flag(args, "--quiet")
@@ -72,11 +72,11 @@ def _train(args: list[str]) -> int:
         print(f"resuming {resume}", file=sys.stderr)
         train(resume=resume, steps=int(steps) if steps else None, progress=not quiet)
         return 0
-    named = bool(args) and not args[0].startswith("-")
-    algo = args.pop(0) if named else DEFAULT_ALGORITHM
+    algo, recipe = resolve_algorithm(
+        args.pop(0) if args and not args[0].startswith("-") else None)
     entry = get_algorithm(algo)
     config_file = _pop_option(args, "--config")
-    defaults = build_config(algo, config_file, base=None if named else DEFAULT_RECIPE)
+    defaults = build_config(algo, config_file, base=recipe)
     config = tyro.cli(entry.config_class, default=defaults, args=args,
                       prog=f"saferl train {algo}",
                       description=f"{entry.description}. Flags override --config FILE.")

@@ -39,6 +39,15 @@ Naming the algorithm (``saferl train cpo``) gives plain CPO; a config file or fl
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 
 
+def resolve_algorithm(algo: str | None) -> tuple[str, dict[str, Any] | None]:
+    """The algorithm to train and the settings under a config file and overrides.
+
+    A named algorithm starts from its own defaults; no name means :data:`DEFAULT_ALGORITHM`
+    with :data:`DEFAULT_RECIPE` (what ``saferl train`` and ``saferl.train()`` run).
+    """
+    return (DEFAULT_ALGORITHM, DEFAULT_RECIPE) if algo is None else (algo, None)
+
+
 def build_config(algo: str, config_file: str | Path | None = None,
                  overrides: dict[str, Any] | None = None,
                  base: dict[str, Any] | None = None) -> Any:
@@ -221,11 +230,10 @@ def train(algo: str | None = None, env: str | None = None, *,
                         ("run_dir", str(run_dir) if run_dir is not None else None)):
         if value is not None:
             shortcuts[name] = value
-    recipe = DEFAULT_RECIPE if algo is None else None
     if algo is None and config is not None:  # the configuration names its algorithm
         algo = next((name for name, entry in ALGORITHMS.items()
                      if type(config) is entry.config_class), None)
-    algo = DEFAULT_ALGORITHM if algo is None else algo
+    algo, recipe = resolve_algorithm(algo)
     if config is None:
         merged = dict(overrides or {})
         merged.update(shortcuts)
