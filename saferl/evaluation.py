@@ -52,7 +52,7 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
     Returns:
         An :class:`EvalResult`.
     """
-    from saferl.envs import make
+    from saferl.envs.make import make, render_kwargs
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}.")
@@ -63,11 +63,16 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
                          "trained on).")
     num_envs = num_envs or min(episodes, 16)
     per_copy = math.ceil(episodes / num_envs)
-    vec = make(env_id, num_envs=num_envs, seed=seed, **(env_kwargs or {}))
+    make_kwargs = dict(env_kwargs or {})
+    if video is not None:
+        check_video_path(Path(video))  # before any episode runs
+        make_kwargs = {**render_kwargs(env_id), **make_kwargs}
+    vec = make(env_id, num_envs=num_envs, seed=seed, **make_kwargs)
     m = vec.spec.num_costs
     frames: list[np.ndarray] = []
     render = getattr(vec, "render", None)
     if video is not None and render is None:
+        vec.close()
         raise ValueError(f"Environment {env_id!r} does not render frames; cannot write a video.")
     obs = vec.reset(seed=seed)
     ret, cost, length = np.zeros(num_envs), np.zeros((num_envs, m)), np.zeros(num_envs, int)
@@ -97,10 +102,36 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
                       np.array([r[2] for r in flat]), tuple(vec.spec.cost_names), deterministic)
 
 
+class VideoBackendError(ValueError):
+    """Writing the requested video format needs an optional package that is not installed."""
+
+
+def check_video_path(path: Path) -> None:
+    """Fail early, before any episode runs, if ``path`` is not a video saferl can write.
+
+    Raises:
+        ValueError: If the suffix is not ``.gif`` or ``.mp4``.
+        VideoBackendError: For ``.mp4`` when imageio and its ffmpeg plugin are missing.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"video path {str(path)!r} must end in .gif (always available) or "
+                         f".mp4 (with saferl[video]); got suffix {path.suffix!r}.")
+    if suffix == ".mp4":
+        try:
+            import imageio.v2  # noqa: F401
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError as error:
+            raise VideoBackendError(
+                f"writing {str(path)!r} (.mp4) needs imageio with ffmpeg, which is not "
+                f"installed: pip install 'saferl[video]' (or write a .gif).") from error
+
+
 def write_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
-    """Write RGB frames as an animated GIF (Pillow) or, with imageio installed, MP4."""
+    """Write RGB frames as an animated GIF (Pillow) or, with ``saferl[video]``, MP4."""
     if not frames:
         raise ValueError("no frames to write")
+    check_video_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".gif":
         from PIL import Image
@@ -109,12 +140,6 @@ def write_video(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
         images[0].save(path, save_all=True, append_images=images[1:], duration=1000 // fps,
                        loop=0)
         return
-    if path.suffix.lower() == ".mp4":
-        try:
-            import imageio.v2 as imageio
-        except ImportError as error:
-            raise ImportError("Writing .mp4 needs imageio with ffmpeg: "
-                              "pip install 'imageio[ffmpeg]' (or write a .gif).") from error
-        imageio.mimwrite(path, [np.asarray(f, np.uint8) for f in frames], fps=fps)
-        return
-    raise ValueError(f"Video path {str(path)!r} must end in .gif or .mp4.")
+    import imageio.v2 as imageio
+
+    imageio.mimwrite(path, [np.asarray(f, np.uint8) for f in frames], fps=fps)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import random
 import re
 import sys
@@ -584,16 +585,41 @@ class GymVecEnv:
             random.setstate(saved[1])
         return out
 
-    def render(self, index: int = 0) -> Any:
-        """Render copy ``index`` (whatever its ``render_mode`` produces).
+    def render(self, index: int = 0) -> np.ndarray:
+        """An RGB frame ``[H, W, 3]`` of copy ``index``.
+
+        Copies built with ``render_mode="rgb_array"`` render through gymnasium's ``render()``.
+        Environments of the older API that take the mode as an argument (Bullet-Safety-Gym:
+        ``render(mode="rgb_array")``, off-screen with pybullet's software renderer) are asked
+        for a frame directly, never for ``"human"``, which would open a window.
 
         Args:
             index: Which copy to render.
 
         Returns:
-            The env's ``render()`` output (e.g. an RGB array).
+            The frame as a ``uint8`` array.
+
+        Raises:
+            EnvError: If the copy cannot produce RGB frames (it was built without
+                ``render_mode="rgb_array"``, or renders something else).
         """
-        return self.envs[index].render()
+        env = self.envs[index]
+        if getattr(env, "render_mode", None) == "rgb_array":
+            frame = env.render()
+        elif "mode" in inspect.signature(env.unwrapped.render).parameters:
+            with _standard_streams():  # Bullet silences pybullet around its calls
+                frame = env.unwrapped.render(mode="rgb_array")
+        else:
+            raise EnvError(
+                f"{self._env_id} was built with render_mode={getattr(env, 'render_mode', None)!r} "
+                f"and cannot give RGB frames; build it with render_mode='rgb_array' (e.g. "
+                f"saferl.make(id, render_mode='rgb_array') or gymnasium.make(id, "
+                f"render_mode='rgb_array') in your factory).")
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[-1] not in (3, 4):
+            raise EnvError(f"{self._env_id}'s render() gave an array of shape {frame.shape}, not "
+                           f"an RGB frame [height, width, 3].")
+        return frame[..., :3].astype(np.uint8, copy=False)
 
     def close(self) -> None:
         """Close every copy."""

@@ -22,6 +22,7 @@ environment problem, this one included.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -196,3 +197,38 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
     if env in gymnasium.registry or ":" in env:
         return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
     raise _unknown(env)
+
+
+def render_kwargs(env_id: str) -> dict[str, Any]:
+    """The ``make`` keyword arguments under which ``env_id``'s copies render RGB frames.
+
+    Native tasks and environments of the older API whose ``render`` takes the mode as an
+    argument (Bullet-Safety-Gym) need none: :meth:`~saferl.envs.gym.GymVecEnv.render` asks
+    them for ``"rgb_array"`` frames. Safety-Gymnasium ids, and gymnasium ids whose constructor
+    accepts ``render_mode``, get ``render_mode="rgb_array"``.
+
+    Args:
+        env_id: An id that :func:`make` accepts.
+
+    Returns:
+        Keyword arguments to add to :func:`make`'s (empty when none are needed).
+    """
+    if env_id in NATIVE_TASKS or env_id.startswith("saferl/") or BULLET_ID.match(env_id):
+        return {}
+    if is_safety_gymnasium_id(env_id):
+        return {"render_mode": "rgb_array"}
+    if env_id not in gymnasium.registry:
+        return {}
+    spec = gymnasium.spec(env_id)
+    if "render_mode" in (spec.kwargs or {}):
+        return {}
+    creator = spec.entry_point
+    if isinstance(creator, str):
+        creator = gymnasium.envs.registration.load_env_creator(creator)
+    try:
+        parameters = inspect.signature(creator).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C extension: nothing to inspect
+        return {}
+    accepts = any(p.name == "render_mode" or p.kind is inspect.Parameter.VAR_KEYWORD
+                  for p in parameters)
+    return {"render_mode": "rgb_array"} if accepts else {}
