@@ -9,6 +9,7 @@ or at top level) and override fields on the command line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
@@ -104,24 +105,61 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"Unknown configuration field {prefix}{unknown[0]}; valid fields here: "
-            f"{', '.join(sorted(fields))}.")
+        raise ConfigError(_unknown_field_message(cls, prefix, unknown[0], sorted(fields)))
     kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
     return cls(**kwargs)
 
 
+def _unknown_field_message(cls: type, prefix: str, name: str, fields: list[str]) -> str:
+    """One sentence for an unknown field: the nearest valid name, then every valid name.
+
+    At the top level of a configuration with a ``run`` section, the shared settings are valid
+    too (:func:`merge_shared` moves them into ``run``), so they are offered and listed.
+    """
+    shared = sorted(_run_fields(cls)) if not prefix else []
+    close = difflib.get_close_matches(name, fields + shared, n=1)
+    hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+    listed = f"sections {', '.join(fields)}" if shared else ", ".join(fields)
+    if shared:
+        listed += f"; shared settings {', '.join(shared)}"
+    return f"Unknown configuration field {prefix}{name}.{hint} Valid here: {listed}."
+
+
+def _run_fields(cls: type) -> set[str]:
+    """Field names of ``cls``'s ``run`` section (empty when it has none)."""
+    if "run" not in {f.name for f in dataclasses.fields(cls)}:
+        return set()
+    run_cls = typing.get_type_hints(cls, include_extras=True)["run"]
+    if typing.get_origin(run_cls) is typing.Annotated:
+        run_cls = typing.get_args(run_cls)[0]
+    return {f.name for f in dataclasses.fields(run_cls) if f.init}
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``.toml`` or ``.json`` configuration file into a dict."""
+    """Read a ``.toml`` or ``.json`` configuration file into a dict.
+
+    Raises:
+        ConfigError: The file is missing, has another suffix, is not valid TOML/JSON (the
+            message names the file and the parser's line and column), or is not a table.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Configuration file {str(path)!r} does not exist.")
-    if path.suffix == ".toml":
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    raise ConfigError(f"Configuration file {str(path)!r} must end in .toml or .json.")
+    try:
+        if path.suffix == ".toml":
+            with path.open("rb") as handle:
+                data = tomllib.load(handle)
+        elif path.suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"Configuration file {str(path)!r} must end in .toml or .json.")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Configuration file {str(path)!r} is not valid "
+                          f"{path.suffix[1:].upper()}: {error}.") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"Configuration file {str(path)!r} must hold a table of fields "
+                          f"(a JSON object); got a {type(data).__name__}.")
+    return data
 
 
 def merge_shared(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -130,12 +168,9 @@ def merge_shared(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     Lets a config file say ``env = "..."`` instead of ``[run] env = "..."``.
     """
     fields = {f.name for f in dataclasses.fields(cls)}
-    if "run" not in fields:
+    run_fields = _run_fields(cls)
+    if not run_fields:
         return data
-    run_cls = typing.get_type_hints(cls, include_extras=True)["run"]
-    run_cls = typing.get_args(run_cls)[0] if typing.get_origin(run_cls) is typing.Annotated \
-        else run_cls
-    run_fields = {f.name for f in dataclasses.fields(run_cls)}
     data = dict(data)
     run = dict(data.pop("run", {}))
     for key in list(data):

@@ -31,14 +31,23 @@ class ProgressDisplay:
     """A rich progress bar: steps, steps/s, episode return, cost per constraint, λ, ETA."""
 
     def __init__(self, total_steps: int, spec: EnvSpec, cost_limit: tuple[float, ...],
-                 enabled: bool = True, start_steps: int = 0) -> None:
+                 enabled: bool = True, start_steps: int = 0,
+                 console: Console | None = None) -> None:
+        """A bar over ``total_steps`` starting at ``start_steps`` (on stderr by default).
+
+        Output that is not a terminal (a log file, CI) gets a line wide enough for every
+        figure (rich would cut it at 80 columns), written when the bar stops.
+        """
         self.enabled = enabled
         self.spec, self.cost_limit = spec, cost_limit
+        console = console or Console(stderr=True)
+        if not console.is_terminal:
+            console.width = max(console.width, 100 + 24 * len(cost_limit))
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[sps]} steps/s"), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=not enabled, transient=False)
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+            MofNCompleteColumn(), TextColumn("{task.fields[sps]} steps/s"),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
         self._task = self._progress.add_task("train", total=total_steps, completed=start_steps,
                                              sps="-", stats="")
         self._last_steps = start_steps

@@ -117,8 +117,13 @@ class RunDirectory:
             except ImportError:  # pragma: no cover - tensorboardX is a dependency
                 self._writers[seed] = None
             else:
-                self._writers[seed] = SummaryWriter(str(self.path / "tb" / f"seed_{seed}"),
-                                                    purge_step=purge_step, flush_secs=10)
+                # tensorboardX names event files by the second and opens them with "wb": a
+                # resumed session starting in the same second as the last one would overwrite
+                # its events. A nanosecond suffix keeps every session's file, and name order
+                # (which TensorBoard reads in) stays chronological.
+                self._writers[seed] = SummaryWriter(
+                    str(self.path / "tb" / f"seed_{seed}"), purge_step=purge_step,
+                    flush_secs=10, filename_suffix=f".{time.time_ns()}")
         return self._writers[seed]
 
     def read_progress(self) -> list[dict[str, float]]:

@@ -263,6 +263,12 @@ def train(algo: str | None = None, env: str | None = None, *,
 def _resume(path: Path, steps: int | None, progress: bool,
             callback: Callback | None) -> TrainResult:
     record, entry, config, spec, states, meta = restore_states(path)
+    trained = int(meta["iteration"]) * config.run.steps_per_iteration
+    if steps is not None and steps < trained:
+        raise ValueError(
+            f"steps={steps:,} is fewer than the {trained:,} steps per seed that {str(path)!r} "
+            f"has already trained (checkpoint of iteration {int(meta['iteration'])}); give more "
+            f"steps to extend the run, or leave steps out to finish it.")
     if steps is not None:
         config = replace(config, run=replace(config.run, steps=steps))
         record["config"] = config_to_dict(config)

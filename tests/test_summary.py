@@ -34,3 +34,30 @@ def test_no_finished_episode_leaves_the_verdict_unknown(capsys):
     assert summary["constraints_satisfied"] is None
     print_summary(summary, spec, (10.0,), Path("runs/x"))
     assert "unknown" in capsys.readouterr().err
+
+
+def test_progress_line_keeps_every_figure_when_not_a_terminal():
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from saferl.progress import ProgressDisplay
+
+    spec = make_task("saferl/BallCircle-v0", speed_limit=2.0).spec  # two costs
+    out = io.StringIO()
+    display = ProgressDisplay(2_000_000, spec, (10.0, 20.0), console=Console(file=out))
+    with display:
+        display.update(12_800, {"rollout/ep_return": np.array([1.0]),
+                                "rollout/ep_cost_0": np.array([3.25]),
+                                "rollout/ep_cost_1": np.array([4.5]),
+                                "lagrange/lambda_1": np.array([0.125])})
+        display.update(25_600, {"rollout/ep_return": np.array([2.0]),
+                                "rollout/ep_cost_0": np.array([3.25]),
+                                "rollout/ep_cost_1": np.array([4.5]),
+                                "lagrange/lambda_1": np.array([0.125])})
+    line = out.getvalue().strip().splitlines()[-1]
+    assert "25,600/2,000,000" in line or "25600/2000000" in line
+    for figure in ("steps/s", "R 2.0", "C0 3.25/10", "C1 4.50/20", "λ1 0.125", "ETA"):
+        assert figure in line, (figure, line)
+    assert not line.endswith("…")

@@ -123,7 +123,8 @@ def check_finite(result: StepResult, step: int, env_id: str) -> None:
 
     Args:
         result: The batched step result to check.
-        step: The global environment step (for the message).
+        step: Environment steps taken before this one, all copies together, since the
+            process started stepping (for the message).
         env_id: The environment id (for the message).
 
     Raises:
@@ -135,7 +136,8 @@ def check_finite(result: StepResult, step: int, env_id: str) -> None:
         if bad.any():
             rows = np.nonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0]
             raise NonFiniteError(
-                f"Environment {env_id!r} returned a non-finite {name} at step {step} in env "
-                f"index {int(rows[0])} (of {bad.shape[0]}); the run stopped before using it and "
+                f"Environment {env_id!r} returned a non-finite {name} in env index "
+                f"{int(rows[0])} (of {bad.shape[0]} copies), after {step:,} environment steps "
+                f"(all copies together) in this process; the run stopped before using it and "
                 f"the last checkpoint is intact. Check the environment's dynamics or clip its "
                 f"outputs.")

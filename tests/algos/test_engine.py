@@ -85,6 +85,33 @@ class Crash(Exception):
     pass
 
 
+def tensorboard_scalars(run_dir, seed):
+    """``{tag: [(step, value), ...]}`` as TensorBoard shows them.
+
+    Event files are read in name (creation) order; a ``SessionLog.START`` event at step ``s``
+    drops the scalars read so far with step ≥ ``s`` (TensorBoard's ``purge_orphaned_data``,
+    on by default), which is how a resumed run hides what it redoes.
+    """
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for path in sorted((run_dir / "tb" / f"seed_{seed}").glob("events.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):  # TFRecord: length, length CRC, event, event CRC
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            log = event.session_log
+            if event.HasField("session_log") and log.status == log.START:
+                scalars = {tag: [(step, v) for step, v in series if step < event.step]
+                           for tag, series in scalars.items()}
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, Crash])
 def test_resume_equals_uninterrupted(tmp_path, interrupt):
     full = small_train(tmp_path, "full", run={"steps": 4800})
@@ -104,6 +131,15 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt):
     for x, y in zip(jax.tree_util.tree_leaves(s_full), jax.tree_util.tree_leaves(s_resumed),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # TensorBoard shows each iteration once: the redone one replaces the first attempt.
+    board_full = tensorboard_scalars(full.run_dir, 0)
+    board_resumed = tensorboard_scalars(resumed.run_dir, 0)
+    assert len(list((resumed.run_dir / "tb" / "seed_0").glob("events.*"))) == 2
+    assert board_full.keys() == board_resumed.keys()
+    for tag, series in board_full.items():
+        assert [step for step, _ in board_resumed[tag]] == [step for step, _ in series], tag
+        if "time" not in tag:
+            assert board_resumed[tag] == series, tag
 
 
 def test_resume_equals_uninterrupted_for_the_quick_start_recipe(tmp_path):
@@ -151,6 +187,11 @@ def test_interrupt_inside_an_iteration_saves_the_last_completed_one(tmp_path, mo
 
 def test_resume_can_extend_a_finished_run(tmp_path):
     first = small_train(tmp_path, "run")
+    config_before = (first.run_dir / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"steps=800 is fewer than the 4,000 steps per seed .* "
+                                         r"already trained \(checkpoint of iteration 5\)"):
+        saferl.train(resume=first.run_dir, steps=800, progress=False)
+    assert (first.run_dir / "config.json").read_text() == config_before  # nothing changed
     longer = saferl.train(resume=first.run_dir, steps=5600, progress=False)
     assert [r["iteration"] for r in longer.history] == [1, 2, 3, 4, 5, 6, 7]
 
@@ -174,7 +215,9 @@ class NaNCostEnv(gymnasium.Env):
 
 def test_non_finite_cost_names_env_and_step_and_keeps_checkpoint(tmp_path):
     gymnasium.register("SaferlTest/NaNCost-v0", entry_point=NaNCostEnv)
-    with pytest.raises(NonFiniteError, match=r"cost at step \d+ in env index \d"):
+    # Both copies step in lockstep: the NaN of step 7 comes after 6 steps of each (12 in all).
+    with pytest.raises(NonFiniteError, match=r"non-finite cost in env index 0 \(of 2 copies\), "
+                                             r"after 12 environment steps \(all copies"):
         saferl.train("ppo", "SaferlTest/NaNCost-v0", run_dir=tmp_path / "nan", progress=False,
                      overrides={"run": {"num_envs": 2, "rollout_steps": 4, "steps": 64,
                                         "checkpoint_every": 1}, "ppo": {"minibatches": 2}})
@@ -198,12 +241,29 @@ def test_cost_limit_count_must_match_the_constraints(tmp_path):
     ({"ppo": {"minibatches": 7}}, "must divide the batch"),
     ({"lagrange": {"method": "adam"}}, "lagrange.method"),
     ({"no_such_field": 1}, "Unknown configuration field no_such_field"),
+    # Shared settings are valid at the top level: they are offered, and listed as such.
+    ({"cost_limt": 5}, r"field cost_limt\. Did you mean cost_limit\? Valid here: sections "
+                       r"lagrange, ppo, run; shared settings .*cost_limit"),
+    ({"run": {"num_env": 4}}, r"field run\.num_env\. Did you mean run\.num_envs\?"),
     ({"seeds": [0, -1]}, r"seeds must be integers in \[0, 2\*\*32\); got -1"),
     ({"seed": 2**32}, r"seeds must be integers in \[0, 2\*\*32\); got 4294967296"),
 ])
 def test_bad_configuration_is_one_clear_sentence(overrides, match):
     with pytest.raises(ValueError, match=match):
         saferl.training.build_config("ppo_lag", overrides=overrides)
+
+
+@pytest.mark.parametrize("name,text,match", [
+    ("c.toml", "[run\nsteps = 1", r"'.*c\.toml' is not valid TOML: .*line 1"),
+    ("c.json", '{"steps": 1,}', r"'.*c\.json' is not valid JSON: .*line 1"),
+    ("c.json", "[1, 2]", r"must hold a table of fields \(a JSON object\); got a list"),
+    ("c.yaml", "steps: 1", r"must end in \.toml or \.json"),
+])
+def test_an_unreadable_configuration_file_is_named(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        saferl.training.build_config("ppo_lag", config_file=path)
 
 
 def test_a_configuration_object_names_its_algorithm(tmp_path):

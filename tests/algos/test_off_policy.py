@@ -374,7 +374,8 @@ def test_overlapped_collection_is_deterministic_and_reports_env_faults_in_order(
     b = tiny_train(tmp_path, "b", algo="sac_lag", run=run, seed=4)
     assert len(a.history) == 10
     assert_same_rows(rows_without_time(a.history), rows_without_time(b.history))
-    with pytest.raises(saferl.envs.NonFiniteError, match=r"cost at step \d+ in env index 0"):
+    with pytest.raises(saferl.envs.NonFiniteError,
+                       match=r"non-finite cost in env index 0 \(of 2 copies\), after [\d,]+ "):
         tiny_train(tmp_path, "nan", algo="sac_lag", run={**run, "env": "SaferlTest/NaNLine-v0"})
     directory = RunDirectory(tmp_path / "nan")
     assert [r["iteration"] for r in directory.read_progress()] == [1, 2]
