@@ -69,6 +69,8 @@ def _train(args: list[str]) -> int:
         steps = _pop_option(args, "--steps")
         if args:
             return _error(f"--resume takes only --steps (to extend the run); got {args}.")
+        if steps is not None and not steps.isdigit():
+            return _error(f"--steps must be a positive integer; got {steps!r}.")
         print(f"resuming {resume}", file=sys.stderr)
         train(resume=resume, steps=int(steps) if steps else None, progress=not quiet)
         return 0
@@ -105,7 +107,7 @@ class EvalArgs:
     env_seed: int = 10_000
     """Seed of the evaluation environments."""
     video: str | None = None
-    """Write the first deterministic episode to this .gif (or .mp4 with imageio)."""
+    """Write the first deterministic episode to this .gif (or .mp4 with saferl[video])."""
 
 
 def _eval(args: list[str]) -> int:
