@@ -101,14 +101,15 @@ class RunDirectory:
                           "wall_time": round(wall_time, 3), "seed": seed}
                 values.update({k: float(np.asarray(v)[index]) for k, v in metrics.items()})
                 writer.writerow([_format(values.get(c, "")) for c in self._csv_columns])
+        from tensorboardX.proto.summary_pb2 import Summary
+
         for index, seed in enumerate(seeds):
             tb = self._writer(seed)
             if tb is None:
                 continue
-            # One event holding every metric of the iteration (what `add_scalar` would write
-            # as one event per metric): TensorBoard reads the same series, ~10x faster here.
-            from tensorboardX.proto.summary_pb2 import Summary
-
+            # One event holding every metric of the iteration instead of one `add_scalar`
+            # event per metric: TensorBoard reads the same series; 16 → 0.6 ms per iteration
+            # for 4 seeds × 17 metrics.
             values = [(name, float(np.asarray(metrics[name])[index])) for name in names]
             tb.file_writer.add_summary(Summary(value=[
                 Summary.Value(tag=name, simple_value=value)
