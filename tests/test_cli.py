@@ -14,6 +14,7 @@ def small_flags(run_dir):
             "--quiet"]
 
 
+@pytest.mark.core
 def test_list_shows_algorithms_and_environments(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
@@ -21,6 +22,7 @@ def test_list_shows_algorithms_and_environments(capsys):
         assert name in out
 
 
+@pytest.mark.core
 def test_train_then_eval_then_resume(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", "ppo_lag", *small_flags(run_dir), "--lagrange.method", "pid"]) == 0
@@ -49,6 +51,7 @@ def test_config_file_then_flags_override(tmp_path):
     assert cfg["lagrange"]["lr"] == 0.25
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("args,message", [
     (["train", "ppo_lgs"], "Did you mean 'ppo_lag'"),
     (["train", "ppo_lag", "--env", "SafetyBalCircle-v0"], "SafetyBallCircle-v0"),

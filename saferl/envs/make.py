@@ -6,7 +6,8 @@ A string id is resolved in this order:
    :class:`~saferl.envs.native.NativeVecEnv`; keyword arguments go to the task (e.g.
    ``speed_limit``).
 2. Bullet-Safety-Gym ids ``Safety{Ball,Car,Drone,Ant}{Circle,Run,Gather,Reach,Push}-v0``
-   (importing ``bullet_safety_gym`` registers them): a :class:`~saferl.envs.gym.GymVecEnv`.
+   (importing ``bullet_safety_gym`` registers them): a :class:`~saferl.envs.gym.GymVecEnv`;
+   without the ``saferl[bullet]`` extra, :class:`MissingBackendError` naming it.
 3. Safety-Gymnasium ids (``SafetyPointGoal1-v0``, ``SafetyHopperVelocity-v1``, ...): built with
    Safety-Gymnasium when it is installed, else :class:`MissingBackendError` with the
    ``pip install`` command.
@@ -30,7 +31,14 @@ import gymnasium
 import numpy as np
 
 from saferl.envs.core import EnvError, VecEnv
-from saferl.envs.gym import BULLET_ID, GymVecEnv, build_env, import_bullet_safety_gym
+from saferl.envs.gym import (
+    BULLET_ID,
+    BULLET_INSTALL_HINT,
+    GymVecEnv,
+    build_env,
+    bullet_installed,
+    import_bullet_safety_gym,
+)
 from saferl.envs.native import NATIVE_TASKS, NativeVecEnv, make_task
 from saferl.envs.safety_gymnasium import is_safety_gymnasium_id, make_safety_gymnasium
 
@@ -49,7 +57,7 @@ class UnknownEnvError(EnvError):
     """No backend knows the environment id; the message suggests the nearest known ids."""
 
 
-def _bullet_description(task: str, agent: str) -> str:
+def _bullet_description(task: str, agent: str, installed: bool) -> str:
     steps, obs_dim, act_dim = _BULLET_SIZES[task][agent]
     what = {
         "Circle": "runs along a circle of radius 7, cost 1 per step outside |x| ≤ 6",
@@ -57,7 +65,8 @@ def _bullet_description(task: str, agent: str) -> str:
                 f"{_RUN_SPEED_LIMIT[agent]} m/s"),
         "Gather": "collects 8 apples (+10 each), cost 1 per step touching one of 8 bombs",
     }[task]
-    return (f"Bullet-Safety-Gym: {agent.lower()} {what} ({steps} steps, obs {obs_dim}, "
+    extra = "" if installed else f" (not installed: {BULLET_INSTALL_HINT})"
+    return (f"Bullet-Safety-Gym{extra}: {agent.lower()} {what} ({steps} steps, obs {obs_dim}, "
             f"act {act_dim})")
 
 
@@ -67,16 +76,18 @@ def list_envs() -> dict[str, str]:
     Covers saferl's native pure-JAX tasks and the Bullet-Safety-Gym Circle, Run and Gather tasks
     for the ball, car, drone and ant (Reach and Push also work with :func:`make` but are not
     benchmark tasks). Safety-Gymnasium ids and any gymnasium id with costs work too, but are
-    not listed.
+    not listed. Without the ``saferl[bullet]`` extra the Bullet ids are still listed, and their
+    descriptions say so and give the ``pip install`` command.
 
     Returns:
         A dict from id to description, native tasks first.
     """
     envs = {env_id: f"saferl native (pure JAX): {description}"
             for env_id, (_, description) in NATIVE_TASKS.items()}
+    installed = bullet_installed()
     for task in _BULLET_SIZES:
         for agent in _BULLET_SIZES[task]:
-            envs[f"Safety{agent}{task}-v0"] = _bullet_description(task, agent)
+            envs[f"Safety{agent}{task}-v0"] = _bullet_description(task, agent, installed)
     return envs
 
 
@@ -127,7 +138,7 @@ def make_single(env_id: str, **kwargs: Any) -> gymnasium.Env:
         UnknownEnvError: If no backend knows the id.
     """
     if BULLET_ID.match(env_id):
-        import_bullet_safety_gym()
+        import_bullet_safety_gym(env_id)
     if is_safety_gymnasium_id(env_id) and env_id not in gymnasium.registry:
         from saferl.envs.safety_gymnasium import import_safety_gymnasium
 
@@ -178,6 +189,8 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
         if isinstance(env, gymnasium.Env):
             raise EnvError("workers > 1 needs an env id or a picklable factory, not an env "
                            "object (a process cannot share it).")
+        if isinstance(env, str) and BULLET_ID.match(env):
+            import_bullet_safety_gym(env)  # fail here, in one sentence, not inside a worker
         from saferl.envs.workers import SubprocVecEnv
 
         return SubprocVecEnv(env, num_envs=num_envs, seed=seed, workers=workers, **kwargs)
@@ -188,7 +201,7 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
     if env.startswith("saferl/"):
         raise _unknown(env)
     if BULLET_ID.match(env):
-        import_bullet_safety_gym()
+        import_bullet_safety_gym(env)
         if env in gymnasium.registry:
             return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
         raise _unknown(env)

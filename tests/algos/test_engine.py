@@ -58,6 +58,7 @@ def test_vectorised_seeds_match_separate_runs(tmp_path):
     assert_same_rows(rows_both, rows_without_time(one.history), rtol=2e-3)
 
 
+@pytest.mark.core
 def test_save_load_gives_the_same_actions(tmp_path):
     result = small_train(tmp_path, "run", seeds=[5, 6])
     _, _, config, spec, states, _ = restore_states(result.run_dir)
