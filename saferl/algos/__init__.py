@@ -1,0 +1,1 @@
+"""Algorithms: the on- and off-policy engines, each algorithm as pure functions, the registry."""
