@@ -9,11 +9,15 @@ without prefix (``--env``, ``--cost-limit 10 10``, ``--steps``, ``--seeds 0 1 2 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
+import math
+import re
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import tyro
 
@@ -31,8 +35,114 @@ COMMANDS = ("train", "eval", "list")
 
 
 def _error(message: str) -> int:
-    print(f"saferl: error: {message}", file=sys.stderr)
+    _say(f"saferl: error: {message}")
     return 2
+
+
+def _say(message: str) -> None:
+    """Print to stderr; a closed pipe (``| tee`` ended by Ctrl-C) is not an error."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def parse_count(text: str) -> int:
+    """An integer written as ``2000000``, ``2_000_000``, ``2,000,000`` or ``2e6``.
+
+    Raises:
+        ValueError: ``text`` is not a whole number (the message says which forms work).
+    """
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    try:
+        return int(cleaned)
+    except ValueError:
+        pass
+    try:
+        value = float(cleaned)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value) and value == int(value):
+        return int(value)
+    raise ValueError(f"must be a whole number (such as 2000000, 2_000_000 or 2e6); got {text!r}")
+
+
+def _registry() -> Any:
+    """tyro's parser for ``int`` fields and items: :func:`parse_count`."""
+    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
+
+    registry = ConstructorRegistry()
+
+    @registry.primitive_rule
+    def integers(type_info: Any) -> Any:
+        if type_info.type is not int:
+            return None
+        return PrimitiveConstructorSpec(
+            nargs=1, metavar="INT", instance_from_str=lambda args: parse_count(args[0]),
+            is_instance=lambda value: isinstance(value, int) and not isinstance(value, bool),
+            str_from_instance=lambda value: [str(value)])
+
+    return registry
+
+
+_BORDER = "│|┃╭╮╰╯+ "
+
+
+def tyro_message(text: str, prog: str) -> str:
+    """One sentence from one of tyro's error boxes (what it prints on bad flags).
+
+    tyro draws a titled box (Unicode on a terminal, plain dashes elsewhere) whose blocks are
+    split by rules: the first block under the title is the message; "Perhaps you meant"
+    suggestions become a "did you mean" clause; tyro's "Error parsing SECTION:" prefix is
+    dropped.
+    """
+    blocks: list[list[str]] = [[]]
+    for raw in text.splitlines():
+        line = raw.strip().strip(_BORDER).strip()
+        if "╭" in raw or "╰" in raw or (line and set(line) <= set("─-")):
+            blocks.append([])
+        elif line:
+            blocks[-1].append(line)
+    blocks = [b for b in blocks if b]
+    if "╭" not in text and len(blocks) > 1:
+        blocks = blocks[1:]  # plain rendering: the first block is the box's title
+    message = " ".join(blocks[0]) if blocks else "invalid arguments"
+    message = re.sub(r"^Error parsing (--[\w.\-]+): ", r"\1 ", message)
+    message = re.sub(r"^Error parsing [\w.\-]+: ", "", message)
+    suggestion = ""
+    for block in blocks[1:]:
+        if block[0].startswith("Perhaps you meant"):
+            flags = [line.split()[0] for line in block[1:] if line.startswith("--")]
+            if flags:
+                suggestion = f" Did you mean {' or '.join(dict.fromkeys(flags[:2]))}?"
+    if message.startswith("Unrecognized options: "):
+        options = message.removeprefix("Unrecognized options: ")
+        message = f"unrecognized option {options.split(',')[0]}"
+    message = message.rstrip(".") + "."
+    return f"{message}{suggestion} ({prog} --help lists every flag.)"
+
+
+def _parse(cls: Any, args: list[str], prog: str, description: str, default: Any = None) -> Any:
+    """``tyro.cli`` with one-sentence errors: tyro's boxes are turned into :func:`_error` lines
+    (``--help`` text passes through unchanged)."""
+    kwargs = {"default": default} if default is not None else {}
+    if "-h" in args or "--help" in args:  # help goes to the real terminal, in its own layout
+        return tyro.cli(cls, args=args, prog=prog, description=description,
+                        registry=_registry(), **kwargs)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return tyro.cli(cls, args=args, prog=prog, description=description,
+                            registry=_registry(), **kwargs)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            print(captured.getvalue(), end="")
+            raise
+        raise CommandLineError(tyro_message(captured.getvalue(), prog)) from None
+
+
+class CommandLineError(ValueError):
+    """A flag of the command line is unknown or has a bad value."""
 
 
 def _pop_option(args: list[str], name: str) -> str | None:
@@ -57,6 +167,25 @@ def _pop_flag(args: list[str], name: str) -> bool:
     return False
 
 
+TRAIN_OPTIONS = """Also:
+  --config FILE      a TOML or JSON file of configuration fields (flags override it)
+  --resume RUN_DIR   continue a run from its newest intact checkpoint; takes only
+                     --steps N (a new, larger total) and --checkpoint N (continue from
+                     iteration N instead)
+  --quiet            no progress display and no summary"""
+
+
+def _interrupted(run_dir: str | None) -> int:
+    """The message and exit status of a Ctrl-C (130, as a shell reports SIGINT)."""
+    from pathlib import Path
+
+    if run_dir is not None and (Path(run_dir) / "config.json").is_file():
+        _say(f"\ninterrupted; continue with: saferl train --resume {run_dir}")
+    else:
+        _say("\ninterrupted before anything was written; nothing to resume.")
+    return 130
+
+
 def _train(args: list[str]) -> int:
     from saferl.algos.registry import get_algorithm
     from saferl.runs import new_run_dir
@@ -67,79 +196,100 @@ def _train(args: list[str]) -> int:
     resume = _pop_option(args, "--resume")
     if resume is not None:
         steps = _pop_option(args, "--steps")
+        checkpoint = _pop_option(args, "--checkpoint")
         if args:
-            return _error(f"--resume takes only --steps (to extend the run); got {args}.")
-        if steps is not None and not steps.isdigit():
+            return _error(f"--resume takes only --steps N (to extend the run) and --checkpoint "
+                          f"N (the iteration to continue from); got {' '.join(args)}.")
+        try:
+            total = parse_count(steps) if steps is not None else None
+        except ValueError as error:
+            return _error(f"--steps {error}.")
+        if total is not None and total < 1:
             return _error(f"--steps must be a positive integer; got {steps!r}.")
-        print(f"resuming {resume}", file=sys.stderr)
-        train(resume=resume, steps=int(steps) if steps else None, progress=not quiet)
+        if checkpoint is not None and not checkpoint.isdigit():
+            return _error(f"--checkpoint must be an iteration number; got {checkpoint!r}.")
+        try:
+            train(resume=resume, steps=total, checkpoint=checkpoint, progress=not quiet)
+        except KeyboardInterrupt:
+            return _interrupted(resume)
         return 0
-    algo, recipe = resolve_algorithm(
-        args.pop(0) if args and not args[0].startswith("-") else None)
+    named = args.pop(0) if args and not args[0].startswith("-") else None
+    algo, recipe = resolve_algorithm(named)
     entry = get_algorithm(algo)
     config_file = _pop_option(args, "--config")
     defaults = build_config(algo, config_file, base=recipe)
-    config = tyro.cli(entry.config_class, default=defaults, args=args,
-                      prog=f"saferl train {algo}",
-                      description=f"{entry.description}. Flags override --config FILE.")
+    if named is None:
+        prog = "saferl train"
+        description = (f"Without ALGO: {algo} with CPO's learned safety predictor (α = "
+                       f"{defaults.run.predictor_alpha:g}); the defaults below are that recipe's "
+                       f"(`saferl train {algo} --help` shows plain {algo}'s).")
+    else:
+        prog, description = f"saferl train {algo}", f"{entry.description}."
+    config = _parse(entry.config_class, args, prog, f"{description}\n\n{TRAIN_OPTIONS}",
+                    default=defaults)
     if config.run.run_dir is None:
         run_dir = str(new_run_dir(algo, config.run.env))
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=run_dir))
     try:
         train(algo, config=config, progress=not quiet)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: saferl train --resume {config.run.run_dir}",
-              file=sys.stderr)
-        return 130
+        return _interrupted(config.run.run_dir)
     return 0
 
 
 @dataclass(frozen=True)
 class EvalArgs:
-    """Evaluate a trained run: deterministic and stochastic episode return and cost."""
+    """Evaluate a trained run: deterministic and stochastic episode return and cost per seed,
+    against the run's cost limits."""
 
     run_dir: Annotated[str, tyro.conf.Positional]
     """The run directory."""
     episodes: int = 10
-    """Episodes per mode."""
-    seed_index: int = 0
-    """Which of the run's seeds to evaluate."""
+    """Episodes per mode and seed."""
+    seed_index: int | None = None
+    """Which of the run's seeds to evaluate (default: all)."""
+    checkpoint: int | None = None
+    """The iteration whose checkpoint to evaluate (default: the newest intact one)."""
     env_seed: int = 10_000
     """Seed of the evaluation environments."""
     video: str | None = None
-    """Write the first deterministic episode to this .gif (or .mp4 with saferl[video])."""
+    """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
+    .mp4 with saferl[video])."""
 
 
 def _eval(args: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from saferl.evaluation import evaluate
+    from saferl.evaluation import check_video_path, evaluate, evaluate_run
     from saferl.policy import Policy
+    from saferl.progress import PipeSafeConsole, print_evaluation
 
-    opts = tyro.cli(EvalArgs, args=args, prog="saferl eval")
-    policy = Policy.load(opts.run_dir, seed_index=opts.seed_index)
-    limits = policy.info["cost_limit"]
-    table = Table(title=f"{policy.info['algo']} on {policy.info['env']} (seed "
-                        f"{policy.info['seed']}), {opts.episodes} episodes per mode")
-    table.add_column("mode")
-    table.add_column("return", justify="right")
-    rows = []
-    for deterministic in (True, False):
-        result = evaluate(policy, episodes=opts.episodes, deterministic=deterministic,
-                          seed=opts.env_seed, video=opts.video if deterministic else None)
-        summary = result.summary()
-        if not table.columns[2:]:
-            for i, name in enumerate(result.cost_names):
-                table.add_column(f"{name} (≤ {limits[i]:g})", justify="right")
-        rows.append(["deterministic" if deterministic else "stochastic",
-                     f"{summary['return_mean']:.2f} ± {summary['return_std']:.2f}",
-                     *(f"{summary[f'cost_{i}_mean']:.2f} ± {summary[f'cost_{i}_std']:.2f}"
-                       for i in range(len(result.cost_names)))])
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    opts = _parse(EvalArgs, args, "saferl eval", EvalArgs.__doc__ or "")
+    if opts.episodes < 1:
+        return _error(f"--episodes must be >= 1; got {opts.episodes}.")
     if opts.video:
+        from pathlib import Path
+
+        check_video_path(Path(opts.video))
+    first = Policy.load(opts.run_dir, seed_index=opts.seed_index or 0,
+                        checkpoint=opts.checkpoint,
+                        on_damaged=lambda m: _say(f"saferl: {m} Evaluating an older one."))
+    record = evaluate_run(opts.run_dir, episodes=opts.episodes, seed=opts.env_seed,
+                          checkpoint=first.info["checkpoint"],
+                          seed_indices=None if opts.seed_index is None else [opts.seed_index])
+    console = PipeSafeConsole()
+    console.print(f"{first.info['algo']} on {first.info['env']}, checkpoint of iteration "
+                  f"{first.info['iteration']}", highlight=False)
+    names = tuple(f"cost_{i}" for i in range(len(first.info["cost_limit"])))
+    try:
+        from saferl.envs.make import make
+
+        env = make(first.info["env"], num_envs=1, seed=0)
+        names = env.spec.cost_names
+        env.close()
+    except Exception:  # the names are cosmetic; the figures do not depend on them
+        pass
+    print_evaluation(record, names, tuple(first.info["cost_limit"]), console)
+    if opts.video:
+        evaluate(first, episodes=1, deterministic=True, seed=opts.env_seed, video=opts.video)
         print(f"video: {opts.video}")
     return 0
 
@@ -190,12 +340,25 @@ def use_all_cores() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``saferl`` command; returns the exit status."""
+    """Entry point of the ``saferl`` command; returns the exit status.
+
+    Every error is one ``saferl: error:`` sentence with exit status 2; Ctrl-C at any moment
+    exits with 130 after saving what was trained (``--resume`` continues it).
+    """
+    from saferl import interrupts
+
+    interrupts.install()
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        return _interrupted(None)
+
+
+def _main(argv: list[str]) -> int:
     from saferl.algos.registry import UnknownAlgorithmError
     from saferl.config import ConfigError
     from saferl.envs import EnvError, MissingBackendError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
@@ -214,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownAlgorithmError, ConfigError, EnvError, MissingBackendError, ValueError,
             FileExistsError, FileNotFoundError, IndexError) as error:
         return _error(str(error))
-    except SystemExit as exit_:  # tyro has printed --help, or a flag's error in its own box
+    except OSError as error:  # a file system refusal, e.g. the disk filled up mid-run
+        where = f" {error.filename!r}" if error.filename else ""
+        return _error(f"cannot write{where}: {(error.strerror or str(error)).lower()}.")
+    except SystemExit as exit_:  # tyro has printed --help
         return exit_.code if isinstance(exit_.code, int) else 2
 
 

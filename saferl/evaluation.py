@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,22 @@ class EvalResult:
     cost_names: tuple[str, ...]
     deterministic: bool
 
-    def summary(self) -> dict[str, float]:
-        """Mean and std of the return and of each cost, and the mean length."""
-        out = {"return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
-               "length_mean": float(self.lengths.mean()), "episodes": len(self.returns)}
+    def summary(self, cost_limit: Sequence[float] | None = None) -> dict[str, Any]:
+        """Mean and std of the return and of each cost, and the mean length.
+
+        With ``cost_limit`` (one per constraint) also, per constraint ``i``:
+        ``cost_i_within`` (the mean episode cost is at or under the limit) and
+        ``cost_i_over_share`` (the share of episodes whose cost exceeds it).
+        """
+        out: dict[str, Any] = {
+            "return_mean": float(self.returns.mean()), "return_std": float(self.returns.std()),
+            "length_mean": float(self.lengths.mean()), "episodes": len(self.returns)}
         for i in range(self.costs.shape[1]):
             out[f"cost_{i}_mean"] = float(self.costs[:, i].mean())
             out[f"cost_{i}_std"] = float(self.costs[:, i].std())
+            if cost_limit is not None:
+                out[f"cost_{i}_within"] = bool(out[f"cost_{i}_mean"] <= cost_limit[i])
+                out[f"cost_{i}_over_share"] = float((self.costs[:, i] > cost_limit[i]).mean())
         return out
 
 
@@ -100,6 +111,48 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
         write_video(frames, Path(video))
     return EvalResult(np.array([r[0] for r in flat]), np.stack([r[1] for r in flat]),
                       np.array([r[2] for r in flat]), tuple(vec.spec.cost_names), deterministic)
+
+
+def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
+                 checkpoint: str | None = None, seed_indices: Sequence[int] | None = None,
+                 modes: Sequence[str] = ("deterministic", "stochastic")) -> dict[str, Any]:
+    """Evaluate the deployed policy of every seed of a run against the run's cost limits.
+
+    Args:
+        run_dir: The run directory.
+        episodes: Episodes per seed and mode.
+        seed: Seed of the evaluation environments.
+        checkpoint: A checkpoint name (default: the newest intact one).
+        seed_indices: Which of the run's seeds (default: all).
+        modes: ``deterministic`` (the mean action, what ``policy(obs)`` returns) and/or
+            ``stochastic``.
+
+    Returns:
+        A JSON-ready record: ``episodes``, ``env_seed``, ``cost_limit`` and ``per_seed``
+        (``{seed: {mode: EvalResult.summary(cost_limit)}}``).
+    """
+    from saferl.policy import Policy
+
+    first = Policy.load(run_dir, seed_index=0, checkpoint=checkpoint)
+    seeds = first.info["seeds"]
+    limits = first.info["cost_limit"]
+    indices = range(len(seeds)) if seed_indices is None else seed_indices
+    per_seed: dict[str, dict[str, Any]] = {}
+    for index in indices:
+        policy = first if index == 0 else Policy.load(run_dir, seed_index=index,
+                                                      checkpoint=checkpoint)
+        per_seed[str(policy.info["seed"])] = {
+            mode: evaluate(policy, episodes=episodes, deterministic=mode == "deterministic",
+                           seed=seed).summary(limits) for mode in modes}
+    return {"episodes": episodes, "env_seed": seed, "cost_limit": list(limits),
+            "checkpoint": first.info.get("checkpoint"), "per_seed": per_seed}
+
+
+def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write an :func:`evaluate_run` record to ``RUN/eval.json``."""
+    path = Path(run_dir) / "eval.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path
 
 
 class VideoBackendError(ValueError):

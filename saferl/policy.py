@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import numpy as np
 from saferl.core.distributions import gaussian_sample
 from saferl.core.networks import GaussianPolicy
 from saferl.core.normalization import RunningStats, normalize
+from saferl.runs import checkpoint_name
 
 
 class Policy:
@@ -70,12 +73,26 @@ class Policy:
         return int(self.info["obs_dim"])
 
     @classmethod
-    def load(cls, run_dir: str | Path, seed_index: int = 0, checkpoint: str | None = None
-             ) -> Policy:
-        """Load the policy of one seed from a run directory's latest (or a named) checkpoint."""
+    def load(cls, run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None,
+             on_damaged: Callable[[str], None] | None = None) -> Policy:
+        """Load the policy of one seed from a run directory's newest intact (or a given)
+        checkpoint.
+
+        Args:
+            run_dir: The run directory.
+            seed_index: Which of the run's seeds.
+            checkpoint: An iteration number or a checkpoint name (``iter_0000012``); default:
+                the newest intact checkpoint (damaged newer ones are skipped).
+            on_damaged: Called with one sentence per damaged checkpoint skipped (default: a
+                ``UserWarning``).
+        """
         from saferl.training import restore_states
 
-        _config_record, entry, config, spec, states, _ = restore_states(run_dir, checkpoint)
+        def warn(message: str) -> None:
+            warnings.warn(f"{message} Loading an older checkpoint.", UserWarning, stacklevel=3)
+
+        _config_record, entry, config, spec, states, meta = restore_states(
+            run_dir, checkpoint, on_damaged=on_damaged or warn)
         seeds = config.run.seed_list
         if not 0 <= seed_index < len(seeds):
             raise IndexError(
@@ -84,7 +101,9 @@ class Policy:
         pick = lambda x: x[seed_index]  # noqa: E731
         info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
                 "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
-                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir)}
+                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir),
+                "seeds": list(seeds), "iteration": int(meta["iteration"]),
+                "checkpoint": checkpoint_name(int(meta["iteration"]))}
         if entry.family == "off_policy":
             module = entry.module.make_networks(config, spec).actor
             params = jax.tree_util.tree_map(pick, states.agent.actor_params)
@@ -99,6 +118,7 @@ class Policy:
                    seed=seeds[seed_index], info=info)
 
 
-def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | None = None) -> Policy:
+def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None
+         ) -> Policy:
     """Load a trained :class:`Policy` from ``run_dir`` (see :meth:`Policy.load`)."""
     return Policy.load(run_dir, seed_index=seed_index, checkpoint=checkpoint)

@@ -11,16 +11,21 @@ Layout of a run directory::
 
 Checkpoints never use pickle: loading a file cannot execute code. They are written to a temporary
 file and moved into place atomically, so a run killed at any moment leaves its last complete
-checkpoint intact and resumable.
+checkpoint intact and resumable. Each checkpoint's metadata records the SHA-256 of its msgpack
+file; a file damaged afterwards (truncated, scrambled) is detected, named, and loading falls back
+to the newest intact checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
+import re
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,16 +39,64 @@ import saferl
 KEEP_CHECKPOINTS = 3
 
 
+class RunDirectoryError(ValueError):
+    """A run directory cannot be written, or one of its files is missing or damaged."""
+
+
+class DamagedCheckpointError(RunDirectoryError):
+    """A checkpoint's files are missing, truncated or do not match their recorded checksum."""
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one portable path component: ``/``, ``:`` and other separators become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "env"
+
+
 def new_run_dir(algo: str, env_id: str, root: str | Path = "runs") -> Path:
-    """A fresh, unique folder ``runs/<algo>_<env>_<timestamp>``."""
+    """A fresh, unique folder ``runs/<algo>_<env>_<timestamp>`` (the env id made path-safe)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    env_name = env_id.replace("/", "-")
-    base = Path(root) / f"{algo}_{env_name}_{stamp}"
+    base = Path(root) / f"{safe_name(algo)}_{safe_name(env_id)}_{stamp}"
     path, suffix = base, 1
     while path.exists():
         suffix += 1
         path = base.with_name(f"{base.name}_{suffix}")
     return path
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail in one sentence, before any work, if a run directory cannot be created and written.
+
+    Creates ``path`` (and its parents) and writes and removes a probe file in it.
+
+    Raises:
+        RunDirectoryError: The path is a file, lies on a read-only file system, or is not
+            writable (the message names the path and the reason).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"run directory {str(path)!r} is an existing file, not a folder; "
+                                f"choose another --run-dir.")
+    probe = path / f".saferl-write-test-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise RunDirectoryError(
+            f"cannot write the run directory {str(path)!r} ({reason.lower()}); choose a "
+            f"writable folder with --run-dir (Python: run_dir=...).") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file's content, or one sentence naming the file when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirectoryError(f"{what} {str(path)!r} is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(f"{what} {str(path)!r} is damaged (not valid JSON: {error}).") \
+            from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -72,12 +125,22 @@ class RunDirectory:
         _atomic_write(self.path / "config.json", json.dumps(record, indent=2).encode())
 
     def read_config(self) -> dict[str, Any]:
-        """The stored ``config.json``."""
+        """The stored ``config.json``.
+
+        Raises:
+            FileNotFoundError: The folder holds no ``config.json`` (not a run directory).
+            RunDirectoryError: ``config.json`` is damaged (named in the message).
+        """
         path = self.path / "config.json"
         if not path.is_file():
             raise FileNotFoundError(
                 f"{str(self.path)!r} is not a saferl run directory (no config.json).")
-        return json.loads(path.read_text())
+        record = _read_json(path, "configuration file")
+        if not (isinstance(record, dict) and isinstance(record.get("config"), dict)
+                and isinstance(record.get("algo"), str)):
+            raise RunDirectoryError(f"configuration file {str(path)!r} is damaged (it lacks the "
+                                    f"algorithm or the configuration).")
+        return record
 
     # -- metrics -----------------------------------------------------------------------------
     def log(self, iteration: int, env_steps: int, wall_time: float, seeds: tuple[int, ...],
@@ -161,12 +224,13 @@ class RunDirectory:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, state: Any, iteration: int, metadata: dict[str, Any]) -> Path:
-        """Write the training state (Flax msgpack) and its metadata atomically."""
+        """Write the training state (Flax msgpack) and its metadata (with a checksum) atomically."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        name = f"iter_{iteration:07d}"
+        name = checkpoint_name(iteration)
         data = flax.serialization.to_bytes(jax.device_get(state))
         _atomic_write(self.checkpoint_dir / f"{name}.msgpack", data)
-        meta = {"iteration": iteration, "time": time.time(), **metadata}
+        meta = {"iteration": iteration, "time": time.time(), **metadata,
+                "sha256": hashlib.sha256(data).hexdigest()}
         _atomic_write(self.checkpoint_dir / f"{name}.json", json.dumps(meta, indent=2).encode())
         _atomic_write(self.checkpoint_dir / "latest.json", json.dumps({"name": name}).encode())
         self._prune(keep=name)
@@ -179,23 +243,116 @@ class RunDirectory:
                 for suffix in (".msgpack", ".json"):
                     (self.checkpoint_dir / f"{name}{suffix}").unlink(missing_ok=True)
 
-    def latest_checkpoint(self) -> str | None:
-        """Name of the newest complete checkpoint, or ``None``."""
-        pointer = self.checkpoint_dir / "latest.json"
-        if not pointer.is_file():
-            return None
-        name = json.loads(pointer.read_text())["name"]
-        return name if (self.checkpoint_dir / f"{name}.msgpack").is_file() else None
+    def checkpoint_names(self) -> list[str]:
+        """Names of the stored checkpoints (intact or not), newest first."""
+        if not self.checkpoint_dir.is_dir():
+            return []
+        names = {p.stem for p in self.checkpoint_dir.glob("iter_*.msgpack")}
+        names |= {p.stem for p in self.checkpoint_dir.glob("iter_*.json")}
+        return sorted(names, reverse=True)
 
-    def load_checkpoint(self, template: Any, name: str | None = None) -> tuple[Any, dict]:
-        """Restore a training state shaped like ``template`` and its metadata."""
-        name = name or self.latest_checkpoint()
-        if name is None:
-            raise FileNotFoundError(f"Run directory {str(self.path)!r} has no checkpoint yet.")
-        data = (self.checkpoint_dir / f"{name}.msgpack").read_bytes()
-        state = flax.serialization.from_bytes(jax.device_get(template), data)
-        meta = json.loads((self.checkpoint_dir / f"{name}.json").read_text())
+    def latest_checkpoint(self) -> str | None:
+        """Name of the newest checkpoint whose files are present, or ``None``.
+
+        ``latest.json`` names it; when that pointer is missing or damaged, the newest
+        ``iter_*`` pair is taken (checkpoints are numbered by iteration).
+        """
+        pointer = self.checkpoint_dir / "latest.json"
+        name = None
+        if pointer.is_file():
+            try:
+                name = json.loads(pointer.read_text()).get("name")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                name = None
+        if isinstance(name, str) and (self.checkpoint_dir / f"{name}.msgpack").is_file():
+            return name
+        for candidate in self.checkpoint_names():
+            if (self.checkpoint_dir / f"{candidate}.msgpack").is_file():
+                return candidate
+        return None
+
+    def read_checkpoint(self, template: Any, name: str) -> tuple[Any, dict]:
+        """Restore one named checkpoint, shaped like ``template``, and its metadata.
+
+        Raises:
+            DamagedCheckpointError: A file is missing, its checksum does not match, or it does
+                not hold a state of the template's structure (the message names the file).
+        """
+        meta_path = self.checkpoint_dir / f"{name}.json"
+        data_path = self.checkpoint_dir / f"{name}.msgpack"
+        try:
+            meta = _read_json(meta_path, "checkpoint metadata")
+        except RunDirectoryError as error:
+            raise DamagedCheckpointError(str(error)) from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("iteration"), int):
+            raise DamagedCheckpointError(f"checkpoint metadata {str(meta_path)!r} is damaged "
+                                         f"(no iteration number).")
+        try:
+            data = data_path.read_bytes()
+        except FileNotFoundError:
+            raise DamagedCheckpointError(f"checkpoint {str(data_path)!r} is missing.") from None
+        digest = meta.get("sha256")
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise DamagedCheckpointError(
+                f"checkpoint {str(data_path)!r} is damaged ({len(data):,} bytes that do not "
+                f"match the checksum written with it).")
+        try:
+            state = flax.serialization.from_bytes(jax.device_get(template), data)
+        except Exception as error:  # msgpack and Flax raise many types for malformed bytes
+            raise DamagedCheckpointError(
+                f"checkpoint {str(data_path)!r} is damaged or belongs to another configuration "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:120]}).") from None
         return state, meta
+
+    def load_checkpoint(self, template: Any, name: str | None = None,
+                        on_damaged: Callable[[str], None] | None = None
+                        ) -> tuple[Any, dict]:
+        """Restore a training state shaped like ``template`` and its metadata.
+
+        Args:
+            template: A state of the run's structure (fresh initial states).
+            name: A checkpoint to load exactly (``iter_0000012``); its damage is an error.
+            on_damaged: Called with each damaged checkpoint's error message while loading falls
+                back from the newest checkpoint to older ones (default: ignored).
+
+        Raises:
+            FileNotFoundError: The run has no checkpoint yet, or ``name`` does not exist.
+            DamagedCheckpointError: ``name`` is damaged, or every checkpoint is.
+        """
+        if name is not None:
+            if name not in self.checkpoint_names():
+                available = [int(n.split("_")[1]) for n in self.checkpoint_names()]
+                raise FileNotFoundError(
+                    f"run directory {str(self.path)!r} has no checkpoint {name!r}; iterations "
+                    f"with a checkpoint: {sorted(available) or 'none'}.")
+            return self.read_checkpoint(template, name)
+        names = self.checkpoint_names()
+        if not names:
+            raise FileNotFoundError(f"Run directory {str(self.path)!r} has no checkpoint yet.")
+        errors = []
+        for candidate in names:
+            try:
+                return self.read_checkpoint(template, candidate)
+            except DamagedCheckpointError as error:
+                errors.append(str(error))
+                if on_damaged is not None:
+                    on_damaged(str(error))
+        raise DamagedCheckpointError(
+            f"every checkpoint of {str(self.path)!r} is damaged ({'; '.join(errors)}); start a "
+            f"new run.")
+
+    def set_aside(self, name: str) -> None:
+        """Rename a damaged checkpoint's files to ``*.damaged`` so they are neither loaded nor
+        kept in place of intact ones (resume calls this for checkpoints it skipped)."""
+        for suffix in (".msgpack", ".json"):
+            path = self.checkpoint_dir / f"{name}{suffix}"
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".damaged"))
+
+
+def checkpoint_name(iteration: int) -> str:
+    """The file stem of iteration ``iteration``'s checkpoint (``iter_0000012``)."""
+    return f"iter_{iteration:07d}"
 
 
 def _format(value: Any) -> Any:
@@ -204,47 +361,116 @@ def _format(value: Any) -> Any:
     return value
 
 
-def plot_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tuple[str, ...],
-                path: Path | None = None) -> Path | None:
-    """Plot return and each cost vs environment steps (mean over seeds, min–max band)."""
+def carried_series(rows: list[dict[str, float]], name: str
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One metric per (iteration, seed), carried forward over iterations that finished no episode.
+
+    Episode figures (``rollout/ep_return``, ``rollout/ep_cost_i``) are blank in
+    ``progress.csv`` for an iteration in which a seed finished no episode (off-policy runs
+    finish one every few iterations). Curves and the progress bar show the latest finished
+    episodes instead, marked as carried.
+
+    Returns:
+        ``(steps [T], values [T, S], fresh [T, S])``: the environment steps of each iteration,
+        the value per seed (NaN before that seed's first finished episode), and whether the
+        value was measured in that iteration (``False``: carried forward).
+    """
+    steps = np.array(sorted({r["env_steps"] for r in rows}))
+    seeds = sorted({r["seed"] for r in rows})
+    raw = np.full((len(steps), len(seeds)), np.nan)
+    index = {s: i for i, s in enumerate(steps)}
+    column = {s: j for j, s in enumerate(seeds)}
+    for r in rows:
+        raw[index[r["env_steps"]], column[r["seed"]]] = r.get(name, math.nan)
+    fresh = np.isfinite(raw)
+    values = raw.copy()
+    for t in range(1, len(steps)):
+        values[t] = np.where(fresh[t], raw[t], values[t - 1])
+    return steps, values, fresh
+
+
+def _steps_formatter(value: float, _position: int) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def draw_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tuple[str, ...]
+                ) -> Any:
+    """The curves figure of a run: return and each cost vs environment steps.
+
+    The line is the mean over seeds of the latest finished episodes (carried forward over
+    iterations that finished none: :func:`carried_series`), the band its min–max over seeds;
+    dots mark the iterations where every seed finished an episode when some did not. The title
+    names the algorithm, the task and the seeds.
+
+    Returns:
+        A matplotlib ``Figure`` (``None`` when ``progress.csv`` is empty).
+    """
     rows = run.read_progress()
     if not rows:
         return None
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    steps = np.array(sorted({r["env_steps"] for r in rows}))
-
-    def series(name: str) -> np.ndarray:
-        table: dict[float, list[float]] = {s: [] for s in steps}
-        for r in rows:
-            table[r["env_steps"]].append(r.get(name, math.nan))
-        return np.array([table[s] for s in steps], dtype=float)
-
+    try:
+        record = run.read_config()
+        title = f"{record['algo']} on {record['config']['run']['env']}"
+    except (FileNotFoundError, RunDirectoryError, KeyError, TypeError):
+        title = run.path.name
+    seeds = sorted({int(r["seed"]) for r in rows})
+    title += f" — seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     panels = [("rollout/ep_return", "episode return", None)]
     panels += [(f"rollout/ep_cost_{i}", f"episode cost: {n}", cost_limit[i])
                for i, n in enumerate(cost_names)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
-    for ax, (name, title, limit) in zip(axes[0], panels, strict=True):
-        values = series(name)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(values, axis=1)
-                low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
-        ax.plot(steps, mean, color="C0" if limit is None else "C3")
-        ax.fill_between(steps, low, high, alpha=0.2, color="C0" if limit is None else "C3")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for ax, (name, ylabel, limit) in zip(axes[0], panels, strict=True):
+        steps, values, fresh = carried_series(rows, name)
+        color = "C0" if limit is None else "C3"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before any episode
+            mean = np.nanmean(values, axis=1)
+            low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+        carried = not fresh[np.isfinite(values)].all()
+        label = "mean of the latest episodes" if carried else "mean"
+        ax.plot(steps, mean, color=color, label=label if len(seeds) > 1 else
+                ("latest episodes" if carried else None))
+        if len(seeds) > 1:
+            ax.fill_between(steps, low, high, alpha=0.2, color=color,
+                            label=f"min–max over {len(seeds)} seeds")
+        if carried:
+            every = fresh.all(axis=1)
+            ax.plot(steps[every], mean[every], "o", color=color, markersize=2.5,
+                    label="episodes finished this iteration")
         if limit is not None:
             ax.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"limit {limit:g}")
-            ax.legend(loc="upper right")
-        ax.set_title(title)
-        ax.set_xlabel("environment steps")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("environment steps (per seed)")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
         ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tuple[str, ...],
+                path: Path | None = None) -> Path | None:
+    """Write :func:`draw_curves`'s figure to ``curves.png`` (or ``path``); ``None`` if no rows."""
+    fig = draw_curves(run, cost_limit, cost_names)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     path = path or run.path / "curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -18,13 +18,21 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from saferl import interrupts
 from saferl.algos import off_policy, on_policy
 from saferl.algos.on_policy import EpisodeTracker, TrainState
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.native import NATIVE_TASKS, NativeTask, make_task
-from saferl.runs import RunDirectory, new_run_dir, plot_curves
+from saferl.runs import (
+    RunDirectory,
+    RunDirectoryError,
+    check_writable,
+    checkpoint_name,
+    new_run_dir,
+    plot_curves,
+)
 
 DEFAULT_ALGORITHM = "cpo"
 DEFAULT_RECIPE: dict[str, Any] = {"run": {"safety_predictor": True, "predictor_alpha": 0.3}}
@@ -129,21 +137,56 @@ def spec_from_record(record: dict[str, Any]) -> EnvSpec:
                    s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
 
 
-def restore_states(run_dir: str | Path, checkpoint: str | None = None
-                   ) -> tuple[dict, Algorithm, Any, EnvSpec, TrainState, dict]:
-    """Rebuild the configuration, spec and training state stored in a run directory."""
+def read_run_config(run_dir: str | Path) -> tuple[dict, Algorithm, Any]:
+    """The ``config.json`` record of a run directory, its algorithm and its configuration.
+
+    Raises:
+        FileNotFoundError: Not a run directory.
+        RunDirectoryError: ``config.json`` is damaged or no longer a valid configuration.
+    """
     run = RunDirectory(run_dir)
     record = run.read_config()
     entry = get_algorithm(record["algo"])
-    config = config_from_dict(entry.config_class, record["config"])
+    try:
+        config = config_from_dict(entry.config_class, record["config"])
+    except ValueError as error:
+        raise RunDirectoryError(f"configuration file {str(run.path / 'config.json')!r} is "
+                                f"damaged or edited: {error}") from None
+    return record, entry, config
+
+
+def checkpoint_stem(checkpoint: str | int | None) -> str | None:
+    """A checkpoint given as an iteration number (``12``, ``"12"``) or name, as its file stem."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, int) or str(checkpoint).isdigit():
+        return checkpoint_name(int(checkpoint))
+    return str(checkpoint)
+
+
+def restore_states(run_dir: str | Path, checkpoint: str | int | None = None,
+                   on_damaged: Callable[[str], None] | None = None
+                   ) -> tuple[dict, Algorithm, Any, EnvSpec, TrainState, dict]:
+    """Rebuild the configuration, spec and training state stored in a run directory.
+
+    Args:
+        run_dir: The run directory.
+        checkpoint: An iteration number or checkpoint name; default: the newest intact one.
+        on_damaged: Called with one sentence per damaged checkpoint skipped on the way.
+    """
+    run = RunDirectory(run_dir)
+    record, entry, config = read_run_config(run_dir)
     if config.run.env in NATIVE_TASKS:
         task: NativeTask | None = build_task(config.run)
         spec = task.spec  # type: ignore[union-attr]
     else:
         task = None
+        if not run.checkpoint_names():
+            raise FileNotFoundError(f"Run directory {str(run.path)!r} has no checkpoint yet.")
         spec = spec_from_record(record)
     template = initial_states(entry, config, spec, task)
-    states, meta = run.load_checkpoint(template, checkpoint)
+    states, meta = run.load_checkpoint(template, checkpoint_stem(checkpoint),
+                                       on_damaged=on_damaged)
     return record, entry, config, spec, states, meta
 
 
@@ -194,8 +237,8 @@ def train(algo: str | None = None, env: str | None = None, *,
           steps: int | None = None, seed: int | None = None, seeds: list[int] | None = None,
           run_dir: str | Path | None = None, config: Any | None = None,
           config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
-          resume: str | Path | None = None, progress: bool = True,
-          callback: Callback | None = None) -> TrainResult:
+          resume: str | Path | None = None, checkpoint: int | str | None = None,
+          progress: bool = True, callback: Callback | None = None) -> TrainResult:
     """Train a safe-RL agent and return its run.
 
     Args:
@@ -211,7 +254,9 @@ def train(algo: str | None = None, env: str | None = None, *,
         config: A complete configuration object (then the shortcuts above override it).
         config_file: A TOML/JSON file with configuration fields.
         overrides: Nested dict of configuration fields.
-        resume: A run directory to continue from its last checkpoint.
+        resume: A run directory to continue from its newest intact checkpoint.
+        checkpoint: With ``resume``: the iteration (or checkpoint name) to continue from
+            instead; later iterations are trained again.
         progress: Show a progress bar and the final summary table.
         callback: Called as ``callback(iteration, metrics)`` after every iteration.
 
@@ -219,7 +264,10 @@ def train(algo: str | None = None, env: str | None = None, *,
         A :class:`TrainResult` with the run directory, summary and history.
     """
     if resume is not None:
-        return _resume(Path(resume), steps=steps, progress=progress, callback=callback)
+        return _resume(Path(resume), steps=steps, progress=progress, callback=callback,
+                       checkpoint=checkpoint)
+    if checkpoint is not None:
+        raise ValueError("checkpoint= chooses where a resumed run continues; it needs resume=.")
     shortcuts: dict[str, Any] = {}
     if env is not None:
         shortcuts["env"] = env
@@ -253,28 +301,57 @@ def train(algo: str | None = None, env: str | None = None, *,
         raise FileExistsError(
             f"Run directory {str(path)!r} already holds a run; pass resume={str(path)!r} "
             f"(CLI: --resume {path}) to continue it, or choose another run_dir.")
-    spec, task, envs = make_environment(config)
+    existed = path.exists()
+    check_writable(path)
     run = RunDirectory(path)
-    run.write_config({"algo": algo, "config": config_to_dict(config),
-                      "spec": _spec_record(spec)})
+    record = {"algo": algo, "config": config_to_dict(config), "spec": None}
+    try:
+        spec, task, envs = make_environment(config)
+    except KeyboardInterrupt:
+        # Nothing trained yet, but the folder must be resumable (from scratch): --resume reads
+        # the configuration from config.json.
+        run.write_config(record)
+        raise
+    except BaseException:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # bad input loses nothing and leaves nothing behind
+        raise
+    record["spec"] = _spec_record(spec)
+    run.write_config(record)
+    interrupts.check()
     return _loop(entry, config, spec, task, envs, run, None, progress, callback)
 
 
-def _resume(path: Path, steps: int | None, progress: bool,
-            callback: Callback | None) -> TrainResult:
-    record, entry, config, spec, states, meta = restore_states(path)
-    trained = int(meta["iteration"]) * config.run.steps_per_iteration
-    if steps is not None and steps < trained:
-        raise ValueError(
-            f"steps={steps:,} is fewer than the {trained:,} steps per seed that {str(path)!r} "
-            f"has already trained (checkpoint of iteration {int(meta['iteration'])}); give more "
-            f"steps to extend the run, or leave steps out to finish it.")
-    if steps is not None:
-        config = replace(config, run=replace(config.run, steps=steps))
-        record["config"] = config_to_dict(config)
-        RunDirectory(path).write_config({k: v for k, v in record.items()
-                                         if k != "saferl_version"})
+def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | None,
+            checkpoint: str | int | None = None) -> TrainResult:
+    notes: list[str] = []
+    run = RunDirectory(path)
+    if not run.checkpoint_names():
+        # Interrupted before its first checkpoint: start over from the stored configuration.
+        _, entry, config = read_run_config(path)
+        if checkpoint is not None:
+            raise FileNotFoundError(f"Run directory {str(path)!r} has no checkpoint yet, so "
+                                    f"there is no checkpoint {checkpoint!r} to resume from.")
+        config = _extend(path, config, steps, iteration=0)
+        spec, task, envs = make_environment(config)
+        record = run.read_config()
+        if record.get("spec") is None:
+            run.write_config({**{k: v for k, v in record.items() if k != "saferl_version"},
+                              "spec": _spec_record(spec)})
+        notes.append(f"{path} has no checkpoint yet: training from scratch.")
+        run.truncate_progress(0, 0, config.run.seed_list)
+        return _loop(entry, config, spec, task, envs, run, None, progress, callback, notes)
+    damaged: list[str] = []
+    record, entry, config, spec, states, meta = restore_states(
+        path, checkpoint, on_damaged=damaged.append)
+    iteration = int(meta["iteration"])
+    config = _extend(path, config, steps, iteration=iteration)
     _, task, envs = make_environment(config)
+    for message in damaged:
+        notes.append(f"{message} Skipping it.")
+    for name in run.checkpoint_names():  # newer than the one loaded: damaged or not chosen
+        if int(name.split("_")[1]) > iteration:
+            run.set_aside(name)
     if entry.family == "off_policy" and steps is not None:
         states = off_policy.resize_replay(states, config)
     if task is None:
@@ -283,38 +360,73 @@ def _resume(path: Path, steps: int | None, progress: bool,
         states = states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x) for x in tracker)))
         if entry.family == "off_policy":
             states = off_policy.cut_open_episodes(states)
-    return _loop(entry, config, spec, task, envs, RunDirectory(path), (states, meta), progress,
-                 callback)
+    logged = max((int(r["iteration"]) for r in run.read_progress()), default=iteration)
+    redo = max(0, logged - iteration)
+    batch = config.run.steps_per_iteration
+    redone = (f"redoing {redo} iteration{'s' if redo != 1 else ''} logged after it" if redo
+              else "nothing to redo")
+    notes.append(f"resuming {path} from iteration {iteration} (step {iteration * batch:,} of "
+                 f"{config.run.iterations * batch:,} per seed); {redone}.")
+    return _loop(entry, config, spec, task, envs, run, (states, meta), progress, callback, notes)
+
+
+def _extend(path: Path, config: Any, steps: int | None, iteration: int) -> Any:
+    """``config`` with a new total of ``steps`` (recorded in ``config.json``), checked against
+    the steps per seed trained up to the checkpoint of ``iteration``."""
+    if steps is None:
+        return config
+    trained = iteration * config.run.steps_per_iteration
+    if steps < trained:
+        raise ValueError(
+            f"steps={steps:,} is fewer than the {trained:,} steps per seed that {str(path)!r} "
+            f"has already trained (checkpoint of iteration {iteration}); give more steps to "
+            f"extend the run, or leave steps out to finish it.")
+    config = replace(config, run=replace(config.run, steps=steps))
+    run = RunDirectory(path)
+    record = run.read_config()
+    record["config"] = config_to_dict(config)
+    run.write_config({k: v for k, v in record.items() if k != "saferl_version"})
+    return config
 
 
 def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
           envs: list[VecEnv] | None, run: RunDirectory, resumed: tuple[TrainState, dict] | None,
-          progress: bool, callback: Callback | None) -> TrainResult:
-    engine = make_engine(entry, config, spec, task, envs)
+          progress: bool, callback: Callback | None, notes: list[str] | None = None
+          ) -> TrainResult:
+    from saferl.progress import ProgressDisplay
+
     seeds = config.run.seed_list
     batch = config.run.steps_per_iteration
     total = config.run.iterations
-    if resumed is None:
-        states, start, elapsed = engine.init_states(), 0, 0.0
-    else:
-        states, meta = resumed
-        states = engine.place(states)
-        start, elapsed = int(meta["iteration"]), float(meta["wall_time"])
-        run.truncate_progress(start, start * batch, seeds)
-    cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)
+    start = int(resumed[1]["iteration"]) if resumed is not None else 0
+    display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
+                              start_steps=start * batch)
+    for note in notes or []:
+        display.note(note)
+    if resumed is None and config.run.steps % batch:
+        display.note(f"steps {config.run.steps:,} is not a whole number of iterations of "
+                     f"{batch:,} steps (num_envs × rollout_steps): training {total * batch:,} "
+                     f"steps per seed ({total} iterations).")
+    engine = None
+    began = time.time()
+    elapsed = float(resumed[1]["wall_time"]) if resumed is not None else 0.0
+    completed = start  # the last iteration whose results are in `states`
+    states: Any = None
 
     def checkpoint(iteration: int) -> None:
         run.save_checkpoint(states, iteration, {
             "env_steps": iteration * batch, "wall_time": elapsed + time.time() - began,
             "seeds": list(seeds), "algo": entry.name})
 
-    from saferl.progress import ProgressDisplay
-
-    began = time.time()
-    display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
-                              start_steps=start * batch)
-    completed = start  # the last iteration whose results are in `states`
     try:
+        engine = make_engine(entry, config, spec, task, envs)
+        if resumed is None:
+            states = engine.init_states()
+        else:
+            states = engine.place(resumed[0])
+            run.truncate_progress(start, start * batch, seeds)
+        cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)
+        interrupts.check()
         with display:
             for iteration in range(start + 1, total + 1):
                 states, metrics = engine.iterate(states, cost_limit)
@@ -326,14 +438,17 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                     checkpoint(iteration)
                 if callback is not None:
                     callback(iteration, metrics)
+                interrupts.check()  # a Ctrl-C that something swallowed still stops here
     except KeyboardInterrupt:
         # `states` is the state after the last *completed* iteration (an interrupt inside
         # `iterate` leaves that iteration undone): save it so that nothing done so far is lost
         # (unless that iteration was already checkpointed).
-        if completed > start and run.latest_checkpoint() != f"iter_{completed:07d}":
+        if completed > start and run.latest_checkpoint() != checkpoint_name(completed):
             checkpoint(completed)
         raise
     finally:
+        if engine is not None:
+            engine.close()
         run.close()
         if envs:
             for env in envs:
@@ -341,6 +456,20 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
     plot_curves(run, config.run.cost_limit, spec.cost_names)
     history = run.read_progress()
     summary = summarize(history, seeds, spec, config.run.cost_limit)
+    last = [r for r in history if int(r["iteration"]) == total]
+    if last:
+        wall_time = float(last[0]["wall_time"])
+        summary["timing"] = {"env_steps": total * batch, "seeds": len(seeds),
+                             "wall_time": wall_time,
+                             "steps_per_second": total * batch * len(seeds) / max(wall_time,
+                                                                                  1e-9)}
+    if config.run.eval_episodes > 0:
+        from saferl.evaluation import evaluate_run, write_evaluation
+
+        display.note(f"evaluating the deployed policy ({config.run.eval_episodes} episodes per "
+                     f"mode and seed)…")
+        summary["evaluation"] = evaluate_run(run.path, episodes=config.run.eval_episodes)
+        write_evaluation(run.path, summary["evaluation"])
     if progress:
         from saferl.progress import print_summary
 
@@ -352,15 +481,19 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
               cost_limit: tuple[float, ...], last: int = 5) -> dict[str, Any]:
     """Final figures per seed: mean over the last ``last`` iterations with finished episodes.
 
-    ``constraints_satisfied`` is ``True`` or ``False``, or ``None`` when a seed finished no
-    episode (its costs are NaN and nothing can be said).
+    ``windows`` gives, per seed, how many iterations that mean really covers (fewer than
+    ``last`` when fewer iterations finished an episode). ``constraints_satisfied`` is ``True``
+    or ``False``, or ``None`` when a seed finished no episode (its costs are NaN and nothing can
+    be said).
     """
     names = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
     per_seed: dict[int, dict[str, float]] = {}
+    windows: dict[int, int] = {}
     for seed in seeds:
         rows = [r for r in history if int(r["seed"]) == seed and
                 math.isfinite(r.get("rollout/ep_return", math.nan))]
         tail = rows[-last:]
+        windows[seed] = len(tail)
         figures = {n: float(np.mean([r[n] for r in tail])) if tail else math.nan for n in names}
         final = [r for r in history if int(r["seed"]) == seed]
         for i in range(spec.num_costs):
@@ -376,4 +509,4 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
     satisfied: bool | None = (None if any(math.isnan(c) for c, _ in costs)
                               else all(c <= d for c, d in costs))
     return {"per_seed": per_seed, "mean_std": aggregate, "constraints_satisfied": satisfied,
-            "window": last}
+            "window": last, "windows": windows}

@@ -62,8 +62,8 @@ def test_config_file_then_flags_override(tmp_path):
     (["trian"], "Did you mean 'train'"),
     (["eval", "no/such/run"], "not a saferl run directory"),
     (["train", "--resume", "no/such/run"], "not a saferl run directory"),
-    (["train", "--resume", "no/such/run", "--steps", "1e6"],
-     "--steps must be a positive integer; got '1e6'"),
+    (["train", "--resume", "no/such/run", "--steps", "2.5e0"],
+     "--steps must be a whole number (such as 2000000, 2_000_000 or 2e6); got '2.5e0'"),
 ])
 def test_bad_input_is_one_clear_error(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -105,6 +105,9 @@ class OffPolicyConfig(RunSchedule):
         critic_lr: Adam step size of the critics.
         episode_length: ``T`` of the Q-threshold conversion (default: the env's time limit).
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
+        eval_episodes: At the end of the run, evaluate the deployed policy of every seed for
+            this many episodes per mode (deterministic and stochastic) and record it in
+            ``eval.json``; 0 skips it.
         run_dir: Run directory (default: a new folder under ``runs/``).
         cost_transform: ``sparse`` (the env's cost), ``dense`` or ``barrier`` (native tasks).
         cost_buffer: Safety buffer of the dense/barrier transforms.
@@ -135,6 +138,7 @@ class OffPolicyConfig(RunSchedule):
     critic_lr: float = 1e-3
     episode_length: int | None = None
     checkpoint_every: int = 50
+    eval_episodes: int = 10
     run_dir: str | None = None
     cost_transform: str = "sparse"
     cost_buffer: float = 1.0
@@ -461,6 +465,12 @@ class Engine:
         """
         self._start_compiling(None)
         return self.place(initial_states(self.algo, self.config, self.spec, self.task))
+
+    def close(self) -> None:
+        """Stop background compilation: skip jobs not started, wait for the running one (an
+        interrupted start-up must not exit while XLA compiles in another thread)."""
+        if self._compiling is not None:
+            self._compiling.close()
 
     def place(self, states: OffPolicyState) -> OffPolicyState:
         """Shard the seed axis over the local devices."""

@@ -80,6 +80,9 @@ def check_shared_run_fields(run: Any, positive: tuple[str, ...]) -> None:
                          f"{run.cost_transform!r}.")
     if not (run.cost_buffer > 0 and math.isfinite(run.cost_buffer)):
         raise ValueError(f"cost_buffer must be a finite number > 0; got {run.cost_buffer}.")
+    if run.eval_episodes < 0:
+        raise ValueError(f"eval_episodes must be >= 0 (0: no evaluation at the end); got "
+                         f"{run.eval_episodes}.")
     if not 1 <= run.env_workers <= run.num_envs:
         raise ValueError(f"env_workers must be between 1 and num_envs={run.num_envs}; got "
                          f"{run.env_workers}.")
@@ -149,6 +152,9 @@ class OnPolicyConfig(RunSchedule):
         activation: Hidden activation (``tanh``, ``relu``, ``elu``, ``gelu``).
         init_log_std: Initial log standard deviation of the Gaussian policy.
         checkpoint_every: Save a checkpoint every this many iterations (and at the end).
+        eval_episodes: At the end of the run, evaluate the deployed policy of every seed for
+            this many episodes per mode (deterministic and stochastic) and record it in
+            ``eval.json``; 0 skips it.
         run_dir: Run directory (default: a new folder under ``runs/``).
         cost_transform: ``sparse`` (the env's cost), ``dense`` or ``barrier`` costs from the
             task's safety margin (native tasks; see :mod:`saferl.envs.wrappers`).
@@ -179,6 +185,7 @@ class OnPolicyConfig(RunSchedule):
     activation: str = "tanh"
     init_log_std: float = -0.5
     checkpoint_every: int = 20
+    eval_episodes: int = 10
     run_dir: str | None = None
     cost_transform: str = "sparse"
     cost_buffer: float = 1.0
@@ -724,6 +731,12 @@ class Engine:
         self._start_compiling(None)
         return self.place(initial_states(self.algo, self.config, self.spec, self.networks,
                                          self.task))
+
+    def close(self) -> None:
+        """Stop background compilation: skip jobs not started, wait for the running one (an
+        interrupted start-up must not exit while XLA compiles in another thread)."""
+        if self._compiling is not None:
+            self._compiling.close()
 
     def place(self, states: TrainState) -> TrainState:
         """Shard the seed axis over the local devices (see :func:`place_seeds`)."""

@@ -116,7 +116,12 @@ def abstract(tree: Any, sharding: Any = None) -> Any:
 
 
 class BackgroundCompile:
-    """Runs compile jobs one after another in a daemon thread.
+    """Runs compile jobs one after another in a background thread.
+
+    The thread is not a daemon: a daemon thread still inside XLA when the interpreter exits (a
+    Ctrl-C during start-up) is torn down mid-C++ and aborts the process ("terminate called …
+    FATAL: exception not rethrown"). :meth:`close` drops the jobs not started yet and waits for
+    the one running; the interpreter also waits for it at exit.
 
     Args:
         jobs: ``(name, job)`` pairs; each job traces, lowers and compiles one function (for
@@ -125,13 +130,23 @@ class BackgroundCompile:
 
     def __init__(self, jobs: Sequence[tuple[Hashable, Callable[[], Any]]]) -> None:
         self._futures: dict[Hashable, Future] = {name: Future() for name, _ in jobs}
+        self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(list(jobs),),
-                                        name="saferl-compile", daemon=True)
+                                        name="saferl-compile", daemon=False)
         self._thread.start()
+
+    def close(self) -> None:
+        """Skip the jobs not started yet and wait for the running one to finish."""
+        self._cancelled.set()
+        self._thread.join()
 
     def _run(self, jobs: list[tuple[Hashable, Callable[[], Any]]]) -> None:
         for name, job in jobs:
             future = self._futures[name]
+            if self._cancelled.is_set():
+                future.cancel()
+                future.set_running_or_notify_cancel()
+                continue
             try:
                 job()
             except Exception as error:
@@ -143,11 +158,12 @@ class BackgroundCompile:
         """Block until job ``name`` has finished; ``True`` if it compiled, ``False`` if it failed
         or there is no such job (the caller's own call then compiles as usual)."""
         future = self._futures.get(name)
-        if future is None:
+        if future is None or future.cancelled():
             return False
         return future.exception() is None
 
     def wait_all(self) -> None:
         """Block until every job has finished."""
         for future in self._futures.values():
-            future.exception()
+            if not future.cancelled():
+                future.exception()

@@ -29,6 +29,7 @@ provides one name per cost; else ``("cost",)`` for one cost and ``cost_0, cost_1
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -311,6 +312,31 @@ def _standard_streams() -> Iterator[None]:
         sys.stdout, sys.stderr = saved
 
 
+def make_by_id(env_id: str, kwargs: dict[str, Any]) -> gymnasium.Env:
+    """``gymnasium.make(env_id, **kwargs)``, with a keyword the env does not take as one
+    sentence (the nearest accepted keyword, and the list of them) instead of a ``TypeError``."""
+    try:
+        return gymnasium.make(env_id, **kwargs)
+    except TypeError as error:
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if match is None or match.group(1) not in kwargs:
+            raise
+        key = match.group(1)
+        accepted: list[str] = []
+        with contextlib.suppress(Exception):  # the list is a courtesy; the key is the point
+            entry = gymnasium.spec(env_id).entry_point
+            target = gymnasium.envs.registration.load_env_creator(entry) \
+                if isinstance(entry, str) else entry
+            accepted = [name for name, param in inspect.signature(target).parameters.items()
+                        if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+                        and name not in ("self", "render_mode")]
+        close = difflib.get_close_matches(key, accepted, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        listed = f" Accepted: {', '.join(accepted)}." if accepted else ""
+        raise EnvError(f"env_kwargs key {key!r} is not a parameter of {env_id!r}.{hint}"
+                       f"{listed}") from None
+
+
 def build_env(factory: Callable[[], Any], seed: int) -> Any:
     """Call an env factory reproducibly: global RNGs seeded, and Bullet's stream quirk handled.
 
@@ -403,7 +429,7 @@ class GymVecEnv:
             env_string = env
             if BULLET_ID.match(env_string) and env_string not in gymnasium.registry:
                 import_bullet_safety_gym(env_string)
-            envs = [build_env(lambda: gymnasium.make(env_string, **make_kwargs), seed + i)
+            envs = [build_env(lambda: make_by_id(env_string, make_kwargs), seed + i)
                     for i in range(num_envs)]
         elif isinstance(env, gymnasium.Env):
             if num_envs != 1:
@@ -502,7 +528,7 @@ class GymVecEnv:
         flatten = self._flatten
         for i in range(self.num_envs):
             o, _ = self._reset_copy(i, None if seed is None else int(seed) + i)
-            obs[i] = o if flatten is None else flatten(o)
+            self._store(obs, i, o if flatten is None else flatten(o), "reset()")
         self._episode_steps[:] = 0
         return obs
 
@@ -551,7 +577,7 @@ class GymVecEnv:
                         f"Environment {self.spec.id!r} copy {i}: the cost vector has shape "
                         f"{np.shape(c)} but had {cost_shape} on the first step; return the "
                         f"same number of costs on every step.")
-                obs[i] = o if flatten is None else flatten(o)
+                self._store(obs, i, o if flatten is None else flatten(o), "step()")
                 reward[i] = r
                 costs[i] = c
                 if limit is not None:
@@ -562,7 +588,7 @@ class GymVecEnv:
                 if te or tr:
                     finals.append((i, obs[i].copy()))
                     o = (self._reset_copy(i, None) if self._seed_global_rng else env.reset())[0]
-                    obs[i] = o if flatten is None else flatten(o)
+                    self._store(obs, i, o if flatten is None else flatten(o), "reset()")
                     self._episode_steps[i] = 0
             except EnvError:
                 raise
@@ -578,6 +604,21 @@ class GymVecEnv:
         for i, last in finals:
             final_observation[i] = last
         return StepResult(obs, reward, costs, terminated, truncated, final_observation)
+
+    def _store(self, obs: np.ndarray, index: int, value: Any, where: str) -> None:
+        """``obs[index] = value``, or one sentence when the observation does not fit the space."""
+        try:
+            shape = np.shape(value)
+            if shape != (self._obs_dim,) and int(np.prod(shape)) != self._obs_dim:
+                raise ValueError
+            obs[index] = np.reshape(value, (self._obs_dim,))
+        except (ValueError, TypeError):
+            raise EnvError(
+                f"Environment {self.spec.id!r} copy {index}: {where} returned an observation "
+                f"of shape {np.shape(value)}, but its observation_space "
+                f"{self.spec.observation_space} holds {self._obs_dim} value(s); return "
+                f"observations of the space's shape (saferl.check_env(env) shows where).") \
+                from None
 
     def _reset_copy(self, index: int, seed: int | None) -> tuple[Any, dict]:
         env = self.envs[index]

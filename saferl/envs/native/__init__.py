@@ -7,11 +7,14 @@ single-copy ``gymnasium.Env`` with costs in ``info``.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium
 
+from saferl.envs.core import EnvError
 from saferl.envs.native.base import (
     EpisodeState,
     EpisodeStep,
@@ -39,8 +42,26 @@ NATIVE_TASKS: dict[str, tuple[Callable[..., NativeTask], str]] = {
 }
 
 
+def task_parameters(env_id: str) -> list[str]:
+    """The keyword arguments a native task accepts (its dataclass fields but ``agent``)."""
+    return [f.name for f in dataclasses.fields(NATIVE_TASKS[env_id][0]())
+            if f.init and f.name != "agent"]
+
+
 def make_task(env_id: str, **kwargs: Any) -> NativeTask:
-    """Build a native task by id; ``kwargs`` go to the task's dataclass (e.g. ``speed_limit``)."""
+    """Build a native task by id; ``kwargs`` go to the task's dataclass (e.g. ``speed_limit``).
+
+    Raises:
+        EnvError: A keyword the task does not take (the message suggests the nearest one and
+            lists the accepted ones).
+    """
+    accepted = task_parameters(env_id)
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise EnvError(f"env_kwargs key {key!r} is not a parameter of {env_id!r}.{hint} "
+                           f"Accepted: {', '.join(accepted)}.")
     return NATIVE_TASKS[env_id][0](**kwargs)
 
 

@@ -1,0 +1,61 @@
+"""Ctrl-C that is never lost: a SIGINT handler that also remembers the request.
+
+Python turns SIGINT into ``KeyboardInterrupt`` wherever the main thread happens to be; a library
+that catches ``BaseException`` around an import or a callback can swallow it, and the run goes
+on as if nothing was pressed. :func:`install` keeps Python's behaviour and also sets a flag that
+the training loop checks after every iteration (:func:`check`), so an interrupt swallowed
+anywhere still stops the run at the next iteration boundary, with its checkpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+_requested = threading.Event()
+_default_unraisable = sys.unraisablehook
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    _requested.set()
+    raise KeyboardInterrupt
+
+
+def _unraisable(unraisable: Any) -> None:
+    """Python reports an exception it had to ignore (raised in a gc callback or ``__del__``)
+    with a traceback; a swallowed Ctrl-C is not an error but a request, honoured at the next
+    :func:`check`, so it gets one line instead."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _requested.is_set():
+        try:
+            print("saferl: Ctrl-C received; stopping at the next safe point…", file=sys.stderr,
+                  flush=True)
+        except OSError:
+            pass
+        return
+    _default_unraisable(unraisable)
+
+
+def install() -> None:
+    """Install the remembering SIGINT handler (main thread only; a no-op elsewhere, or when
+    SIGINT is ignored, as for a background job of a non-interactive shell)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return
+    signal.signal(signal.SIGINT, _handler)
+    sys.unraisablehook = _unraisable
+    _requested.clear()
+
+
+def requested() -> bool:
+    """Whether Ctrl-C was pressed since :func:`install`."""
+    return _requested.is_set()
+
+
+def check() -> None:
+    """Raise ``KeyboardInterrupt`` if Ctrl-C was pressed (and possibly swallowed) earlier."""
+    if _requested.is_set():
+        raise KeyboardInterrupt

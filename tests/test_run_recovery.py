@@ -1,0 +1,229 @@
+"""Runs survive what users do to them: damaged checkpoints, Ctrl-C at any moment, closed pipes.
+
+- A damaged checkpoint (truncated or scrambled msgpack, truncated metadata or pointer) is named,
+  resume and eval fall back to the newest intact one and say how many iterations are redone, and
+  the resumed run still equals the uninterrupted one (native tasks are deterministic).
+- ``--checkpoint N`` picks a checkpoint for resume and eval.
+- An interrupt before anything was trained leaves a folder that ``--resume`` trains from
+  scratch; an interrupt that something swallowed still stops the run at the next iteration.
+- A real SIGINT to the command, at start-up and mid-run, exits with 130 and no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import saferl
+from saferl import interrupts
+from saferl.cli import main
+from tests.conftest import SMALL
+
+FLAGS = ["--env", SMALL["env"], "--num-envs", "8", "--rollout-steps", "100", "--hidden-sizes",
+         "16", "16", "--ppo.epochs", "1", "--checkpoint-every", "1", "--eval-episodes", "0"]
+
+
+def numbers(run_dir: Path) -> list[dict[str, str]]:
+    """progress.csv without the wall-clock column."""
+    with (run_dir / "progress.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "wall_time"}
+                for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A 3-iteration run (checkpoints 1, 2, 3) and the uninterrupted 4-iteration reference."""
+    root = tmp_path_factory.mktemp("recovery")
+    made = {}
+    for name, steps in (("three", "2400"), ("four", "3200")):
+        made[name] = root / name
+        assert main(["train", "ppo_lag", *FLAGS, "--steps", steps, "--run-dir",
+                     str(made[name]), "--quiet"]) == 0
+    return made
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _scramble(path: Path) -> None:
+    path.write_bytes(os.urandom(len(path.read_bytes())))
+
+
+DAMAGE = {
+    "truncated msgpack": ("iter_0000003.msgpack", _truncate),
+    "scrambled msgpack": ("iter_0000003.msgpack", _scramble),
+    "truncated metadata": ("iter_0000003.json", _truncate),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_resume_names_the_damaged_checkpoint_and_falls_back(runs, tmp_path, capsys, kind):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    name, damage = DAMAGE[kind]
+    damage(run / "checkpoints" / name)
+    assert main(["train", "--resume", str(run), "--steps", "3200"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'checkpoints' / name}" in err and "is damaged" in err, err
+    assert "resuming" in err and "from iteration 2 (step 1,600 of 3,200 per seed); redoing 1 " \
+           "iteration logged after it" in err, err
+    assert "Traceback" not in err
+    assert numbers(run) == numbers(runs["four"])  # the resumed run is the uninterrupted one
+    assert (run / "checkpoints" / f"{name}.damaged").is_file()  # set aside, not deleted
+
+
+def test_a_damaged_pointer_is_not_needed(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    _truncate(run / "checkpoints" / "latest.json")
+    assert main(["train", "--resume", str(run), "--steps", "3200"]) == 0
+    err = capsys.readouterr().err
+    assert "from iteration 3 (step 2,400 of 3,200 per seed); nothing to redo" in err, err
+    assert numbers(run) == numbers(runs["four"])
+
+
+def test_resume_from_a_chosen_checkpoint(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    assert main(["train", "--resume", str(run), "--checkpoint", "1", "--steps", "3200"]) == 0
+    assert "from iteration 1" in capsys.readouterr().err
+    assert numbers(run) == numbers(runs["four"])
+
+
+def test_eval_falls_back_and_takes_a_checkpoint(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    _truncate(run / "checkpoints" / "iter_0000003.msgpack")
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "iter_0000003.msgpack" in captured.err and "Evaluating an older one" in captured.err
+    assert "checkpoint of iteration 2" in captured.out
+    assert main(["eval", str(run), "--episodes", "2", "--checkpoint", "1"]) == 0
+    assert "checkpoint of iteration 1" in capsys.readouterr().out
+    assert main(["eval", str(run), "--episodes", "2", "--checkpoint", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saferl: error: checkpoint ") and "iter_0000003.msgpack" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_damaged_configuration_is_one_sentence(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    _truncate(run / "config.json")
+    for args in (["train", "--resume", str(run)], ["eval", str(run)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config.json" in err[0] and "is damaged" in err[0], err
+
+
+def test_every_checkpoint_damaged_is_one_sentence(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    for path in (run / "checkpoints").glob("*.msgpack"):
+        _truncate(path)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every checkpoint of" in err[0], err
+
+
+@pytest.fixture
+def clean_interrupt_flag():
+    interrupts._requested.clear()
+    yield
+    interrupts._requested.clear()
+
+
+@pytest.mark.parametrize("where", ["make_environment", "make_engine"])
+def test_interrupt_before_training_leaves_a_resumable_folder(runs, tmp_path, capsys,
+                                                             monkeypatch, where):
+    import saferl.training as training
+
+    real = getattr(training, where)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, where, interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "ppo_lag", *FLAGS, "--steps", "3200", "--run-dir", str(run),
+                 "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert f"continue with: saferl train --resume {run}" in err and "Traceback" not in err
+    assert (run / "config.json").is_file() and not (run / "checkpoints").exists()
+    monkeypatch.setattr(training, where, real)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "has no checkpoint yet: training from scratch" in capsys.readouterr().err
+    assert numbers(run) == numbers(runs["four"])
+
+
+def test_a_swallowed_interrupt_still_stops_at_the_next_iteration(tmp_path,
+                                                                 clean_interrupt_flag):
+    def swallow(iteration, metrics):
+        interrupts._requested.set()  # what a gc callback that ate the KeyboardInterrupt leaves
+
+    with pytest.raises(KeyboardInterrupt):
+        saferl.train("ppo_lag", SMALL["env"], steps=3200, run_dir=tmp_path / "run",
+                     overrides={"run": {"num_envs": 8, "rollout_steps": 100,
+                                        "hidden_sizes": [16, 16], "checkpoint_every": 3}},
+                     progress=False, callback=swallow)
+    rows = numbers(tmp_path / "run")
+    assert [r["iteration"] for r in rows] == ["1"]
+    assert saferl.runs.RunDirectory(tmp_path / "run").latest_checkpoint() == "iter_0000001"
+
+
+def _command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "saferl.cli", "train", "ppo_lag", *FLAGS, "--steps", "400000",
+            "--run-dir", str(run_dir)]
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "SAFERL_PROGRESS_INTERVAL": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("delay", [0.6, 2.0])
+def test_sigint_during_start_up_exits_cleanly_and_resumes(tmp_path, delay):
+    run = tmp_path / "run"
+    process = _spawn(_command(run))
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    out = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 130, out
+    for bad in ("Traceback", "terminate called", "Aborted", "FATAL"):
+        assert bad not in out, out
+    if (run / "config.json").is_file():
+        assert f"continue with: saferl train --resume {run}" in out
+        latest = saferl.runs.RunDirectory(run).latest_checkpoint()
+        iterations = 2 if latest is None else max(2, int(latest.split("_")[1]) + 1)
+        assert main(["train", "--resume", str(run), "--steps", str(800 * iterations),
+                     "--quiet"]) == 0
+        assert len(numbers(run)) == iterations
+    else:
+        assert "nothing to resume" in out, out
+
+
+def test_sigint_mid_run_with_a_closed_pipe_still_checkpoints(tmp_path):
+    """`saferl train ... 2>&1 | tee log` and Ctrl-C: tee dies first, the run must still save."""
+    run = tmp_path / "run"
+    process = _spawn(_command(run))
+    deadline = time.time() + 120
+    line = b""
+    while time.time() < deadline and not line.startswith(b"train 1,600/"):
+        line = process.stdout.readline()
+    assert line.startswith(b"train "), line
+    process.stdout.close()  # the reader (tee) is gone: every later write hits a closed pipe
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    latest = saferl.runs.RunDirectory(run).latest_checkpoint()
+    assert latest is not None and int(latest.split("_")[1]) >= 2

@@ -1,0 +1,156 @@
+"""Honest, visible numbers: carried episode figures, curves, plain progress lines off a
+terminal, the deployed policy's evaluation, and run-folder names."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from saferl.cli import main
+from saferl.envs.native import make_task
+from saferl.evaluation import EvalResult, evaluate_run
+from saferl.progress import EpisodeCarry, ProgressDisplay, evaluation_verdict
+from saferl.runs import RunDirectory, carried_series, draw_curves, new_run_dir
+from tests.conftest import SMALL
+
+NAN = math.nan
+
+
+def test_carried_series_holds_the_latest_episode_per_seed():
+    returns = {0: [NAN, 5.0, NAN, NAN, 7.0], 1: [1.0, NAN, NAN, 3.0, NAN]}
+    rows = [{"env_steps": 100.0 * (t + 1), "seed": float(seed), "rollout/ep_return": value}
+            for seed, values in returns.items() for t, value in enumerate(values)]
+    steps, values, fresh = carried_series(rows, "rollout/ep_return")
+    assert steps.tolist() == [100, 200, 300, 400, 500]
+    np.testing.assert_array_equal(values[:, 0], [NAN, 5, 5, 5, 7])
+    np.testing.assert_array_equal(values[:, 1], [1, 1, 1, 3, 3])
+    assert fresh.tolist() == [[False, True], [True, False], [False, False], [False, True],
+                              [True, False]]
+
+
+def _log_sparse_episodes(run: RunDirectory, iterations: int = 12) -> None:
+    """Two seeds that finish an episode only every third (seed 0) / fourth (seed 1) iteration."""
+    for t in range(1, iterations + 1):
+        finished = np.array([t % 3 == 0, t % 4 == 0])
+        metrics = {"rollout/ep_return": np.where(finished, [10.0 * t, 20.0 * t], NAN),
+                   "rollout/ep_cost_0": np.where(finished, [t, 2.0 * t], NAN),
+                   "train/cost_rate_0": np.array([0.1, 0.2])}
+        run.log(t, 1000 * t, float(t), (0, 1), metrics)
+    run.close()
+
+
+def test_curves_of_a_run_where_most_iterations_finish_no_episode(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.write_config({"algo": "sac_lag", "config": {"run": {"env": "saferl/BallCircle-v0"}}})
+    _log_sparse_episodes(run)
+    fig = draw_curves(run, (10.0,), ("cost",))
+    ret_ax, cost_ax = fig.axes
+    line = ret_ax.lines[0]
+    x, y = line.get_xdata(), line.get_ydata()
+    # From the first iteration where both seeds have an episode (t = 4), the line is the mean of
+    # each seed's latest episode; before that it is the mean of the seeds that have one.
+    expected = {3: 30.0, 4: (30 + 80) / 2, 5: (30 + 80) / 2, 6: (60 + 80) / 2, 8: (60 + 160) / 2,
+                9: (90 + 160) / 2, 12: (120 + 240) / 2}
+    for t, value in expected.items():
+        assert y[list(x).index(1000 * t)] == pytest.approx(value)
+    assert np.isfinite(y[2:]).all() and not np.isfinite(y[:2]).any()
+    cost = cost_ax.lines[0].get_ydata()
+    assert cost[list(x).index(12_000)] == pytest.approx((12 + 24) / 2)
+    labels = [t.get_text() for t in ret_ax.get_legend().get_texts()]
+    assert "min–max over 2 seeds" in labels and "mean of the latest episodes" in labels
+    assert any("limit 10" in t.get_text() for t in cost_ax.get_legend().get_texts())
+    assert ret_ax.get_ylabel() == "episode return" and "steps" in ret_ax.get_xlabel()
+    assert fig._suptitle.get_text() == "sac_lag on saferl/BallCircle-v0 — seeds 0, 1"
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in ret_ax.get_xticklabels() if t.get_text()]
+    assert ticks and all(t.endswith("k") or t == "0" for t in ticks), ticks
+
+
+def test_progress_carries_episodes_and_marks_them():
+    carry = EpisodeCarry()
+    out = carry.update({"rollout/ep_return": np.array([NAN, 4.0]),
+                        "rollout/ep_cost_0": np.array([NAN, 1.0])})
+    assert out["rollout/ep_return"][1] == 4.0 and math.isnan(out["rollout/ep_return"][0])
+    out = carry.update({"rollout/ep_return": np.array([2.0, NAN]),
+                        "rollout/ep_cost_0": np.array([3.0, NAN])})
+    np.testing.assert_array_equal(out["rollout/ep_return"], [2.0, 4.0])
+    np.testing.assert_array_equal(out["rollout/ep_cost_0"], [3.0, 1.0])
+    assert carry.carried_for() == 1
+    spec = make_task("saferl/BallCircle-v0").spec
+    display = ProgressDisplay(100, spec, (10.0,), console=Console(file=io.StringIO()))
+    assert display.stats({"rollout/ep_return": np.array([NAN])}) == "no episode finished yet"
+    display.stats({"rollout/ep_return": np.array([5.0]), "rollout/ep_cost_0": np.array([2.0])})
+    text = display.stats({"rollout/ep_return": np.array([NAN]),
+                          "rollout/ep_cost_0": np.array([NAN])})
+    assert text == "R 5.0 C0 2.00/10 (latest episodes: 1 it. ago)"
+
+
+def test_plain_progress_lines_come_every_interval_and_at_the_end():
+    spec = make_task("saferl/BallCircle-v0").spec
+    metrics = {"rollout/ep_return": np.array([1.0]), "rollout/ep_cost_0": np.array([0.5])}
+    out = io.StringIO()
+    with ProgressDisplay(10_000, spec, (10.0,), console=Console(file=out), interval=3600) as d:
+        for steps in range(1000, 10_001, 1000):
+            d.update(steps, metrics)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 2  # the first update, then the last one when the display closes
+    assert lines[0].startswith("train 1,000/10,000 steps") and "10,000/10,000" in lines[1]
+    out = io.StringIO()
+    with ProgressDisplay(10_000, spec, (10.0,), console=Console(file=out), interval=0) as d:
+        for steps in range(1000, 10_001, 1000):
+            d.update(steps, metrics)
+    assert len(out.getvalue().strip().splitlines()) == 10
+
+
+def test_evaluation_summary_against_hand_computation():
+    result = EvalResult(returns=np.array([1.0, 2.0, 3.0, 6.0]),
+                        costs=np.array([[5.0, 0.0], [15.0, 0.0], [10.0, 3.0], [10.0, 1.0]]),
+                        lengths=np.array([10, 10, 10, 10]), cost_names=("a", "b"),
+                        deterministic=True)
+    summary = result.summary([10.0, 0.5])
+    assert summary["cost_0_mean"] == 10.0 and summary["cost_0_within"] is True
+    assert summary["cost_0_over_share"] == 0.25  # only 15 > 10; 10 is within
+    assert summary["cost_1_mean"] == 1.0 and summary["cost_1_within"] is False
+    assert summary["cost_1_over_share"] == 0.5
+    record = {"per_seed": {"3": {"deterministic": summary, "stochastic": summary}}}
+    assert evaluation_verdict(record, ("a", "b"), (10.0, 0.5)) == (
+        "deployed deterministic policy: over the limit on b of seed 3 (1.00 > 0.5). "
+        "deployed stochastic policy: over the limit on b of seed 3 (1.00 > 0.5).")
+
+
+def test_training_ends_with_the_deployed_policy_evaluated(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "ppo_lag", "--env", SMALL["env"], "--num-envs", "8",
+                 "--rollout-steps", "100", "--steps", "1000", "--hidden-sizes", "16", "16",
+                 "--ppo.epochs", "1", "--seeds", "0", "1", "--eval-episodes", "3",
+                 "--run-dir", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "steps 1,000 is not a whole number of iterations of 800 steps" in err
+    assert "training 1,600 steps per seed (2 iterations)" in err
+    assert "mean of the last 2 iterations with finished episodes" in err
+    assert "1,600 steps per seed × 2 seeds in" in err and "environment steps/s in all" in err
+    assert "deployed deterministic policy:" in err and "deployed stochastic policy:" in err
+    record = json.loads((run / "eval.json").read_text())
+    assert record["episodes"] == 3 and set(record["per_seed"]) == {"0", "1"}
+    for modes in record["per_seed"].values():
+        assert set(modes) == {"deterministic", "stochastic"}
+        assert {"return_mean", "cost_0_mean", "cost_0_within", "cost_0_over_share"} <= \
+            set(modes["deterministic"])
+    again = evaluate_run(run, episodes=3, modes=("deterministic",))
+    assert again["per_seed"]["1"]["deterministic"] == record["per_seed"]["1"]["deterministic"]
+    assert main(["eval", str(run), "--episodes", "2", "--seed-index", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "episodes over" in out and ("within" in out or "OVER" in out)
+    assert "deployed deterministic policy" in out
+
+
+def test_run_folder_names_are_path_safe(tmp_path):
+    path = new_run_dir("ppo_lag", "myenv:MyPoint-v0", root=tmp_path)
+    assert ":" not in path.name and path.name.startswith("ppo_lag_myenv-MyPoint-v0_")
+    assert new_run_dir("cpo", "saferl/BallCircle-v0", root=tmp_path).name.startswith(
+        "cpo_saferl-BallCircle-v0_")
