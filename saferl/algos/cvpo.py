@@ -45,7 +45,7 @@ from saferl.algos.off_policy import (
     td_targets,
 )
 from saferl.core.distributions import gaussian_log_prob, gaussian_sample
-from saferl.core.inference import decoupled_kl, estep_weights, solve_estep_dual
+from saferl.core.inference import DualSolution, decoupled_kl, estep_weights, solve_estep_dual
 from saferl.core.networks import QCritics, TanhGaussianActor, host_tanh_gaussian
 from saferl.data.replay import SampledBatch
 from saferl.envs.core import EnvSpec
@@ -175,23 +175,174 @@ def update_multipliers(config: CVPOConfig, agent: CVPOAgent, episode_cost: jax.A
                    for i in range(agent.dual.shape[0] - 1)}
 
 
+class Condition(NamedTuple):
+    """The condition paired with every state of a minibatch (CCPO, ALGORITHMS.md §6).
+
+    CVPO's steps take ``condition=None``: one policy, one dual, one Q threshold. With a
+    condition the networks are called with each state's threshold as an extra input, the E-step
+    solves one dual per condition (over that condition's states, with its Q threshold) and the
+    M-step's KLs and bounds are taken per condition.
+    """
+
+    thresholds: jax.Array  # [B, m] each state's threshold (episode units): the networks' input
+    q_limit: jax.Array  # [B, m] the Q threshold ε_Q of each state's condition
+    groups: jax.Array  # [C, B] 0/1: the states paired with condition i (one 1 per column)
+
+
+class _Conditioned(NamedTuple):
+    """A module whose ``apply`` appends the minibatch's thresholds (for shared helpers such as
+    :func:`~saferl.algos.off_policy.critic_step` that call ``apply(params, obs, action)``)."""
+
+    module: Any
+    thresholds: jax.Array
+
+    def apply(self, params: Any, *inputs: jax.Array) -> Any:
+        """``module.apply(params, *inputs, thresholds)``."""
+        return self.module.apply(params, *inputs, self.thresholds)
+
+
+def _bind(module: Any, condition: Condition | None) -> Any:
+    """``module`` itself (CVPO) or the module fed each state's threshold (CCPO)."""
+    return module if condition is None else _Conditioned(module, condition.thresholds)
+
+
+def _group_means(values: jax.Array, condition: Condition | None) -> jax.Array:
+    """The mean over states (CVPO: a scalar) or over each condition's states (``[C]``; 0 for a
+    condition no state is paired with)."""
+    if condition is None:
+        return values.mean()
+    groups = condition.groups.astype(values.dtype)
+    return groups @ values / jnp.maximum(groups.sum(axis=1), 1.0)
+
+
+def critic_update(config: CVPOConfig, networks: Networks, actor_params: Any, critic_params: Any,
+                  target_critic_params: Any, critic_opt_state: Any, batch: SampledBatch,
+                  key: jax.Array, condition: Condition | None = None
+                  ) -> tuple[Any, Any, jax.Array]:
+    """Step 1: one Adam step of every critic towards ``signal + γ^h Q̄(s', a')``.
+
+    ``a' ~ π(·|s')`` from ``actor_params`` (CVPO passes the online actor), scored by the target
+    critics (``min`` over the reward twins). With a condition every transition's target is taken
+    at its own threshold: ``Q̄(s', a' | ε_b)``, ``a' ~ π(·|s', ε_b)`` (ALGORITHMS.md §6, VVE).
+
+    Returns:
+        New critic parameters, Adam state and the loss.
+    """
+    _, critic_tx = _optimizers(config)
+    actor, critics = _bind(networks.actor, condition), _bind(networks.critics, condition)
+    mean, log_std = actor.apply(actor_params, batch.next_observations)
+    next_action = jnp.tanh(gaussian_sample(key, mean, log_std))
+    next_q = critics.apply(target_critic_params, batch.next_observations, next_action)
+    k = _num_reward(config)
+    targets = td_targets(batch, jnp.min(next_q[:, :k], axis=-1), next_q[:, k:])
+    return critic_step(critics, critic_tx, critic_params, critic_opt_state, batch, targets,
+                       num_reward=k)
+
+
+class EStep(NamedTuple):
+    """What the E-step hands to the M-step, and its diagnostics."""
+
+    samples: jax.Array  # [K, B, A] pre-squash actions from π_old
+    weights: jax.Array  # [B, K] the non-parametric target q
+    mean_old: jax.Array  # [B, A]
+    std_old: jax.Array  # [B, A]
+    q_reward: jax.Array  # [B, K]
+    q_costs: jax.Array  # [B, K, m]
+    solution: DualSolution  # leaves [1 + m] (CVPO) or [C, 1 + m] (one per condition)
+
+
+def estep(config: CVPOConfig, networks: Networks, target_actor_params: Any,
+          target_critic_params: Any, observations: jax.Array, dual: jax.Array,
+          q_limit: jax.Array, key: jax.Array, condition: Condition | None = None) -> EStep:
+    """Step 2: ``K`` samples per state from ``π_old``, scored by the target critics; the dual
+    solved from the warm start ``dual``; the weights ``q_j ∝ exp((Q_r − λᵀQ_c)/η)``.
+
+    Args:
+        config: CVPO's (or CCPO's) configuration; ``config.cvpo`` holds the E-step settings.
+        networks: The modules.
+        target_actor_params: ``π_old``.
+        target_critic_params: The target critics.
+        observations: ``[B, obs_dim]``.
+        dual: ``[1 + m]`` warm start; with a condition ``[C, 1 + m]``, one per condition.
+        q_limit: ``[m]`` the Q threshold (with a condition unused: ``condition.q_limit``).
+        key: Sampling key.
+        condition: Optional per-state condition: every condition ``i`` then gets its own dual
+            ``(η_i, λ_i)`` from the states paired with it and its Q threshold (CCPO's CVI
+            E-step, ``vmap``-ped over conditions), and each state is weighted with its own.
+
+    Returns:
+        An :class:`EStep`.
+    """
+    params = config.cvpo
+    actor, critics = _bind(networks.actor, condition), _bind(networks.critics, condition)
+    mean_old, log_std_old = actor.apply(target_actor_params, observations)
+    std_old = jnp.exp(log_std_old)
+    noise = jax.random.normal(key, (params.num_samples, *mean_old.shape))
+    samples = mean_old + std_old * noise  # [K, B, A]
+    # The critics broadcast [B, obs] against [K, B, A]: the observation part once per state.
+    q = critics.apply(target_critic_params, observations, jnp.tanh(samples))  # [K, B, k + m]
+    k = _num_reward(config)
+    q_reward = jnp.min(q[..., :k], axis=-1).T  # [B, K]
+    q_costs = jnp.moveaxis(q[..., k:], 0, 1)  # [B, K, m]
+    solution, weights = estep_solve(params, q_reward, q_costs, dual, q_limit, condition)
+    return EStep(samples, weights, mean_old, std_old, q_reward, q_costs, solution)
+
+
+def estep_solve(params: CVPOParams, q_reward: jax.Array, q_costs: jax.Array, dual: jax.Array,
+                q_limit: jax.Array, condition: Condition | None = None
+                ) -> tuple[DualSolution, jax.Array]:
+    """The E-step's dual and weights from scored samples (the solver part of :func:`estep`).
+
+    Args:
+        params: CVPO's settings (κ, iterations, the multiplier cap).
+        q_reward: ``[B, K]``.
+        q_costs: ``[B, K, m]``.
+        dual: ``[1 + m]`` warm start, or ``[C, 1 + m]`` with a condition.
+        q_limit: ``[m]`` (unused with a condition: ``condition.q_limit``).
+        condition: Optional per-state condition: condition ``i``'s dual minimises
+            ``g_i(η_i, λ_i) = η_i κ + λ_iᵀ ε_Q,i + η_i E_{s paired with i}[log mean_j exp(…)]``
+            (seeds/002 eq. 10 per condition), one ``vmap``-ped solve per condition.
+
+    Returns:
+        The :class:`~saferl.core.inference.DualSolution` (leaves with a leading ``C`` axis
+        with a condition) and the ``[B, K]`` weights, each state's from its condition's dual.
+    """
+
+    def solve(init: jax.Array, limit: jax.Array, mask: jax.Array | None) -> DualSolution:
+        return solve_estep_dual(q_reward, q_costs, params.estep_kl, limit, init,
+                                params.dual_iterations, max_multiplier=params.max_multiplier,
+                                state_mask=mask)
+
+    if condition is None:
+        solution = solve(dual, q_limit, None)
+        return solution, estep_weights(q_reward, q_costs, solution.variables)
+    solution = jax.vmap(solve, in_axes=(0, None, 0))(dual, condition.q_limit, condition.groups)
+    index = jnp.argmax(condition.groups, axis=0)  # each state's condition
+    return solution, estep_weights(q_reward, q_costs, solution.variables[index])
+
+
 def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_state: Any,
           kl_multipliers: jax.Array, observations: jax.Array, samples: jax.Array,
-          weights: jax.Array, mean_old: jax.Array, std_old: jax.Array
+          weights: jax.Array, mean_old: jax.Array, std_old: jax.Array,
+          condition: Condition | None = None
           ) -> tuple[Any, Any, jax.Array, dict[str, jax.Array]]:
-    """Weighted maximum likelihood under decoupled KL bounds (steps 3 of the module docstring).
+    """Weighted maximum likelihood under decoupled KL bounds (step 3 of the module docstring).
 
     Args:
         config: CVPO configuration.
         networks: The modules.
         actor_params: Current actor parameters (the ascent starts here).
         actor_opt_state: Its Adam state.
-        kl_multipliers: ``[2]`` α_μ, α_σ.
+        kl_multipliers: ``[2]`` α_μ, α_σ (with a condition ``[C, 2]``, one pair per condition).
         observations: ``[B, obs_dim]``.
         samples: ``[K, B, A]`` pre-squash actions from ``π_old``.
         weights: ``[B, K]`` E-step weights.
         mean_old: ``[B, A]`` ``π_old`` means.
         std_old: ``[B, A]`` ``π_old`` stds.
+        condition: Optional per-state condition: the likelihood is then the mean over the
+            conditions (those paired with at least one state) of each condition's mean weighted
+            likelihood, and each condition's KLs have their own multipliers (CCPO's M-step,
+            seeds/002 "Versatile M-step").
 
     Returns:
         New actor parameters, Adam state, KL multipliers, and metrics.
@@ -200,29 +351,36 @@ def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_s
     actor_tx, _ = _optimizers(config)
     bounds = jnp.asarray([params.kl_mean, params.kl_std])
     rates = jnp.asarray([params.kl_multiplier_lr_mean, params.kl_multiplier_lr_std])
+    actor = _bind(networks.actor, condition)
 
-    def kls(actor: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-        mean, log_std = networks.actor.apply(actor, observations)
+    def kls(actor_params: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        mean, log_std = actor.apply(actor_params, observations)
         kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, jnp.exp(log_std))
-        return mean, log_std, kl_mean.mean(), kl_std.mean()
+        return mean, log_std, _group_means(kl_mean, condition), _group_means(kl_std, condition)
 
-    def loss_fn(actor: Any, alphas: jax.Array) -> tuple[jax.Array, jax.Array]:
-        mean, log_std, kl_mean, kl_std = kls(actor)
+    def loss_fn(actor_params: Any, alphas: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mean, log_std, kl_mean, kl_std = kls(actor_params)
         log_std_old = jnp.log(std_old)
         # Decoupled likelihoods: the mean learns with the old std, the std with the old mean.
         log_prob = (gaussian_log_prob(mean, log_std_old, samples)
                     + gaussian_log_prob(mean_old, log_std, samples))  # [K, B]
-        likelihood = jnp.sum(weights.T * log_prob, axis=0).mean()
-        kl = jnp.stack([kl_mean, kl_std])
-        return -likelihood + alphas @ kl, kl
+        if condition is None:
+            likelihood = jnp.sum(weights.T * log_prob, axis=0).mean()
+            kl = jnp.stack([kl_mean, kl_std])
+            return -likelihood + alphas @ kl, kl
+        per_condition = _group_means(jnp.sum(weights.T * log_prob, axis=0), condition)
+        active = condition.groups.any(axis=1)
+        likelihood = jnp.sum(per_condition) / jnp.maximum(active.sum(), 1)
+        kl = jnp.stack([kl_mean, kl_std], axis=-1)  # [C, 2]
+        return -likelihood + jnp.sum(alphas * kl), kl
 
     def step(carry: tuple[Any, Any, jax.Array], _: None) -> tuple[tuple, jax.Array]:
-        actor, opt_state, alphas = carry
-        (loss, kl), grads = jax.value_and_grad(loss_fn, has_aux=True)(actor, alphas)
-        updates, opt_state = actor_tx.update(grads, opt_state, actor)
-        actor = optax.apply_updates(actor, updates)
+        actor_params, opt_state, alphas = carry
+        (loss, kl), grads = jax.value_and_grad(loss_fn, has_aux=True)(actor_params, alphas)
+        updates, opt_state = actor_tx.update(grads, opt_state, actor_params)
+        actor_params = optax.apply_updates(actor_params, updates)
         alphas = jnp.clip(alphas + rates * (kl - bounds), 0.0, params.kl_multiplier_max)
-        return (actor, opt_state, alphas), loss
+        return (actor_params, opt_state, alphas), loss
 
     (new_actor, opt_state, alphas), losses = jax.lax.scan(
         step, (actor_params, actor_opt_state, kl_multipliers), None,
@@ -231,30 +389,39 @@ def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_s
 
 
 def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, new_params: Any,
-                      observations: jax.Array, mean_old: jax.Array, std_old: jax.Array
+                      observations: jax.Array, mean_old: jax.Array, std_old: jax.Array,
+                      condition: Condition | None = None
                       ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
     """The largest step ``old + t (new − old)``, ``t ∈ {1, ½, …, 2⁻⁵, 0}``, within both bounds.
 
     ``mean_old`` and ``std_old`` are the policy of ``old_params`` at ``observations``. Returns
-    the parameters, the fraction ``t`` and the mean KL parts at the result.
+    the parameters, the fraction ``t`` and the mean KL parts at the result. With a condition the
+    KLs are the means over each condition's states (``[C]`` each) and ``t`` is the largest
+    fraction that keeps **every** condition within both bounds: one common fraction on one
+    parameter path, so the bounds hold per condition after every update.
     """
     shorter = jnp.concatenate([0.5 ** jnp.arange(1.0, 6.0), jnp.zeros(1)])  # after t = 1
+    actor = _bind(networks.actor, condition)
 
     def kl_at(t: jax.Array) -> tuple[jax.Array, jax.Array]:
         params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
-        mean, log_std = networks.actor.apply(params, observations)
+        mean, log_std = actor.apply(params, observations)
         kl_mean, kl_std = decoupled_kl(mean_old, std_old, mean, jnp.exp(log_std))
-        return kl_mean.mean(), kl_std.mean()
+        return _group_means(kl_mean, condition), _group_means(kl_std, condition)
+
+    def within(kl_mean: jax.Array, kl_std: jax.Array) -> jax.Array:
+        ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
+        return ok if condition is None else jnp.all(ok, axis=-1)
 
     def backtrack() -> tuple[jax.Array, jax.Array, jax.Array]:
         kl_mean, kl_std = jax.vmap(kl_at)(shorter)
-        ok = (kl_mean <= config.cvpo.kl_mean) & (kl_std <= config.cvpo.kl_std)
+        ok = within(kl_mean, kl_std)
         choice = jnp.argmax(ok.at[-1].set(True))  # t = 0 is π_old itself
         return shorter[choice], kl_mean[choice], kl_std[choice]
 
     # The full step first (the soft multipliers usually keep it inside); the ladder if not.
     full_mean, full_std = kl_at(jnp.ones(()))
-    inside = (full_mean <= config.cvpo.kl_mean) & (full_std <= config.cvpo.kl_std)
+    inside = within(full_mean, full_std)
     t, kl_mean, kl_std = jax.lax.cond(inside, lambda: (jnp.ones(()), full_mean, full_std),
                                       backtrack)
     params = jax.tree_util.tree_map(lambda o, n: o + t * (n - o), old_params, new_params)
@@ -264,57 +431,45 @@ def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, n
 def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: SampledBatch,
            limits: Limits, key: jax.Array) -> tuple[CVPOAgent, dict[str, jax.Array]]:
     """One CVPO update: critics, E-step, M-step, targets."""
-    run, params = config.run, config.cvpo
-    _, critic_tx = _optimizers(config)
+    run = config.run
     next_key, sample_key = jax.random.split(key)
 
     # 1. Critics.
-    mean, log_std = networks.actor.apply(agent.actor_params, batch.next_observations)
-    next_action = jnp.tanh(gaussian_sample(next_key, mean, log_std))
-    next_q = networks.critics.apply(agent.target_critic_params, batch.next_observations,
-                                    next_action)
-    k = _num_reward(config)
-    targets = td_targets(batch, jnp.min(next_q[:, :k], axis=-1), next_q[:, k:])
-    critic_params, critic_opt, critic_loss = critic_step(
-        networks.critics, critic_tx, agent.critic_params, agent.critic_opt_state, batch, targets,
-        num_reward=k)
+    critic_params, critic_opt, critic_loss = critic_update(
+        config, networks, agent.actor_params, agent.critic_params, agent.target_critic_params,
+        agent.critic_opt_state, batch, next_key)
 
     # 2. E-step: K samples per state from π_old, scored by the target critics.
-    mean_old, log_std_old = networks.actor.apply(agent.target_actor_params, batch.observations)
-    std_old = jnp.exp(log_std_old)
-    noise = jax.random.normal(sample_key, (params.num_samples, *mean_old.shape))
-    samples = mean_old + std_old * noise  # [K, B, A]
-    # The critics broadcast [B, obs] against [K, B, A]: the observation part once per state.
-    q = networks.critics.apply(agent.target_critic_params, batch.observations,
-                               jnp.tanh(samples))  # [K, B, k + m]
-    q_reward = jnp.min(q[..., :k], axis=-1).T  # [B, K]
-    q_costs = jnp.moveaxis(q[..., k:], 0, 1)  # [B, K, m]
-    solution = solve_estep_dual(q_reward, q_costs, params.estep_kl, limits.q, agent.dual,
-                                params.dual_iterations, max_multiplier=params.max_multiplier)
-    weights = estep_weights(q_reward, q_costs, solution.variables)
+    e = estep(config, networks, agent.target_actor_params, agent.target_critic_params,
+              batch.observations, agent.dual, limits.q, sample_key)
 
     # 3. M-step, then backtrack onto the KL bounds around π_old.
     actor_params, actor_opt, kl_multipliers, mstep_metrics = mstep(
         config, networks, agent.actor_params, agent.actor_opt_state, agent.kl_multipliers,
-        batch.observations, samples, weights, mean_old, std_old)
+        batch.observations, e.samples, e.weights, e.mean_old, e.std_old)
     actor_params, fraction, kl_mean, kl_std = enforce_kl_bounds(
         config, networks, agent.target_actor_params, actor_params, batch.observations,
-        mean_old, std_old)
+        e.mean_old, e.std_old)
 
     # 4. Targets.
     new_agent = CVPOAgent(actor_params, critic_params,
                           polyak(agent.target_actor_params, actor_params, run.tau),
                           polyak(agent.target_critic_params, critic_params, run.tau),
-                          actor_opt, critic_opt, solution.variables, kl_multipliers)
-    entropy_weights = -jnp.sum(weights * jnp.log(weights + 1e-12), axis=1).mean()
+                          actor_opt, critic_opt, e.solution.variables, kl_multipliers)
+    solution = e.solution
     metrics = {"loss/critic": critic_loss, **mstep_metrics,
                "cvpo/eta": solution.variables[0], "cvpo/dual_value": solution.value,
                "cvpo/dual_gradient_norm": solution.gradient_norm,
                "cvpo/dual_iterations": solution.iterations.astype(jnp.float32),
-               "cvpo/weights_entropy": entropy_weights, "cvpo/kl_mean": kl_mean,
+               "cvpo/weights_entropy": weights_entropy(e.weights), "cvpo/kl_mean": kl_mean,
                "cvpo/kl_std": kl_std, "cvpo/step_fraction": fraction,
                "cvpo/alpha_mean": kl_multipliers[0], "cvpo/alpha_std": kl_multipliers[1],
-               "q/reward": q_reward.mean()}
-    for i in range(q_costs.shape[-1]):
-        metrics[f"q/cost_{i}"] = q_costs[..., i].mean()
+               "q/reward": e.q_reward.mean()}
+    for i in range(e.q_costs.shape[-1]):
+        metrics[f"q/cost_{i}"] = e.q_costs[..., i].mean()
     return new_agent, metrics
+
+
+def weights_entropy(weights: jax.Array) -> jax.Array:
+    """Mean over states of the entropy of the E-step weights ``[B, K]`` (``log K`` is uniform)."""
+    return -jnp.sum(weights * jnp.log(weights + 1e-12), axis=1).mean()

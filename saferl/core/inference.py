@@ -18,6 +18,12 @@ increases; it stops at a small Newton decrement), warm-started from the previous
 is unbounded below in that ``λ`` and the cap makes the weights put all their mass on the
 least-costly actions.
 
+**Conditions (CCPO, ALGORITHMS.md §6).** Every function of the dual takes an optional
+``state_mask`` ``[B]`` (the states of the minibatch that belong to one condition, as 0/1 or any
+non-negative weights) that turns ``E_s`` into the mean over those states, and ``q_limit`` may be
+per state (``[B, m]``), entering as its mean over the same states; ``vmap`` over conditions
+gives one dual ``(η_i, λ_i)`` per condition. Without a mask the code is the plain CVPO path.
+
 **M-step.** :func:`decoupled_kl` gives the mean and covariance parts of the KL between Gaussian
 policies used by the decoupled trust region (Abdolmaleki et al. 2018).
 """
@@ -31,8 +37,24 @@ import jax
 import jax.numpy as jnp
 
 
+def state_mean(values: jax.Array, state_mask: jax.Array | None) -> jax.Array:
+    """``E_s`` over the leading (state) axis: the plain mean, or the ``state_mask``-weighted one.
+
+    An all-zero mask (a condition no state of the minibatch was paired with) gives 0, not NaN.
+    """
+    if state_mask is None:
+        return values.mean(0)
+    weights = state_mask / jnp.maximum(state_mask.sum(), 1e-12)
+    return jnp.tensordot(weights.astype(values.dtype), values, axes=1)
+
+
+def _limit(q_limit: jax.Array, state_mask: jax.Array | None) -> jax.Array:
+    """The ``[m]`` Q threshold of the dual: ``q_limit`` itself, or its state mean if per state."""
+    return q_limit if q_limit.ndim == 1 else state_mean(q_limit, state_mask)
+
+
 def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
-               q_limit: jax.Array) -> jax.Array:
+               q_limit: jax.Array, state_mask: jax.Array | None = None) -> jax.Array:
     """The dual ``g(η, λ)`` at ``variables = [η, λ_1, …, λ_m]``.
 
     Args:
@@ -40,17 +62,22 @@ def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl
         q_reward: ``[B, K]`` reward Q-values of the sampled actions.
         q_costs: ``[B, K, m]`` cost Q-values.
         kl_bound: κ.
-        q_limit: ``[m]`` the Q thresholds ε.
+        q_limit: ``[m]`` the Q thresholds ε, or ``[B, m]`` one per state.
+        state_mask: ``[B]`` optional weights of the states in ``E_s`` (one condition's states).
     """
     eta, lam = variables[0], variables[1:]
     advantage = q_reward - q_costs @ lam
     num_samples = q_reward.shape[1]
     log_mean = jax.nn.logsumexp(advantage / eta, axis=1) - math.log(num_samples)
-    return eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
+    if state_mask is None and q_limit.ndim == 1:  # CVPO's path, unchanged
+        return eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
+    return (eta * kl_bound + lam @ _limit(q_limit, state_mask)
+            + eta * state_mean(log_mean, state_mask))
 
 
 def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array,
-                           kl_bound: float, q_limit: jax.Array
+                           kl_bound: float, q_limit: jax.Array,
+                           state_mask: jax.Array | None = None
                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``g``, its gradient and its Hessian at ``variables = [η, λ]``, in one pass over the samples.
 
@@ -62,6 +89,7 @@ def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: j
       ``∂²g/∂λ_i∂λ_k = E_s Cov_w(Q_ci, Q_ck)/η``.
 
     (Autodiff of :func:`estep_dual` gives the same numbers, tested, at several times the cost.)
+    ``q_limit`` and ``state_mask`` as in :func:`estep_dual` (``E_s`` then weights the states).
 
     Returns:
         ``(g, gradient [1 + m], Hessian [1 + m, 1 + m])``.
@@ -75,11 +103,21 @@ def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: j
     values = jnp.concatenate([advantage[..., None], q_costs], axis=-1)  # [B, K, 1 + m]
     moments = jnp.einsum("bk,bki->bi", weights, values)  # E_w per state
     centred = values - moments[:, None, :]
-    covariance = jnp.einsum("bk,bki,bkj->ij", weights, centred, centred) / q_reward.shape[0]
-    mean_moments = moments.mean(0)
-    value = eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
+    if state_mask is None and q_limit.ndim == 1:  # CVPO's path, unchanged
+        covariance = jnp.einsum("bk,bki,bkj->ij", weights, centred, centred) / q_reward.shape[0]
+        mean_moments = moments.mean(0)
+        mean_log = log_mean.mean()
+    else:
+        state_weights = (jnp.ones(q_reward.shape[0], q_reward.dtype) if state_mask is None
+                         else state_mask.astype(q_reward.dtype))
+        state_weights = state_weights / jnp.maximum(state_weights.sum(), 1e-12)
+        covariance = jnp.einsum("b,bk,bki,bkj->ij", state_weights, weights, centred, centred)
+        mean_moments = state_weights @ moments
+        mean_log = state_weights @ log_mean
+        q_limit = _limit(q_limit, state_mask)
+    value = eta * kl_bound + lam @ q_limit + eta * mean_log
     gradient = jnp.concatenate([
-        jnp.reshape(kl_bound + log_mean.mean() - mean_moments[0] / eta, (1,)),
+        jnp.reshape(kl_bound + mean_log - mean_moments[0] / eta, (1,)),
         q_limit - mean_moments[1:]])
     size = variables.shape[0]
     power = 1.0 + (jnp.arange(size) == 0)  # η-rows and -columns carry extra 1/η factors
@@ -99,7 +137,8 @@ class DualSolution(NamedTuple):
 def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
                      q_limit: jax.Array, init: jax.Array, iterations: int = 10,
                      eta_min: float = 1e-3, max_multiplier: float = 100.0,
-                     tolerance: float | None = None) -> DualSolution:
+                     tolerance: float | None = None,
+                     state_mask: jax.Array | None = None) -> DualSolution:
     """Minimise :func:`estep_dual` over ``η ≥ eta_min``, ``0 ≤ λ ≤ max_multiplier``.
 
     Each iteration takes the exact gradient and Hessian (:func:`estep_dual_derivatives`), holds
@@ -115,7 +154,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         q_reward: ``[B, K]``.
         q_costs: ``[B, K, m]``.
         kl_bound: κ.
-        q_limit: ``[m]``.
+        q_limit: ``[m]``, or ``[B, m]`` per state (see :func:`estep_dual`).
         init: ``[1 + m]`` warm start (projected onto the bounds).
         iterations: The most projected Newton iterations.
         eta_min: Lower bound of η (keeps ``Q/η`` finite).
@@ -123,6 +162,9 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         tolerance: Relative Newton decrement at which to stop; default ``1e-6`` in float32
             (about where rounding swamps further progress: the dual value is then within a
             few parts per million of its minimum) and ``1e-10`` in float64.
+        state_mask: ``[B]`` optional weights of the states in ``E_s``: the dual of the
+            condition those states are paired with (CCPO's E-step ``vmap``-s this over
+            conditions).
 
     Returns:
         A :class:`DualSolution`.
@@ -138,7 +180,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         tolerance = 1e-10 if dtype == jnp.float64 else 1e-6
 
     def objective(x: jax.Array) -> jax.Array:
-        return estep_dual(x, q_reward, q_costs, kl_bound, q_limit)
+        return estep_dual(x, q_reward, q_costs, kl_bound, q_limit, state_mask)
 
     def projected_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
         blocked = ((x <= lower) & (g > 0)) | ((x >= upper) & (g < 0))
@@ -156,7 +198,8 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         done: jax.Array
 
     def evaluate(x: jax.Array, count: jax.Array, done: jax.Array) -> Carry:
-        value, gradient, hessian = estep_dual_derivatives(x, q_reward, q_costs, kl_bound, q_limit)
+        value, gradient, hessian = estep_dual_derivatives(x, q_reward, q_costs, kl_bound, q_limit,
+                                                          state_mask)
         return Carry(x, value, gradient, hessian, count, done)
 
     def newton_direction(carry: Carry) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -207,9 +250,16 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
 
 
 def estep_weights(q_reward: jax.Array, q_costs: jax.Array, variables: jax.Array) -> jax.Array:
-    """The non-parametric target ``q_j ∝ exp((Q_r,j − λᵀQ_c,j)/η)`` over samples, ``[B, K]``."""
-    eta, lam = variables[0], variables[1:]
-    return jax.nn.softmax((q_reward - q_costs @ lam) / eta, axis=1)
+    """The non-parametric target ``q_j ∝ exp((Q_r,j − λᵀQ_c,j)/η)`` over samples, ``[B, K]``.
+
+    ``variables`` is ``[1 + m]`` (one dual for every state, CVPO) or ``[B, 1 + m]`` (each
+    state's own condition's dual, CCPO).
+    """
+    if variables.ndim == 1:
+        eta, lam = variables[0], variables[1:]
+        return jax.nn.softmax((q_reward - q_costs @ lam) / eta, axis=1)
+    eta, lam = variables[:, :1], variables[:, 1:]
+    return jax.nn.softmax((q_reward - jnp.einsum("bkm,bm->bk", q_costs, lam)) / eta, axis=1)
 
 
 def decoupled_kl(mean_old: jax.Array, std_old: jax.Array, mean: jax.Array,

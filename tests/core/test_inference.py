@@ -150,3 +150,51 @@ def test_float32_solution_is_close_to_the_float64_optimum():
     assert float(solution.value) == pytest.approx(reference.fun, rel=1e-5)
     np.testing.assert_allclose(np.asarray(solution.variables), reference.x, rtol=5e-3)
     assert int(solution.iterations) < 40
+
+
+def test_masked_dual_is_the_dual_of_the_masked_states(enable_x64):
+    """CCPO's per-condition dual: a 0/1 state mask gives the dual of those states alone, and a
+    per-state Q threshold that is constant on them gives the ``[m]`` threshold's dual."""
+    q_reward, q_costs = random_q(8, batch=48, samples=12, m=2)
+    mask = np.zeros(48)
+    mask[::3] = 1.0
+    chosen = mask == 1
+    limit = np.asarray([1.1, 1.4])
+    per_state = np.where(chosen[:, None], limit, 99.0)  # other states' thresholds are ignored
+    x = jnp.asarray([0.8, 0.3, 0.1])
+    subset = (jnp.asarray(q_reward[chosen]), jnp.asarray(q_costs[chosen]), 0.04,
+              jnp.asarray(limit))
+    masked = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.04, jnp.asarray(per_state))
+    assert float(estep_dual(x, *masked, jnp.asarray(mask))) == pytest.approx(
+        float(estep_dual(x, *subset)), rel=1e-12)
+    for got, want in zip(estep_dual_derivatives(x, *masked, jnp.asarray(mask)),
+                         estep_dual_derivatives(x, *subset), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    init = jnp.asarray([1.0, 0.0, 0.0])
+    alone = solve_estep_dual(*subset, init, iterations=30)
+    inside = solve_estep_dual(*masked, init, iterations=30, state_mask=jnp.asarray(mask))
+    np.testing.assert_allclose(inside.variables, alone.variables, rtol=1e-8, atol=1e-10)
+
+
+def test_masked_derivatives_match_autodiff(enable_x64):
+    q_reward, q_costs = random_q(9, batch=32, samples=8, m=1)
+    rng = np.random.default_rng(1)
+    mask = jnp.asarray(rng.random(32) < 0.4, jnp.float64)
+    args = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.03,
+            jnp.asarray(rng.uniform(0.5, 2.0, (32, 1))))
+    x = jnp.asarray([0.9, 0.7])
+    value, gradient, hessian = estep_dual_derivatives(x, *args, mask)
+    assert float(value) == pytest.approx(float(estep_dual(x, *args, mask)), rel=1e-12)
+    np.testing.assert_allclose(gradient, jax.grad(estep_dual)(x, *args, mask), rtol=1e-9)
+    np.testing.assert_allclose(hessian, jax.hessian(estep_dual)(x, *args, mask), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_per_state_duals_weight_each_state_with_its_own(enable_x64):
+    q_reward, q_costs = random_q(10, batch=6, samples=5, m=2)
+    variables = jnp.asarray(np.random.default_rng(2).uniform(0.2, 2.0, (6, 3)))
+    weights = estep_weights(jnp.asarray(q_reward), jnp.asarray(q_costs), variables)
+    for b in range(6):
+        row = estep_weights(jnp.asarray(q_reward[b:b + 1]), jnp.asarray(q_costs[b:b + 1]),
+                            variables[b])
+        np.testing.assert_allclose(weights[b], row[0], rtol=1e-12)
