@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from saferl.runs import checkpoint_name
+
 
 @dataclass
 class EvalResult:
@@ -64,6 +66,7 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
         An :class:`EvalResult`.
     """
     from saferl.envs.make import make, render_kwargs
+    from saferl.envs.native import NATIVE_TASKS, make_task
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}.")
@@ -72,6 +75,11 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
     if env_id is None:
         raise ValueError("evaluate needs env= (the policy does not say which env it was "
                          "trained on).")
+    if env_kwargs is None and env is None:
+        env_kwargs = info.get("env_kwargs") or None
+    if env_id in NATIVE_TASKS and video is None and hasattr(policy, "forward"):
+        task = make_task(env_id, **(env_kwargs or {}))
+        return native_evaluate(policy, task, episodes, deterministic, seed)
     num_envs = num_envs or min(episodes, 16)
     per_copy = math.ceil(episodes / num_envs)
     make_kwargs = dict(env_kwargs or {})
@@ -132,20 +140,40 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
         (``{seed: {mode: EvalResult.summary(cost_limit)}}``).
     """
     from saferl.policy import Policy
+    from saferl.training import restore_states
 
-    first = Policy.load(run_dir, seed_index=0, checkpoint=checkpoint)
-    seeds = first.info["seeds"]
-    limits = first.info["cost_limit"]
-    indices = range(len(seeds)) if seed_indices is None else seed_indices
-    per_seed: dict[str, dict[str, Any]] = {}
-    for index in indices:
-        policy = first if index == 0 else Policy.load(run_dir, seed_index=index,
-                                                      checkpoint=checkpoint)
-        per_seed[str(policy.info["seed"])] = {
-            mode: evaluate(policy, episodes=episodes, deterministic=mode == "deterministic",
-                           seed=seed).summary(limits) for mode in modes}
+    _, entry, config, spec, states, meta = restore_states(run_dir, checkpoint)
+    indices = range(len(config.run.seed_list)) if seed_indices is None else seed_indices
+    policies = [Policy.from_states(entry, config, spec, states, index) for index in indices]
+    record = evaluate_policies(policies, episodes=episodes, seed=seed, modes=modes)
+    record["checkpoint"] = checkpoint_name(int(meta["iteration"]))
+    return record
+
+
+def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 10_000,
+                      modes: Sequence[str] = ("deterministic", "stochastic")) -> dict[str, Any]:
+    """Evaluate several seeds' policies of one run against its limits (``policy.info``).
+
+    Returns:
+        The record :func:`evaluate_run` describes (without ``checkpoint``).
+    """
+    from saferl.envs.native import NATIVE_TASKS, make_task
+
+    info = policies[0].info
+    limits = info["cost_limit"]
+    per_seed: dict[str, dict[str, Any]] = {str(p.info["seed"]): {} for p in policies}
+    for mode in modes:
+        deterministic = mode == "deterministic"
+        if info["env"] in NATIVE_TASKS:  # every seed in one vmapped call
+            task = make_task(info["env"], **info.get("env_kwargs", {}))
+            results = native_evaluate_many(policies, task, episodes, deterministic, seed)
+        else:
+            results = [evaluate(p, episodes=episodes, deterministic=deterministic, seed=seed)
+                       for p in policies]
+        for policy, result in zip(policies, results, strict=True):
+            per_seed[str(policy.info["seed"])][mode] = result.summary(limits)
     return {"episodes": episodes, "env_seed": seed, "cost_limit": list(limits),
-            "checkpoint": first.info.get("checkpoint"), "per_seed": per_seed}
+            "per_seed": per_seed}
 
 
 def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -153,6 +181,69 @@ def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:
     path = Path(run_dir) / "eval.json"
     path.write_text(json.dumps(record, indent=2))
     return path
+
+
+def native_evaluate(policy: Any, task: Any, episodes: int, deterministic: bool,
+                    seed: int) -> EvalResult:
+    """Every episode of a native task at once (see :func:`native_evaluate_many`)."""
+    return native_evaluate_many([policy], task, episodes, deterministic, seed)[0]
+
+
+def native_evaluate_many(policies: Sequence[Any], task: Any, episodes: int,
+                         deterministic: bool, seed: int) -> list[EvalResult]:
+    """Policies of one network structure (a run's seeds) on a native task, in one jitted call.
+
+    Each policy runs ``episodes`` copies, one episode each, in a ``lax.scan`` over the time
+    limit (copies that finish early stop counting); the policies are vmapped. Every policy
+    meets the same initial states and action noise.
+
+    Args:
+        policies: :class:`~saferl.policy.Policy` objects of one module (their pure ``forward``
+            runs inside ``jit``).
+        task: The native task.
+        episodes: Episodes per policy (= copies).
+        deterministic: Mean actions, or samples.
+        seed: Seed of the copies' initial states and of the action noise.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from saferl.envs.native import batch_reset, batch_step
+
+    horizon = task.spec.max_episode_steps
+    m = task.spec.num_costs
+    forward = policies[0].forward
+
+    def run(params: Any, stats: Any, key: jax.Array) -> tuple[jax.Array, ...]:
+        reset_key, key = jax.random.split(key)
+        state = batch_reset(task, reset_key, episodes)
+
+        def step(carry: tuple, _: None) -> tuple[tuple, None]:
+            state, key, ret, cost, length, done = carry
+            key, act_key = jax.random.split(key)
+            actions = forward(params, stats, state.observation, act_key, deterministic)
+            state, out = batch_step(task, state, actions)
+            live = ~done
+            ret = ret + jnp.where(live, out.reward, 0.0)
+            cost = cost + jnp.where(live[:, None], out.costs, 0.0)
+            length = length + live.astype(jnp.int32)
+            return (state, key, ret, cost, length, done | out.terminated | out.truncated), None
+
+        init = (state, key, jnp.zeros(episodes), jnp.zeros((episodes, m)),
+                jnp.zeros(episodes, jnp.int32), jnp.zeros(episodes, bool))
+        (_, _, ret, cost, length, _), _ = jax.lax.scan(step, init, None, length=horizon)
+        return ret, cost, length
+
+    stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+    params = jax.tree_util.tree_map(stack, *(p.params for p in policies))
+    stats = (None if policies[0].obs_stats is None else
+             jax.tree_util.tree_map(stack, *(p.obs_stats for p in policies)))
+    ret, cost, length = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))(
+        params, stats, jax.random.PRNGKey(seed))
+    names = tuple(task.spec.cost_names)
+    return [EvalResult(np.asarray(ret[i], np.float64), np.asarray(cost[i], np.float64),
+                       np.asarray(length[i]), names, deterministic)
+            for i in range(len(policies))]
 
 
 class VideoBackendError(ValueError):

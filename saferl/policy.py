@@ -55,6 +55,9 @@ class Policy:
                 return low + 0.5 * (action + 1.0) * (high - low)
             return jnp.clip(action, low, high)
 
+        self.forward = forward
+        """The pure action function ``forward(params, stats, obs, key, deterministic)`` (for use
+        inside ``jit``, e.g. by :func:`saferl.evaluation.evaluate` on native tasks)."""
         self._forward = jax.jit(forward, static_argnums=4)
 
     def __call__(self, obs: Any, deterministic: bool = True) -> np.ndarray:
@@ -93,6 +96,23 @@ class Policy:
 
         _config_record, entry, config, spec, states, meta = restore_states(
             run_dir, checkpoint, on_damaged=on_damaged or warn)
+        return cls.from_states(entry, config, spec, states, seed_index, {
+            "run_dir": str(run_dir), "iteration": int(meta["iteration"]),
+            "checkpoint": checkpoint_name(int(meta["iteration"]))})
+
+    @classmethod
+    def from_states(cls, entry: Any, config: Any, spec: Any, states: Any, seed_index: int = 0,
+                    info: dict[str, Any] | None = None) -> Policy:
+        """The policy of one seed from seed-stacked training states held in memory.
+
+        Args:
+            entry: The algorithm's registry entry.
+            config: The run configuration.
+            spec: The environment spec.
+            states: Training states with a leading seed axis (as the engines keep them).
+            seed_index: Which seed.
+            info: Extra metadata (run directory, iteration, checkpoint).
+        """
         seeds = config.run.seed_list
         if not 0 <= seed_index < len(seeds):
             raise IndexError(
@@ -101,9 +121,8 @@ class Policy:
         pick = lambda x: x[seed_index]  # noqa: E731
         info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
                 "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
-                "cost_limit": list(config.run.cost_limit), "run_dir": str(run_dir),
-                "seeds": list(seeds), "iteration": int(meta["iteration"]),
-                "checkpoint": checkpoint_name(int(meta["iteration"]))}
+                "cost_limit": list(config.run.cost_limit), "seeds": list(seeds),
+                "env_kwargs": dict(config.run.env_kwargs), **(info or {})}
         if entry.family == "off_policy":
             module = entry.module.make_networks(config, spec).actor
             params = jax.tree_util.tree_map(pick, states.agent.actor_params)

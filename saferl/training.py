@@ -464,11 +464,16 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                              "steps_per_second": total * batch * len(seeds) / max(wall_time,
                                                                                   1e-9)}
     if config.run.eval_episodes > 0:
-        from saferl.evaluation import evaluate_run, write_evaluation
+        from saferl.evaluation import evaluate_policies, write_evaluation
 
         display.note(f"evaluating the deployed policy ({config.run.eval_episodes} episodes per "
                      f"mode and seed)…")
-        summary["evaluation"] = evaluate_run(run.path, episodes=config.run.eval_episodes)
+        from saferl.policy import Policy
+
+        policies = [Policy.from_states(entry, config, spec, states, index)
+                    for index in range(len(seeds))]
+        summary["evaluation"] = {**evaluate_policies(policies, episodes=config.run.eval_episodes),
+                                 "checkpoint": checkpoint_name(total)}
         write_evaluation(run.path, summary["evaluation"])
     if progress:
         from saferl.progress import print_summary
