@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 import saferl
+import saferl.envs
 from saferl.cli import main
 from saferl.envs import MissingBackendError, make
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
-MAKE_MODULE = sys.modules["saferl.envs.make"]  # the attribute saferl.envs.make is the function
+# The module that defines list_envs (and looks up bullet_installed there).
+LISTING_MODULE = sys.modules[saferl.envs.list_envs.__module__]
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
@@ -79,7 +81,7 @@ def test_a_bullet_id_without_the_extra_names_the_extra(env_id, monkeypatch, caps
 @pytest.mark.core
 def test_list_without_the_bullet_extra_says_which_ids_need_it(monkeypatch, capsys) -> None:
     monkeypatch.setenv("COLUMNS", "400")  # one table row per line
-    monkeypatch.setattr(MAKE_MODULE, "bullet_installed", lambda: False)
+    monkeypatch.setattr(LISTING_MODULE, "bullet_installed", lambda: False)
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     bullet = [line for line in lines if "SafetyBallCircle-v0" in line]
@@ -89,7 +91,7 @@ def test_list_without_the_bullet_extra_says_which_ids_need_it(monkeypatch, capsy
 
 
 def test_list_with_the_bullet_extra_says_nothing_about_it(monkeypatch) -> None:
-    monkeypatch.setattr(MAKE_MODULE, "bullet_installed", lambda: True)
+    monkeypatch.setattr(LISTING_MODULE, "bullet_installed", lambda: True)
     assert not any("not installed" in text for text in saferl.list_envs().values())
 
 
