@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import tomllib
@@ -77,3 +78,30 @@ def test_every_getting_started_block_runs(tmp_path, monkeypatch) -> None:
     rows = (tmp_path / "runs" / "first" / "progress.csv").read_text().splitlines()
     assert len(rows) == 1 + 10  # header + 10 iterations of 800 steps after the resume
     assert (tmp_path / "runs" / "python" / "config.json").is_file()
+
+
+def resolve(dotted: str) -> object:
+    """Import the longest module prefix of ``dotted`` and walk the rest as attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[split:]:
+            target = getattr(target, name)
+        return target
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_api_reference_entry_exists() -> None:
+    """Each ``::: dotted.path`` of docs/ names a module or object (a module moved or renamed
+    must move in docs/reference/ too, or ``mkdocs build --strict`` fails in CI)."""
+    entries = [(page.name, match[1]) for page in sorted((ROOT / "docs").rglob("*.md"))
+               for match in re.finditer(r"^::: ([\w.]+)$", page.read_text(), re.M)]
+    assert len(entries) > 30
+    for page, dotted in entries:
+        try:
+            resolve(dotted)
+        except (ImportError, AttributeError) as error:
+            pytest.fail(f"docs/{page}: '::: {dotted}' does not exist ({error})")
