@@ -18,10 +18,11 @@ state of a minibatch paired with one *condition* ``ε_i``:
    data from any behaviour threshold is valid for every condition; by default the critics are
    trained on the behaviour thresholds only (VVE generalises by its linear structure).
 3. **CVI E-step** — per condition the CVPO dual with its own ``(η_i, λ_i)`` and its own Q
-   threshold ``ε_Q(ε_i)``, solved inside ``jit`` over the states paired with it, ``vmap``-ped
-   over conditions; weights ``q_ij ∝ exp((Q_r − λ_iᵀQ_c)/η_i)``. The duals of the behaviour
-   thresholds persist between updates (warm starts); those of sampled thresholds start from
-   the behaviour duals interpolated at them.
+   threshold ``ε_Q(ε_i)``, solved inside ``jit`` over the states paired with it, one condition
+   after another in a ``lax.map`` (each over its own states only); weights
+   ``q_ij ∝ exp((Q_r − λ_iᵀQ_c)/η_i)``. The duals of the behaviour thresholds persist between
+   updates (warm starts); those of sampled thresholds start from the behaviour duals
+   interpolated at them.
 4. **CVI M-step** — maximise the mean over conditions of each condition's weighted
    log-likelihood of ``π(·|s, ε_i)`` under the decoupled mean/std KL bounds per condition (KL
    multipliers per condition), then one common backtracking fraction on the parameter path that
@@ -331,8 +332,9 @@ def fine_tuning(config: CCPOConfig, update_count: jax.Array) -> jax.Array:
     run, params = config.run, config.ccpo
     if not params.has_fine_tuning:
         return jnp.zeros((), bool)
-    iteration = run.warmup_iterations + update_count // run.updates_per_iteration
-    return iteration * run.steps_per_iteration >= params.pretrain_fraction * run.steps
+    # The first stage-2 iteration, in Python integers (no int32 overflow of steps inside jit).
+    first = math.ceil(params.pretrain_fraction * run.steps / run.steps_per_iteration - 1e-9)
+    return run.warmup_iterations + update_count // run.updates_per_iteration >= first
 
 
 def condition_set(config: CCPOConfig, key: jax.Array,
@@ -353,20 +355,37 @@ def condition_set(config: CCPOConfig, key: jax.Array,
 
 
 def assign_conditions(config: CCPOConfig, key: jax.Array, batch_size: int,
-                      num_active: jax.Array, num_conditions: int) -> jax.Array:
-    """``[C, B]`` 0/1 groups: state ``b`` with condition ``b mod active`` (``round_robin``) or
-    with that of a random permutation of the states (``random``): balanced to within one."""
-    order = jnp.arange(batch_size)
+                      num_active: jax.Array, num_conditions: int
+                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Pair the states with the active conditions: state ``b`` with condition ``b mod active``
+    (``round_robin``), or with that of its place in a random permutation (``random``);
+    balanced to within one state.
+
+    Returns:
+        ``groups`` ``[C, B]`` (0/1), and ``members`` ``[C, G]`` / ``valid`` ``[C, G]``: each
+        condition's states, ``G = ⌈B / N⌉`` (the most a condition gets, with the ``N``
+        behaviour thresholds alone active), padded.
+    """
+    position = jnp.arange(batch_size)  # the place of every state in the pairing order
     if config.ccpo.assignment == "random":
-        order = jax.random.permutation(key, batch_size)
-    index = order % num_active
-    return jax.nn.one_hot(index, num_conditions, dtype=jnp.float32).T
+        position = jax.random.permutation(key, batch_size)
+    index = position % num_active
+    groups = jax.nn.one_hot(index, num_conditions, dtype=jnp.float32).T
+    # Condition i holds the states at places i, i + active, i + 2·active, …
+    size = -(-batch_size // config.ccpo.behaviour.shape[0])
+    places = jnp.arange(num_conditions)[:, None] + num_active * jnp.arange(size)[None, :]
+    valid = (places < batch_size) & (jnp.arange(num_conditions)[:, None] < num_active)
+    state_at = jnp.argsort(position)  # the state at each place
+    return groups, state_at[jnp.minimum(places, batch_size - 1)], valid
 
 
-def _condition(networks: Networks, thresholds: jax.Array, groups: jax.Array) -> Condition:
-    """Per-state thresholds and Q thresholds from condition thresholds ``[C, m]``."""
+def _condition(networks: Networks, thresholds: jax.Array,
+               pairing: tuple[jax.Array, jax.Array, jax.Array]) -> Condition:
+    """The :class:`~saferl.algos.cvpo.Condition` of a pairing and condition thresholds
+    ``[C, m]``: per-state thresholds and Q thresholds ``ε_Q = q_factor · ε``."""
+    groups, members, valid = pairing
     per_state = thresholds[jnp.argmax(groups, axis=0)]
-    return Condition(per_state, networks.q_factor * per_state, groups)
+    return Condition(per_state, networks.q_factor * per_state, groups, members, valid)
 
 
 def _warm_starts(config: CCPOConfig, thresholds: jax.Array, stored: jax.Array) -> jax.Array:

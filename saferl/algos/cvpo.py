@@ -187,6 +187,8 @@ class Condition(NamedTuple):
     thresholds: jax.Array  # [B, m] each state's threshold (episode units): the networks' input
     q_limit: jax.Array  # [B, m] the Q threshold ε_Q of each state's condition
     groups: jax.Array  # [C, B] 0/1: the states paired with condition i (one 1 per column)
+    members: jax.Array  # [C, G] int: those states' indices (G: the most any condition has)
+    valid: jax.Array  # [C, G] bool: which entries of ``members`` are states (the rest pad)
 
 
 class _Conditioned(NamedTuple):
@@ -268,7 +270,7 @@ def estep(config: CVPOConfig, networks: Networks, target_actor_params: Any,
         key: Sampling key.
         condition: Optional per-state condition: every condition ``i`` then gets its own dual
             ``(η_i, λ_i)`` from the states paired with it and its Q threshold (CCPO's CVI
-            E-step, ``vmap``-ped over conditions), and each state is weighted with its own.
+            E-step, :func:`estep_solve`), and each state is weighted with its own.
 
     Returns:
         An :class:`EStep`.
@@ -301,22 +303,28 @@ def estep_solve(params: CVPOParams, q_reward: jax.Array, q_costs: jax.Array, dua
         q_limit: ``[m]`` (unused with a condition: ``condition.q_limit``).
         condition: Optional per-state condition: condition ``i``'s dual minimises
             ``g_i(η_i, λ_i) = η_i κ + λ_iᵀ ε_Q,i + η_i E_{s paired with i}[log mean_j exp(…)]``
-            (seeds/002 eq. 10 per condition), one ``vmap``-ped solve per condition.
+            (seeds/002 eq. 10 per condition) over its ``members`` only, one solve per
+            condition in a ``lax.map``. (Not ``vmap``: batched, the solver's ``cond``-s
+            would run both branches and every condition would wait for the slowest; measured
+            on 256 states × 32 samples and 6 conditions, 10–15 ms against 0.7–1 ms.)
 
     Returns:
         The :class:`~saferl.core.inference.DualSolution` (leaves with a leading ``C`` axis
         with a condition) and the ``[B, K]`` weights, each state's from its condition's dual.
     """
 
-    def solve(init: jax.Array, limit: jax.Array, mask: jax.Array | None) -> DualSolution:
-        return solve_estep_dual(q_reward, q_costs, params.estep_kl, limit, init,
-                                params.dual_iterations, max_multiplier=params.max_multiplier,
-                                state_mask=mask)
-
     if condition is None:
-        solution = solve(dual, q_limit, None)
+        solution = solve_estep_dual(q_reward, q_costs, params.estep_kl, q_limit, dual,
+                                    params.dual_iterations, max_multiplier=params.max_multiplier)
         return solution, estep_weights(q_reward, q_costs, solution.variables)
-    solution = jax.vmap(solve, in_axes=(0, None, 0))(dual, condition.q_limit, condition.groups)
+    def solve_condition(inputs: tuple[jax.Array, jax.Array, jax.Array]) -> DualSolution:
+        init, members, valid = inputs
+        return solve_estep_dual(q_reward[members], q_costs[members], params.estep_kl,
+                                condition.q_limit[members], init, params.dual_iterations,
+                                max_multiplier=params.max_multiplier,
+                                state_mask=valid.astype(q_reward.dtype))
+
+    solution = jax.lax.map(solve_condition, (dual, condition.members, condition.valid))
     index = jnp.argmax(condition.groups, axis=0)  # each state's condition
     return solution, estep_weights(q_reward, q_costs, solution.variables[index])
 

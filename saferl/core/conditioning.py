@@ -33,7 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saferl.core.networks import MLP, QCritics, TanhGaussianActor, host_tanh_gaussian
+from saferl.core.networks import (
+    ACTIVATIONS,
+    MLP,
+    QCritics,
+    TanhGaussianActor,
+    host_tanh_gaussian,
+)
 
 
 def normalize_thresholds(thresholds: jax.Array, low: Sequence[float] | jax.Array,
@@ -133,6 +139,12 @@ class VVECritics(nn.Module):
     output. Returns ``[..., num_reward + num_costs]`` like :class:`~saferl.core.networks.
     QCritics`; ``obs [B, d]`` with ``action [K, B, A]`` and ``threshold [B, m]`` scores ``K``
     actions per state (``ψ``'s observation part and ``z`` once per state).
+
+    ``ψ = Vᵀh + c`` with ``h`` the last hidden layer, so the product is evaluated as
+    ``ψᵀz = hᵀ(V z) + cᵀz``: ``V z`` once per state, then one multiply-add over ``h`` per
+    pair, as a plain critic's output layer. Forming ``ψ`` for every one of the E-step's
+    ``K·B`` pairs (a narrow ``[K·B, H] × [H, M]`` matrix product) made the critics' forward
+    pass about a third slower than plain critics' on CPU, for any ``M`` from 8 to 32.
     """
 
     num_reward: int
@@ -147,20 +159,42 @@ class VVECritics(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array, threshold: jax.Array) -> jax.Array:
         """Q-values of every critic, last axis ``num_reward + num_costs``."""
+        if not self.hidden_sizes:
+            raise ValueError("VVE critics need at least one hidden layer (hidden_sizes).")
         normalized = normalize_thresholds(threshold, self.threshold_low, self.threshold_high)
         features = polynomial_features(normalized.astype(jnp.float32), self.degree)
-        z_init = nn.initializers.variance_scaling(1.0 / self.feature_size, "fan_in",
-                                                  "truncated_normal")
         names = ([f"reward_{i}" for i in range(self.num_reward)]
                  + [f"cost_{i}" for i in range(self.num_costs)])
+        act = ACTIVATIONS[self.activation]
+        *inner, last = self.hidden_sizes
         values = []
         for name in names:
-            psi = MLP(self.hidden_sizes, self.feature_size, self.activation, 1.0,
-                      name=f"{name}_psi")(obs, action)
-            z = nn.Dense(self.feature_size, use_bias=False, kernel_init=z_init,
-                         name=f"{name}_z")(features)
-            values.append(jnp.sum(psi * z, axis=-1, keepdims=True))
+            # The hidden layers of ψ (√2 gain on every one, the last included).
+            hidden = act(MLP(inner, last, self.activation, float(np.sqrt(2)),
+                             name=f"{name}_psi")(obs, action))
+            values.append(_BilinearHead(self.feature_size, name=f"{name}_head")(hidden,
+                                                                               features))
         return jnp.concatenate(values, axis=-1)
+
+
+class _BilinearHead(nn.Module):
+    """``ψᵀz`` from the last hidden layer ``h`` and the threshold features (see
+    :class:`VVECritics`): ``ψ = Vᵀh + c`` (``psi_kernel``, ``psi_bias``), ``z = W·Poly``."""
+
+    feature_size: int
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, features: jax.Array) -> jax.Array:
+        """``[..., 1]`` for ``hidden [..., H]`` and ``features [..., F]`` (broadcast)."""
+        kernel = self.param("psi_kernel", nn.initializers.orthogonal(1.0),
+                            (hidden.shape[-1], self.feature_size), jnp.float32)
+        bias = self.param("psi_bias", nn.initializers.zeros_init(), (self.feature_size,),
+                          jnp.float32)
+        z_init = nn.initializers.variance_scaling(1.0 / self.feature_size, "fan_in",
+                                                  "truncated_normal")
+        z = nn.Dense(self.feature_size, use_bias=False, kernel_init=z_init, name="z")(features)
+        value = jnp.sum(hidden * (z @ kernel.T), axis=-1) + z @ bias
+        return value[..., None]
 
 
 class ConditionedQCritics(nn.Module):

@@ -21,8 +21,9 @@ least-costly actions.
 **Conditions (CCPO, ALGORITHMS.md §6).** Every function of the dual takes an optional
 ``state_mask`` ``[B]`` (the states of the minibatch that belong to one condition, as 0/1 or any
 non-negative weights) that turns ``E_s`` into the mean over those states, and ``q_limit`` may be
-per state (``[B, m]``), entering as its mean over the same states; ``vmap`` over conditions
-gives one dual ``(η_i, λ_i)`` per condition. Without a mask the code is the plain CVPO path.
+per state (``[B, m]``), entering as its mean over the same states: one solve per condition
+gives its dual ``(η_i, λ_i)`` (:func:`saferl.algos.cvpo.estep_solve` maps it over the
+conditions). Without a mask the code is the plain CVPO path.
 
 **M-step.** :func:`decoupled_kl` gives the mean and covariance parts of the KL between Gaussian
 policies used by the decoupled trust region (Abdolmaleki et al. 2018).
@@ -163,8 +164,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
             (about where rounding swamps further progress: the dual value is then within a
             few parts per million of its minimum) and ``1e-10`` in float64.
         state_mask: ``[B]`` optional weights of the states in ``E_s``: the dual of the
-            condition those states are paired with (CCPO's E-step ``vmap``-s this over
-            conditions).
+            condition those states are paired with (CCPO's E-step solves one per condition).
 
     Returns:
         A :class:`DualSolution`.

@@ -99,6 +99,7 @@ def test_stage_schedule_and_condition_pairing():
         np.testing.assert_array_equal(index, np.arange(96) % active)
         np.testing.assert_allclose(condition.thresholds[:, 0], thresholds[index, 0])
         np.testing.assert_allclose(condition.q_limit, networks.q_factor * condition.thresholds)
+        assert_members_are_the_groups(condition)
         # The critics train on the behaviour thresholds only (the default).
         assert set(np.asarray(critic.thresholds[:, 0]).tolist()) == {20.0, 40.0, 60.0}
         assert bool(stage) == (active == 6)
@@ -109,6 +110,7 @@ def test_stage_schedule_and_condition_pairing():
     np.testing.assert_array_equal(counts, [16] * 6)  # balanced ...
     index = np.asarray(jnp.argmax(condition.groups, axis=0))
     assert not np.array_equal(index, np.arange(96) % 6)  # ... in a random order
+    assert_members_are_the_groups(condition)
     # No fine-tuning stage: only the behaviour thresholds, ever.
     plain, _, _ = make({"pretrain_fraction": 1.0})
     assert plain.ccpo.num_conditions == 3
@@ -140,6 +142,16 @@ def scipy_dual(q_reward, q_costs, kappa, limit, cap):
         if best is None or result.fun < best.fun:
             best = result
     return best
+
+
+def assert_members_are_the_groups(condition):
+    """``members[valid]`` of each condition are exactly the states of its group, once each."""
+    groups = np.asarray(condition.groups, bool)
+    members, valid = np.asarray(condition.members), np.asarray(condition.valid)
+    for i in range(groups.shape[0]):
+        chosen = members[i][valid[i]]
+        assert len(set(chosen.tolist())) == len(chosen)
+        assert set(chosen.tolist()) == set(np.flatnonzero(groups[i]).tolist())
 
 
 def test_per_condition_duals_equal_separately_solved_duals():
@@ -244,3 +256,43 @@ def test_acting_with_a_threshold_and_its_host_twin():
     actions = ccpo.sample_action(config, networks, agent.actor_params, obs,
                                  jax.random.PRNGKey(3), thresholds)
     assert actions.shape == (64, SPEC.action_dim) and float(jnp.abs(actions).max()) <= 1.0
+
+
+def test_two_constraints_one_dual_and_multiplier_vector_per_condition():
+    """Versatile over two constraints at once (BallRun with separate costs): threshold vectors,
+    a ``1 + 2``-variable dual per condition, KL bounds per condition, per-constraint
+    multipliers."""
+    spec = make_task("saferl/BallRun-v0", separate_costs=True).spec  # obs 7, 2 costs, T = 100
+    run = OffPolicyConfig(**{**RUN, "env": "saferl/BallRun-v0",
+                             "env_kwargs": {"separate_costs": True}})
+    params = ccpo.CCPOParams(behaviour_thresholds=((20.0, 5.0), (40.0, 10.0), (60.0, 15.0)),
+                             threshold_range=(10.0, 70.0, 0.0, 20.0), num_constraints=2,
+                             sampled_conditions=2, assignment="random")
+    config = ccpo.CCPOConfig(run=run, cvpo=cvpo.CVPOParams(**SMALL_CVPO), ccpo=params)
+    networks = ccpo.make_networks(config, spec)
+    agent = ccpo.init_agent(config, spec, networks, jax.random.PRNGKey(0))
+    agent = agent._replace(updates=jnp.asarray(60, jnp.int32))
+    assert agent.duals.shape == (3, 3) and agent.multipliers.shape == (3, 2)
+    rng = np.random.default_rng(0)
+    obs = jnp.asarray(rng.normal(size=(96, spec.obs_dim)), jnp.float32)
+    batch = SampledBatch(obs, jnp.asarray(rng.uniform(-1, 1, (96, spec.action_dim)),
+                                          jnp.float32),
+                         jnp.asarray(rng.normal(size=96), jnp.float32),
+                         jnp.asarray(rng.random((96, 2)), jnp.float32),
+                         jnp.full(96, 0.99, jnp.float32), obs + 0.1)
+    key = jax.random.PRNGKey(4)
+    new, metrics = jax.jit(lambda a: ccpo.update(config, networks, a, batch, None, key))(agent)
+    _, thresholds, condition, _ = ccpo.update_conditions(config, networks, agent.updates, 96,
+                                                         key)
+    low, high = np.asarray([10.0, 0.0]), np.asarray([70.0, 20.0])
+    assert np.all((thresholds[3:] >= low) & (thresholds[3:] <= high))
+    assert_members_are_the_groups(condition)
+    mean_old, log_std_old = networks.actor.apply(agent.target_actor_params, obs,
+                                                 condition.thresholds)
+    mean, log_std = networks.actor.apply(new.actor_params, obs, condition.thresholds)
+    kl_mean, kl_std = decoupled_kl(mean_old, jnp.exp(log_std_old), mean, jnp.exp(log_std))
+    for rows in np.asarray(condition.groups, bool):
+        assert float(kl_mean[rows].mean()) <= config.cvpo.kl_mean * (1 + 1e-5)
+        assert float(kl_std[rows].mean()) <= config.cvpo.kl_std * (1 + 1e-5)
+    assert {"ccpo/lambda_2_0", "ccpo/lambda_2_1"} <= set(metrics)
+    assert np.all(np.isfinite(np.asarray(new.duals)))
