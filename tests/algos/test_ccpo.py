@@ -162,15 +162,17 @@ def test_per_condition_duals_equal_separately_solved_duals():
     batch, samples = 192, 16
     q_reward = rng.normal(2.0, 1.0, (batch, samples))
     q_costs = 0.6 * q_reward[..., None] + rng.normal(0, 0.5, (batch, samples, 1))
-    config, networks, _ = make({"sampled_conditions": 0, "assignment": "random"},
+    config, networks, _ = make({"assignment": "random"},
                                {"dual_iterations": 40, "estep_kl": 0.05})
-    _, _, condition, _ = ccpo.update_conditions(config, networks, jnp.asarray(0), batch,
-                                                jax.random.PRNGKey(1))
-    # Q thresholds per condition: two binding constraints and a slack one.
-    limits = np.asarray([1.1, 1.25, 5.0])
+    # Stage 2: 3 behaviour + 3 sampled conditions, 32 states each in blocks of 64 (padded).
+    stage, _, condition, _ = ccpo.update_conditions(config, networks, jnp.asarray(60), batch,
+                                                    jax.random.PRNGKey(1))
+    assert bool(stage) and condition.members.shape == (6, 64)
+    # Q thresholds per condition: binding constraints and slack ones.
+    limits = np.asarray([1.1, 1.25, 5.0, 1.15, 1.3, 4.0])
     index = np.asarray(jnp.argmax(condition.groups, axis=0))
     condition = condition._replace(q_limit=jnp.asarray(limits[index][:, None], jnp.float32))
-    init = jnp.asarray([[1.0, 0.0]] * 3, jnp.float32)
+    init = jnp.asarray([[1.0, 0.0]] * 6, jnp.float32)
     solution, weights = cvpo.estep_solve(config.cvpo, jnp.asarray(q_reward, jnp.float32),
                                          jnp.asarray(q_costs, jnp.float32), init, None,
                                          condition)
@@ -179,7 +181,7 @@ def test_per_condition_duals_equal_separately_solved_duals():
         reference = scipy_dual(q_reward[states], q_costs[states], 0.05, limit, 100.0)
         assert float(solution.value[i]) == pytest.approx(reference.fun, rel=1e-5)
         np.testing.assert_allclose(solution.variables[i], reference.x, rtol=5e-3, atol=1e-4)
-        assert (float(solution.variables[i, 1]) > 0) == (limit < 5.0)
+        assert (float(solution.variables[i, 1]) > 0) == (limit < 4.0)
         # Each state is weighted with its own condition's dual.
         eta, lam = np.asarray(solution.variables[i], np.float64)
         logits = (q_reward[states] - lam * q_costs[states, :, 0]) / eta
