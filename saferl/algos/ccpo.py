@@ -69,6 +69,7 @@ from saferl.algos.off_policy import Limits, OffPolicyConfig, polyak, q_threshold
 from saferl.core.conditioning import (
     ConditionedQCritics,
     ConditionedTanhGaussianActor,
+    ThresholdTable,
     VVECritics,
     check_threshold_set,
     host_conditioned_tanh_gaussian,
@@ -384,8 +385,10 @@ def _condition(networks: Networks, thresholds: jax.Array,
     """The :class:`~saferl.algos.cvpo.Condition` of a pairing and condition thresholds
     ``[C, m]``: per-state thresholds and Q thresholds ``ε_Q = q_factor · ε``."""
     groups, members, valid = pairing
-    per_state = thresholds[jnp.argmax(groups, axis=0)]
-    return Condition(per_state, networks.q_factor * per_state, groups, members, valid)
+    index = jnp.argmax(groups, axis=0)
+    per_state = thresholds[index]
+    return Condition(per_state, networks.q_factor * per_state, groups, members, valid,
+                     ThresholdTable(thresholds, index))
 
 
 def _warm_starts(config: CCPOConfig, thresholds: jax.Array, stored: jax.Array) -> jax.Array:
@@ -504,8 +507,7 @@ def _lagrangian_step(config: CCPOConfig, networks: Networks, agent: CCPOAgent,
         mean, log_std = networks.actor.apply(actor_params, batch.observations,
                                              condition.thresholds)
         action, log_prob = tanh_gaussian_sample_and_log_prob(key, mean, log_std)
-        q = networks.critics.apply(critic_params, batch.observations, action,
-                                   condition.thresholds)
+        q = networks.critics.apply(critic_params, batch.observations, action, condition.inputs)
         per_state = ((params.lagrangian_alpha * log_prob - jnp.min(q[:, :k], axis=-1)
                       + jnp.sum(lam * q[:, k:], axis=-1)) / (1.0 + lam.sum(axis=-1)))
         return jnp.sum(groups @ per_state / counts) / jnp.maximum(active.sum(), 1)

@@ -189,6 +189,7 @@ class Condition(NamedTuple):
     groups: jax.Array  # [C, B] 0/1: the states paired with condition i (one 1 per column)
     members: jax.Array  # [C, G] int: those states' indices (G: the most any condition has)
     valid: jax.Array  # [C, G] bool: which entries of ``members`` are states (the rest pad)
+    inputs: Any  # what the networks get: ``thresholds`` or an equivalent ThresholdTable
 
 
 class _Conditioned(NamedTuple):
@@ -196,7 +197,7 @@ class _Conditioned(NamedTuple):
     :func:`~saferl.algos.off_policy.critic_step` that call ``apply(params, obs, action)``)."""
 
     module: Any
-    thresholds: jax.Array
+    thresholds: Any
 
     def apply(self, params: Any, *inputs: jax.Array) -> Any:
         """``module.apply(params, *inputs, thresholds)``."""
@@ -205,7 +206,7 @@ class _Conditioned(NamedTuple):
 
 def _bind(module: Any, condition: Condition | None) -> Any:
     """``module`` itself (CVPO) or the module fed each state's threshold (CCPO)."""
-    return module if condition is None else _Conditioned(module, condition.thresholds)
+    return module if condition is None else _Conditioned(module, condition.inputs)
 
 
 def _group_means(values: jax.Array, condition: Condition | None) -> jax.Array:

@@ -10,6 +10,7 @@ import pytest
 from saferl.core.conditioning import (
     ConditionedQCritics,
     ConditionedTanhGaussianActor,
+    ThresholdTable,
     VVECritics,
     host_conditioned_tanh_gaussian,
     interpolate_rows,
@@ -78,6 +79,28 @@ def test_host_twin_of_the_conditioned_actor():
     other, _ = actor.apply(jax.tree_util.tree_map(lambda x: x[0], params), obs[0],
                            jnp.full((5, 1), 70.0))
     assert not np.allclose(other, mean[0])
+
+
+def test_threshold_table_gives_the_per_state_values():
+    """The conditioned networks take a table of conditions and each state's row; VVE then
+    forms one ``[H, C]`` head for all states: the same values as per-state thresholds."""
+    table = jnp.asarray([[20.0], [40.0], [60.0], [33.0]])
+    index = jnp.asarray([0, 1, 2, 3, 1, 0])
+    table_input, per_state = ThresholdTable(table, index), table[index]
+    obs = jax.random.normal(jax.random.PRNGKey(0), (6, 4))
+    samples = jax.random.normal(jax.random.PRNGKey(1), (5, 6, 2))  # K = 5 actions per state
+    for module in (VVECritics(2, 1, (10.0,), (70.0,), (16, 16), feature_size=4),
+                   ConditionedQCritics(2, 1, (10.0,), (70.0,), (16, 16))):
+        params = module.init(jax.random.PRNGKey(2), obs, samples[0], per_state)
+        for actions in (samples[0], samples):
+            np.testing.assert_allclose(module.apply(params, obs, actions, table_input),
+                                       module.apply(params, obs, actions, per_state),
+                                       rtol=1e-5, atol=1e-6)
+    actor = ConditionedTanhGaussianActor(2, (10.0,), (70.0,), (16, 16))
+    params = actor.init(jax.random.PRNGKey(3), obs, per_state)
+    for got, want in zip(actor.apply(params, obs, table_input),
+                         actor.apply(params, obs, per_state), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def lagrange_basis_sum(x, nodes):
