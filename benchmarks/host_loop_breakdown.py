@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     spec, _, envs = make_environment(config)
     assert envs is not None
     vec = envs[0]
-    engine = on_policy.Engine(get_algorithm("ppo_lag"), config, spec, envs=envs)
+    engine = on_policy.Engine(get_algorithm("ppo_lag").module, config, spec, envs=envs)
     state = engine.init_states()
     policies = make_policies(config, engine, state)
     observations = vec.reset(seed=args.seed)[None].astype(np.float32)

@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from saferl.runs import checkpoint_name
+from saferl.envs.make import make, render_kwargs
+from saferl.envs.native import NATIVE_TASKS, batch_reset, batch_step, make_task
+from saferl.policy import Policy
+from saferl.runs import checkpoint_name, restore_states
 
 
 @dataclass
@@ -65,8 +68,6 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
     Returns:
         An :class:`EvalResult`.
     """
-    from saferl.envs.make import make, render_kwargs
-    from saferl.envs.native import NATIVE_TASKS, make_task
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}.")
@@ -139,8 +140,6 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
         A JSON-ready record: ``episodes``, ``env_seed``, ``cost_limit`` and ``per_seed``
         (``{seed: {mode: EvalResult.summary(cost_limit)}}``).
     """
-    from saferl.policy import Policy
-    from saferl.training import restore_states
 
     _, entry, config, spec, states, meta = restore_states(run_dir, checkpoint)
     indices = range(len(config.run.seed_list)) if seed_indices is None else seed_indices
@@ -157,7 +156,6 @@ def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 1
     Returns:
         The record :func:`evaluate_run` describes (without ``checkpoint``).
     """
-    from saferl.envs.native import NATIVE_TASKS, make_task
 
     info = policies[0].info
     limits = info["cost_limit"]
@@ -208,7 +206,6 @@ def native_evaluate_many(policies: Sequence[Any], task: Any, episodes: int,
     import jax
     import jax.numpy as jnp
 
-    from saferl.envs.native import batch_reset, batch_step
 
     horizon = task.spec.max_episode_steps
     m = task.spec.num_costs

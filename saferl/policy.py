@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferl.core.distributions import gaussian_sample
-from saferl.core.networks import GaussianPolicy
 from saferl.core.normalization import RunningStats, normalize
-from saferl.runs import checkpoint_name
+from saferl.engine.host import scale_to_bounds
+from saferl.runs import checkpoint_name, restore_states
 
 
 class Policy:
@@ -52,7 +52,7 @@ class Policy:
                 action = mean if deterministic else gaussian_sample(key, mean, log_std)
             if squashed:  # off-policy actors act in [-1, 1]: tanh, then scale to the bounds
                 action = jnp.tanh(action) if isinstance(out, tuple) else action
-                return low + 0.5 * (action + 1.0) * (high - low)
+                return scale_to_bounds(low, high, action)
             return jnp.clip(action, low, high)
 
         self.forward = forward
@@ -89,8 +89,6 @@ class Policy:
             on_damaged: Called with one sentence per damaged checkpoint skipped (default: a
                 ``UserWarning``).
         """
-        from saferl.training import restore_states
-
         def warn(message: str) -> None:
             warnings.warn(f"{message} Loading an older checkpoint.", UserWarning, stacklevel=3)
 
@@ -118,23 +116,14 @@ class Policy:
             raise IndexError(
                 f"seed_index {seed_index} is out of range: the run trained {len(seeds)} seed(s) "
                 f"{list(seeds)}.")
-        pick = lambda x: x[seed_index]  # noqa: E731
         info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
                 "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
                 "cost_limit": list(config.run.cost_limit), "seeds": list(seeds),
                 "env_kwargs": dict(config.run.env_kwargs), **(info or {})}
-        if entry.family == "off_policy":
-            module = entry.module.make_networks(config, spec).actor
-            params = jax.tree_util.tree_map(pick, states.agent.actor_params)
-            return cls(module, params, None, spec.action_space.low, spec.action_space.high,
-                       seed=seeds[seed_index], info=info, squashed=True)
-        params = jax.tree_util.tree_map(pick, states.agent.policy_params)
-        stats = (jax.tree_util.tree_map(pick, states.obs_stats)
-                 if config.run.normalize_observations else None)
-        module = GaussianPolicy(spec.action_dim, tuple(config.run.hidden_sizes),
-                                config.run.activation, config.run.init_log_std)
-        return cls(module, params, stats, spec.action_space.low, spec.action_space.high,
-                   seed=seeds[seed_index], info=info)
+        parts = entry.engine.policy_parts(entry.module, config, spec, states, seed_index)
+        return cls(parts.module, parts.params, parts.obs_stats, spec.action_space.low,
+                   spec.action_space.high, seed=seeds[seed_index], info=info,
+                   squashed=parts.squashed)
 
 
 def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None

@@ -31,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import flax.serialization
+import gymnasium
 import jax
 import numpy as np
 
 import saferl
+from saferl.algos.registry import get_algorithm
+from saferl.config import config_from_dict
+from saferl.envs.core import EnvSpec
+from saferl.envs.native import NATIVE_TASKS
+from saferl.envs.wrappers import build_task
 
 KEEP_CHECKPOINTS = 3
 
@@ -171,8 +177,7 @@ class RunDirectory:
             if tb is None:
                 continue
             # One event holding every metric of the iteration instead of one `add_scalar`
-            # event per metric: TensorBoard reads the same series; 16 → 0.6 ms per iteration
-            # for 4 seeds × 17 metrics.
+            # event per metric: TensorBoard reads the same series, much faster (RESULTS.md D5).
             values = [(name, float(np.asarray(metrics[name])[index])) for name in names]
             tb.file_writer.add_summary(Summary(value=[
                 Summary.Value(tag=name, simple_value=value)
@@ -348,6 +353,83 @@ class RunDirectory:
             path = self.checkpoint_dir / f"{name}{suffix}"
             if path.exists():
                 os.replace(path, path.with_name(path.name + ".damaged"))
+
+
+def spec_record(spec: Any) -> dict[str, Any]:
+    """The JSON form of an environment spec that ``config.json`` keeps (host environments are
+    not rebuilt to load a policy)."""
+    return {"id": spec.id, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
+            "num_costs": spec.num_costs, "cost_names": list(spec.cost_names),
+            "max_episode_steps": spec.max_episode_steps,
+            "action_low": np.asarray(spec.action_space.low).tolist(),
+            "action_high": np.asarray(spec.action_space.high).tolist()}
+
+
+def spec_from_record(record: dict[str, Any]) -> Any:
+    """The environment spec a run directory's ``config.json`` recorded (spaces as boxes)."""
+    s = record["spec"]
+    return EnvSpec(s["id"], gymnasium.spaces.Box(-np.inf, np.inf, (s["obs_dim"],), np.float32),
+                   gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
+                                        np.asarray(s["action_high"], np.float32)),
+                   s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
+
+
+def read_run_config(run_dir: str | Path) -> tuple[dict, Any, Any]:
+    """The ``config.json`` record of a run directory, its registry entry and its configuration.
+
+    Raises:
+        FileNotFoundError: Not a run directory.
+        RunDirectoryError: ``config.json`` is damaged or no longer a valid configuration.
+    """
+    run = RunDirectory(run_dir)
+    record = run.read_config()
+    entry = get_algorithm(record["algo"])
+    try:
+        config = config_from_dict(entry.config_class, record["config"])
+    except ValueError as error:
+        raise RunDirectoryError(f"configuration file {str(run.path / 'config.json')!r} is "
+                                f"damaged or edited: {error}") from None
+    return record, entry, config
+
+
+def checkpoint_stem(checkpoint: str | int | None) -> str | None:
+    """A checkpoint given as an iteration number (``12``, ``"12"``) or name, as its file stem."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, int) or str(checkpoint).isdigit():
+        return checkpoint_name(int(checkpoint))
+    return str(checkpoint)
+
+
+def restore_states(run_dir: str | Path, checkpoint: str | int | None = None,
+                   on_damaged: Callable[[str], None] | None = None
+                   ) -> tuple[dict, Any, Any, Any, Any, dict]:
+    """Rebuild the configuration, spec and training state stored in a run directory.
+
+    Args:
+        run_dir: The run directory.
+        checkpoint: An iteration number or checkpoint name; default: the newest intact one.
+        on_damaged: Called with one sentence per damaged checkpoint skipped on the way.
+
+    Returns:
+        ``(record, entry, config, spec, states, metadata)``: ``config.json``, the algorithm's
+        registry entry, the configuration, the environment spec, the member-stacked states and
+        the checkpoint's metadata.
+    """
+    run = RunDirectory(run_dir)
+    record, entry, config = read_run_config(run_dir)
+    if config.run.env in NATIVE_TASKS:
+        task = build_task(config.run)
+        spec = task.spec
+    else:
+        task = None
+        if not run.checkpoint_names():
+            raise FileNotFoundError(f"Run directory {str(run.path)!r} has no checkpoint yet.")
+        spec = spec_from_record(record)
+    template = entry.engine.initial_states(entry.module, config, spec, task)
+    states, meta = run.load_checkpoint(template, checkpoint_stem(checkpoint),
+                                       on_damaged=on_damaged)
+    return record, entry, config, spec, states, meta
 
 
 def checkpoint_name(iteration: int) -> str:

@@ -19,20 +19,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferl import interrupts
-from saferl.algos import off_policy, on_policy
-from saferl.algos.on_policy import EpisodeTracker, TrainState
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
-from saferl.envs.native import NATIVE_TASKS, NativeTask, make_task
+from saferl.envs.make import make
+from saferl.envs.native import NATIVE_TASKS, NativeTask
+from saferl.envs.wrappers import build_task
+from saferl.evaluation import evaluate_policies, write_evaluation
+from saferl.policy import Policy
+from saferl.progress import ProgressDisplay, print_summary
 from saferl.runs import (
     RunDirectory,
-    RunDirectoryError,
     check_writable,
     checkpoint_name,
     new_run_dir,
     plot_curves,
+    read_run_config,
+    restore_states,
+    spec_from_record,
+    spec_record,
 )
+
+__all__ = ["DEFAULT_ALGORITHM", "DEFAULT_RECIPE", "TrainResult", "build_config", "build_task",
+           "initial_states", "make_engine", "make_environment", "read_run_config",
+           "resolve_algorithm", "restore_states", "spec_from_record", "summarize", "train"]
 
 DEFAULT_ALGORITHM = "cpo"
 DEFAULT_RECIPE: dict[str, Any] = {"run": {"safety_predictor": True, "predictor_alpha": 0.3}}
@@ -77,16 +87,6 @@ def build_config(algo: str, config_file: str | Path | None = None,
     return config_from_dict(entry.config_class, data)
 
 
-def build_task(run: Any) -> NativeTask:
-    """The native task of a run configuration, with its cost transform applied."""
-    task = make_task(run.env, **run.env_kwargs)
-    if run.cost_transform != "sparse":
-        from saferl.envs.wrappers import ShapedCostTask
-
-        task = ShapedCostTask(task, run.cost_transform, run.cost_buffer)  # type: ignore[assignment]
-    return task
-
-
 def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
     """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
     run = config.run
@@ -97,8 +97,6 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
         task = build_task(run)
         spec, envs = task.spec, None
     else:
-        from saferl.envs import make
-
         if run.cost_transform != "sparse":
             raise ValueError(
                 f"cost_transform {run.cost_transform!r} needs a safety margin, which only native "
@@ -118,93 +116,16 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
     return spec, task, envs
 
 
-def _spec_record(spec: EnvSpec) -> dict[str, Any]:
-    return {"id": spec.id, "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
-            "num_costs": spec.num_costs, "cost_names": list(spec.cost_names),
-            "max_episode_steps": spec.max_episode_steps,
-            "action_low": np.asarray(spec.action_space.low).tolist(),
-            "action_high": np.asarray(spec.action_space.high).tolist()}
-
-
-def spec_from_record(record: dict[str, Any]) -> EnvSpec:
-    """The environment spec a run directory's ``config.json`` recorded (spaces as boxes)."""
-    import gymnasium
-
-    s = record["spec"]
-    return EnvSpec(s["id"], gymnasium.spaces.Box(-np.inf, np.inf, (s["obs_dim"],), np.float32),
-                   gymnasium.spaces.Box(np.asarray(s["action_low"], np.float32),
-                                        np.asarray(s["action_high"], np.float32)),
-                   s["num_costs"], tuple(s["cost_names"]), s["max_episode_steps"])
-
-
-def read_run_config(run_dir: str | Path) -> tuple[dict, Algorithm, Any]:
-    """The ``config.json`` record of a run directory, its algorithm and its configuration.
-
-    Raises:
-        FileNotFoundError: Not a run directory.
-        RunDirectoryError: ``config.json`` is damaged or no longer a valid configuration.
-    """
-    run = RunDirectory(run_dir)
-    record = run.read_config()
-    entry = get_algorithm(record["algo"])
-    try:
-        config = config_from_dict(entry.config_class, record["config"])
-    except ValueError as error:
-        raise RunDirectoryError(f"configuration file {str(run.path / 'config.json')!r} is "
-                                f"damaged or edited: {error}") from None
-    return record, entry, config
-
-
-def checkpoint_stem(checkpoint: str | int | None) -> str | None:
-    """A checkpoint given as an iteration number (``12``, ``"12"``) or name, as its file stem."""
-    if checkpoint is None:
-        return None
-    if isinstance(checkpoint, int) or str(checkpoint).isdigit():
-        return checkpoint_name(int(checkpoint))
-    return str(checkpoint)
-
-
-def restore_states(run_dir: str | Path, checkpoint: str | int | None = None,
-                   on_damaged: Callable[[str], None] | None = None
-                   ) -> tuple[dict, Algorithm, Any, EnvSpec, TrainState, dict]:
-    """Rebuild the configuration, spec and training state stored in a run directory.
-
-    Args:
-        run_dir: The run directory.
-        checkpoint: An iteration number or checkpoint name; default: the newest intact one.
-        on_damaged: Called with one sentence per damaged checkpoint skipped on the way.
-    """
-    run = RunDirectory(run_dir)
-    record, entry, config = read_run_config(run_dir)
-    if config.run.env in NATIVE_TASKS:
-        task: NativeTask | None = build_task(config.run)
-        spec = task.spec  # type: ignore[union-attr]
-    else:
-        task = None
-        if not run.checkpoint_names():
-            raise FileNotFoundError(f"Run directory {str(run.path)!r} has no checkpoint yet.")
-        spec = spec_from_record(record)
-    template = initial_states(entry, config, spec, task)
-    states, meta = run.load_checkpoint(template, checkpoint_stem(checkpoint),
-                                       on_damaged=on_damaged)
-    return record, entry, config, spec, states, meta
-
-
 def initial_states(entry: Algorithm, config: Any, spec: EnvSpec,
                    task: NativeTask | None) -> Any:
-    """Fresh seed-stacked training states of either engine family (also a loading template)."""
-    if entry.family == "off_policy":
-        return off_policy.initial_states(entry.module, config, spec, task)
-    return on_policy.initial_states(entry, config, spec,
-                                    on_policy.make_networks(config.run, spec), task)
+    """Fresh member-stacked training states of the algorithm (also a loading template)."""
+    return entry.engine.initial_states(entry.module, config, spec, task)
 
 
 def make_engine(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                 envs: list[VecEnv] | None) -> Any:
-    """The engine of the algorithm's family (on- or off-policy)."""
-    if entry.family == "off_policy":
-        return off_policy.Engine(entry.module, config, spec, task=task, envs=envs)
-    return on_policy.Engine(entry, config, spec, task=task, envs=envs)
+    """The engine of the algorithm's family (:class:`~saferl.engine.family.Engine`)."""
+    return entry.engine.make_engine(entry.module, config, spec, task, envs)
 
 
 @dataclass
@@ -227,8 +148,6 @@ class TrainResult:
 
     def policy(self, seed_index: int = 0) -> Any:
         """The trained policy of one seed (see :class:`saferl.policy.Policy`)."""
-        from saferl.policy import Policy
-
         return Policy.load(self.run_dir, seed_index=seed_index)
 
 
@@ -303,30 +222,30 @@ def train(algo: str | None = None, env: str | None = None, *,
             f"(CLI: --resume {path}) to continue it, or choose another run_dir.")
     existed = path.exists()
     check_writable(path)
-    run = RunDirectory(path)
+    directory = RunDirectory(path)
     record = {"algo": algo, "config": config_to_dict(config), "spec": None}
     try:
         spec, task, envs = make_environment(config)
     except KeyboardInterrupt:
         # Nothing trained yet, but the folder must be resumable (from scratch): --resume reads
         # the configuration from config.json.
-        run.write_config(record)
+        directory.write_config(record)
         raise
     except BaseException:
         if not existed and path.is_dir() and not any(path.iterdir()):
             path.rmdir()  # bad input loses nothing and leaves nothing behind
         raise
-    record["spec"] = _spec_record(spec)
-    run.write_config(record)
+    record["spec"] = spec_record(spec)
+    directory.write_config(record)
     interrupts.check()
-    return _loop(entry, config, spec, task, envs, run, None, progress, callback)
+    return _loop(entry, config, spec, task, envs, directory, None, progress, callback)
 
 
 def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | None,
             checkpoint: str | int | None = None) -> TrainResult:
     notes: list[str] = []
-    run = RunDirectory(path)
-    if not run.checkpoint_names():
+    directory = RunDirectory(path)
+    if not directory.checkpoint_names():
         # Interrupted before its first checkpoint: start over from the stored configuration.
         _, entry, config = read_run_config(path)
         if checkpoint is not None:
@@ -334,13 +253,13 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
                                     f"there is no checkpoint {checkpoint!r} to resume from.")
         config = _extend(path, config, steps, iteration=0)
         spec, task, envs = make_environment(config)
-        record = run.read_config()
+        record = directory.read_config()
         if record.get("spec") is None:
-            run.write_config({**{k: v for k, v in record.items() if k != "saferl_version"},
-                              "spec": _spec_record(spec)})
+            directory.write_config({**{k: v for k, v in record.items() if k != "saferl_version"},
+                              "spec": spec_record(spec)})
         notes.append(f"{path} has no checkpoint yet: training from scratch.")
-        run.truncate_progress(0, 0, config.run.seed_list)
-        return _loop(entry, config, spec, task, envs, run, None, progress, callback, notes)
+        directory.truncate_progress(0, 0, config.run.seed_list)
+        return _loop(entry, config, spec, task, envs, directory, None, progress, callback, notes)
     damaged: list[str] = []
     record, entry, config, spec, states, meta = restore_states(
         path, checkpoint, on_damaged=damaged.append)
@@ -349,25 +268,20 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
     _, task, envs = make_environment(config)
     for message in damaged:
         notes.append(f"{message} Skipping it.")
-    for name in run.checkpoint_names():  # newer than the one loaded: damaged or not chosen
+    for name in directory.checkpoint_names():  # newer than the one loaded: damaged or not chosen
         if int(name.split("_")[1]) > iteration:
-            run.set_aside(name)
-    if entry.family == "off_policy" and steps is not None:
-        states = off_policy.resize_replay(states, config)
-    if task is None:
-        # Host simulators cannot be checkpointed: episodes restart, so forget partial sums.
-        tracker = states.tracker
-        states = states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x) for x in tracker)))
-        if entry.family == "off_policy":
-            states = off_policy.cut_open_episodes(states)
-    logged = max((int(r["iteration"]) for r in run.read_progress()), default=iteration)
+            directory.set_aside(name)
+    # Host simulators cannot be checkpointed: their episodes restart.
+    states = entry.engine.prepare_resume(states, config, host=task is None)
+    logged = max((int(r["iteration"]) for r in directory.read_progress()), default=iteration)
     redo = max(0, logged - iteration)
     batch = config.run.steps_per_iteration
     redone = (f"redoing {redo} iteration{'s' if redo != 1 else ''} logged after it" if redo
               else "nothing to redo")
     notes.append(f"resuming {path} from iteration {iteration} (step {iteration * batch:,} of "
                  f"{config.run.iterations * batch:,} per seed); {redone}.")
-    return _loop(entry, config, spec, task, envs, run, (states, meta), progress, callback, notes)
+    return _loop(entry, config, spec, task, envs, directory, (states, meta), progress,
+                 callback, notes)
 
 
 def _extend(path: Path, config: Any, steps: int | None, iteration: int) -> Any:
@@ -382,19 +296,17 @@ def _extend(path: Path, config: Any, steps: int | None, iteration: int) -> Any:
             f"has already trained (checkpoint of iteration {iteration}); give more steps to "
             f"extend the run, or leave steps out to finish it.")
     config = replace(config, run=replace(config.run, steps=steps))
-    run = RunDirectory(path)
-    record = run.read_config()
+    directory = RunDirectory(path)
+    record = directory.read_config()
     record["config"] = config_to_dict(config)
-    run.write_config({k: v for k, v in record.items() if k != "saferl_version"})
+    directory.write_config({k: v for k, v in record.items() if k != "saferl_version"})
     return config
 
 
 def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
-          envs: list[VecEnv] | None, run: RunDirectory, resumed: tuple[TrainState, dict] | None,
+          envs: list[VecEnv] | None, directory: RunDirectory, resumed: tuple[Any, dict] | None,
           progress: bool, callback: Callback | None, notes: list[str] | None = None
           ) -> TrainResult:
-    from saferl.progress import ProgressDisplay
-
     seeds = config.run.seed_list
     batch = config.run.steps_per_iteration
     total = config.run.iterations
@@ -414,7 +326,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
     states: Any = None
 
     def checkpoint(iteration: int) -> None:
-        run.save_checkpoint(states, iteration, {
+        directory.save_checkpoint(states, iteration, {
             "env_steps": iteration * batch, "wall_time": elapsed + time.time() - began,
             "seeds": list(seeds), "algo": entry.name})
 
@@ -424,7 +336,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
             states = engine.init_states()
         else:
             states = engine.place(resumed[0])
-            run.truncate_progress(start, start * batch, seeds)
+            directory.truncate_progress(start, start * batch, seeds)
         cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)
         interrupts.check()
         with display:
@@ -432,7 +344,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                 states, metrics = engine.iterate(states, cost_limit)
                 completed = iteration
                 wall = elapsed + time.time() - began
-                run.log(iteration, iteration * batch, wall, seeds, metrics)
+                directory.log(iteration, iteration * batch, wall, seeds, metrics)
                 display.update(iteration * batch, metrics)
                 if iteration % config.run.checkpoint_every == 0 or iteration == total:
                     checkpoint(iteration)
@@ -443,18 +355,18 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         # `states` is the state after the last *completed* iteration (an interrupt inside
         # `iterate` leaves that iteration undone): save it so that nothing done so far is lost
         # (unless that iteration was already checkpointed).
-        if completed > start and run.latest_checkpoint() != checkpoint_name(completed):
+        if completed > start and directory.latest_checkpoint() != checkpoint_name(completed):
             checkpoint(completed)
         raise
     finally:
         if engine is not None:
             engine.close()
-        run.close()
+        directory.close()
         if envs:
             for env in envs:
                 env.close()
-    plot_curves(run, config.run.cost_limit, spec.cost_names)
-    history = run.read_progress()
+    plot_curves(directory, config.run.cost_limit, spec.cost_names)
+    history = directory.read_progress()
     summary = summarize(history, seeds, spec, config.run.cost_limit)
     last = [r for r in history if int(r["iteration"]) == total]
     if last:
@@ -464,22 +376,16 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                              "steps_per_second": total * batch * len(seeds) / max(wall_time,
                                                                                   1e-9)}
     if config.run.eval_episodes > 0:
-        from saferl.evaluation import evaluate_policies, write_evaluation
-
         display.note(f"evaluating the deployed policy ({config.run.eval_episodes} episodes per "
                      f"mode and seed)…")
-        from saferl.policy import Policy
-
         policies = [Policy.from_states(entry, config, spec, states, index)
                     for index in range(len(seeds))]
         summary["evaluation"] = {**evaluate_policies(policies, episodes=config.run.eval_episodes),
                                  "checkpoint": checkpoint_name(total)}
-        write_evaluation(run.path, summary["evaluation"])
+        write_evaluation(directory.path, summary["evaluation"])
     if progress:
-        from saferl.progress import print_summary
-
-        print_summary(summary, spec, config.run.cost_limit, run.path)
-    return TrainResult(run.path, entry.name, config, summary, history)
+        print_summary(summary, spec, config.run.cost_limit, directory.path)
+    return TrainResult(directory.path, entry.name, config, summary, history)
 
 
 def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: EnvSpec,

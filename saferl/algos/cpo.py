@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import tyro
 
-from saferl.algos.on_policy import AgentState, Batch, Networks, OnPolicyConfig
-from saferl.algos.on_policy import reward_cost_advantages as split_advantages
+from saferl.algos.policy_gradient import AgentState, Batch, OnPolicyConfig, OnPolicyNetworks
+from saferl.algos.policy_gradient import reward_cost_advantages as split_advantages
 from saferl.algos.trust_region_base import (
     TrustRegionParams,
     check_batch,
@@ -51,26 +51,26 @@ class CPOConfig:
         check_batch(self.run, self.trust_region)
 
 
-def update(config: CPOConfig, networks: Networks, agent: AgentState, batch: Batch,
+def update(config: CPOConfig, networks: OnPolicyNetworks, agent: AgentState, batch: Batch,
            key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
     """One CPO iteration: the exact constrained step, the line search, then the critics."""
-    params = config.trust_region
+    settings = config.trust_region
     problem_key, critic_key = jax.random.split(key)
 
     # 1. The local problem: g, B (episode units), c = Ĵ_C − d, and Hv products.
     reward_advantage, cost_advantage = split_advantages(batch.advantages)
-    problem = policy_problem(networks, params, agent.policy_params, batch, reward_advantage,
+    problem = policy_problem(networks, settings, agent.policy_params, batch, reward_advantage,
                              cost_advantage, problem_key)
     constraint = batch.episode_cost - batch.cost_limit
 
     # 2. The exact solution of the quadratic subproblem (ALGORITHMS.md §3).
-    step, info = cpo_step(problem.g, problem.B, constraint, problem.fvp, params.target_kl,
-                          cg_iterations=params.cg_iterations)
+    step, info = cpo_step(problem.g, problem.B, constraint, problem.fvp, settings.target_kl,
+                          cg_iterations=settings.cg_iterations)
 
     # 3. Backtracking with the KL, reward (not in recovery) and cost tests.
-    outcome = line_search(problem, step, params, constraint=constraint, recovery=info.recovery)
+    outcome = line_search(problem, step, settings, constraint=constraint, recovery=info.recovery)
     critic_params, critic_opt, critic_loss = fit_critics(
-        networks, params, agent.critic_params, agent.critic_opt_state, batch, critic_key)
+        networks, settings, agent.critic_params, agent.critic_opt_state, batch, critic_key)
 
     metrics = line_search_metrics(outcome)
     metrics.update({"cpo/case": info.case.astype(jnp.float32), "cpo/lambda": info.lam,

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 import tyro
 
-from saferl.algos.off_policy import (
+from saferl.algos.actor_critic import (
     Limits,
     MultiplierParams,
     OffPolicyConfig,
@@ -85,7 +85,7 @@ class TD3LagConfig(DDPGLagConfig):
     """Configuration of ``td3_lag``: the same fields; the type switches TD3's fixes on."""
 
 
-class Networks(NamedTuple):
+class DDPGNetworks(NamedTuple):
     """The deterministic actor and the ``k + m`` Q-critics (k = 1 DDPG, 2 TD3)."""
 
     actor: DeterministicActor
@@ -109,11 +109,11 @@ def _twin(config: DDPGLagConfig | TD3LagConfig) -> bool:
     return isinstance(config, TD3LagConfig)
 
 
-def make_networks(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec) -> Networks:
+def make_networks(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec) -> DDPGNetworks:
     """Actor and critics with the configured hidden sizes."""
     run = config.run
     hidden = tuple(run.hidden_sizes)
-    return Networks(DeterministicActor(spec.action_dim, hidden, run.activation),
+    return DDPGNetworks(DeterministicActor(spec.action_dim, hidden, run.activation),
                     QCritics(2 if _twin(config) else 1, spec.num_costs, hidden, run.activation))
 
 
@@ -121,7 +121,7 @@ def _optimizers(config: DDPGLagConfig | TD3LagConfig) -> tuple[optax.GradientTra
     return optax.adam(config.run.actor_lr), optax.adam(config.run.critic_lr)
 
 
-def init_agent(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec, networks: Networks,
+def init_agent(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec, networks: DDPGNetworks,
                key: jax.Array) -> DDPGAgent:
     """Fresh networks with equal targets, Adam states and multipliers."""
     actor_params, critic_params = init_actor_critics(networks, spec, key)
@@ -131,7 +131,7 @@ def init_agent(config: DDPGLagConfig | TD3LagConfig, spec: EnvSpec, networks: Ne
                      lagrange_init(config.lagrange, spec.num_costs), jnp.zeros((), jnp.int32))
 
 
-def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks, actor_params: Any,
+def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: DDPGNetworks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``clip(μ(s) + N(0, σ²), −1, 1)``."""
     action = networks.actor.apply(actor_params, observations)
@@ -139,7 +139,7 @@ def sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks, acto
     return jnp.clip(action + noise, -1.0, 1.0)
 
 
-def host_sample_action(config: DDPGLagConfig | TD3LagConfig, networks: Networks,
+def host_sample_action(config: DDPGLagConfig | TD3LagConfig, networks: DDPGNetworks,
                        actor_params: Any, observations: np.ndarray,
                        noise: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
@@ -157,11 +157,11 @@ def update_multipliers(config: DDPGLagConfig | TD3LagConfig, agent: DDPGAgent,
     return agent._replace(lagrange=lagrange), metrics
 
 
-def update(config: DDPGLagConfig | TD3LagConfig, networks: Networks, agent: DDPGAgent,
+def update(config: DDPGLagConfig | TD3LagConfig, networks: DDPGNetworks, agent: DDPGAgent,
            batch: SampledBatch, limits: Limits, key: jax.Array
            ) -> tuple[DDPGAgent, dict[str, jax.Array]]:
     """One DDPG-Lag / TD3-Lag gradient update."""
-    run, params = config.run, config.ddpg
+    run, settings = config.run, config.ddpg
     twin = _twin(config)
     num_reward = 2 if twin else 1
     actor_tx, critic_tx = _optimizers(config)
@@ -169,8 +169,8 @@ def update(config: DDPGLagConfig | TD3LagConfig, networks: Networks, agent: DDPG
     # 1. Critics towards the targets of the target actor and critics.
     next_action = networks.actor.apply(agent.target_actor_params, batch.next_observations)
     if twin:  # TD3: target-policy smoothing
-        noise = jnp.clip(params.policy_noise * jax.random.normal(key, next_action.shape),
-                         -params.noise_clip, params.noise_clip)
+        noise = jnp.clip(settings.policy_noise * jax.random.normal(key, next_action.shape),
+                         -settings.noise_clip, settings.noise_clip)
         next_action = jnp.clip(next_action + noise, -1.0, 1.0)
     next_q = networks.critics.apply(agent.target_critic_params, batch.next_observations,
                                     next_action)
@@ -194,7 +194,7 @@ def update(config: DDPGLagConfig | TD3LagConfig, networks: Networks, agent: DDPG
         agent.actor_params)
     updates, new_actor_opt = actor_tx.update(grads, agent.actor_opt_state, agent.actor_params)
     new_actor = optax.apply_updates(agent.actor_params, updates)
-    act_now = (agent.step % (params.policy_delay if twin else 1)) == 0
+    act_now = (agent.step % (settings.policy_delay if twin else 1)) == 0
     pick = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
         lambda n, o: jnp.where(act_now, n, o), new, old)
     actor_params = pick(new_actor, agent.actor_params)

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import tyro
 
-from saferl.algos.on_policy import AgentState, Batch, Networks, OnPolicyConfig
-from saferl.algos.on_policy import reward_cost_advantages as split_advantages
+from saferl.algos.policy_gradient import AgentState, Batch, OnPolicyConfig, OnPolicyNetworks
+from saferl.algos.policy_gradient import reward_cost_advantages as split_advantages
 from saferl.algos.trust_region_base import (
     TrustRegionParams,
     check_batch,
@@ -64,22 +64,22 @@ class PCPOConfig:
         check_batch(self.run, self.trust_region)
 
 
-def update(config: PCPOConfig, networks: Networks, agent: AgentState, batch: Batch,
+def update(config: PCPOConfig, networks: OnPolicyNetworks, agent: AgentState, batch: Batch,
            key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
     """One PCPO iteration: reward step, projection, KL backtracking, then the critics."""
-    params = config.trust_region
+    settings = config.trust_region
     problem_key, critic_key = jax.random.split(key)
     reward_advantage, cost_advantage = split_advantages(batch.advantages)
-    problem = policy_problem(networks, params, agent.policy_params, batch, reward_advantage,
+    problem = policy_problem(networks, settings, agent.policy_params, batch, reward_advantage,
                              cost_advantage, problem_key)
     constraint = batch.episode_cost - batch.cost_limit
 
-    step, info = pcpo_step(problem.g, problem.B, constraint, problem.fvp, params.target_kl,
-                           projection=config.pcpo.projection, cg_iterations=params.cg_iterations)
+    step, info = pcpo_step(problem.g, problem.B, constraint, problem.fvp, settings.target_kl,
+                           projection=config.pcpo.projection, cg_iterations=settings.cg_iterations)
     # The reward test is skipped (recovery=True): projection may lower the reward on purpose.
-    outcome = line_search(problem, step, params, constraint=constraint, recovery=True)
+    outcome = line_search(problem, step, settings, constraint=constraint, recovery=True)
     critic_params, critic_opt, critic_loss = fit_critics(
-        networks, params, agent.critic_params, agent.critic_opt_state, batch, critic_key)
+        networks, settings, agent.critic_params, agent.critic_opt_state, batch, critic_key)
 
     metrics = line_search_metrics(outcome)
     metrics.update({"pcpo/projected": jnp.any(info.projected).astype(jnp.float32),

@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import optax
 import tyro
 
-from saferl.algos.on_policy import (
+from saferl.algos.policy_gradient import (
     AgentState,
     Batch,
-    Networks,
     OnPolicyConfig,
+    OnPolicyNetworks,
     init_network_params,
     reward_cost_advantages,
     value_loss,
@@ -112,7 +112,7 @@ def _optimizers(ppo: PPOParams) -> tuple[optax.GradientTransformation,
             optax.chain(clip, optax.adam(ppo.critic_lr, eps=1e-5)))
 
 
-def init_agent(config: PPOConfig | PPOLagConfig, spec: EnvSpec, networks: Networks,
+def init_agent(config: PPOConfig | PPOLagConfig, spec: EnvSpec, networks: OnPolicyNetworks,
                key: jax.Array) -> AgentState:
     """Fresh networks, Adam states and multipliers (unused by plain ``ppo``)."""
     policy_params, critic_params = init_network_params(networks, spec, key)
@@ -122,8 +122,8 @@ def init_agent(config: PPOConfig | PPOLagConfig, spec: EnvSpec, networks: Networ
                       critic_tx.init(critic_params), lagrange_init(lagrange_config, spec.num_costs))
 
 
-def update(config: PPOConfig | PPOLagConfig, networks: Networks, agent: AgentState, batch: Batch,
-           key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
+def update(config: PPOConfig | PPOLagConfig, networks: OnPolicyNetworks, agent: AgentState,
+           batch: Batch, key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
     """Multiplier step (``ppo_lag``), then epochs of clipped-surrogate and critic minibatches."""
     ppo = config.ppo
     policy_tx, critic_tx = _optimizers(ppo)

@@ -1,4 +1,11 @@
-"""The algorithm registry: name → configuration class, functions and a one-line description."""
+"""The algorithm registry: name → configuration class, engine family, implementation, one line.
+
+Each entry names the engine family that trains it (:data:`~saferl.algos.on_policy.ON_POLICY` or
+:data:`~saferl.algos.off_policy.OFF_POLICY`, both :class:`~saferl.engine.family.EngineFamily`)
+and the object that family drives (``module``): an on-policy algorithm's ``init_agent`` and
+``update`` (:class:`~saferl.algos.on_policy.OnPolicyFunctions`), an off-policy algorithm's
+module (:class:`~saferl.algos.off_policy.OffPolicyAlgorithm`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from saferl.algos import cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base
+from saferl.algos.off_policy import OFF_POLICY
+from saferl.algos.on_policy import ON_POLICY, OnPolicyFunctions
+from saferl.engine.family import EngineFamily
 
 
 @dataclass(frozen=True)
@@ -16,50 +26,56 @@ class Algorithm:
 
     Attributes:
         name: Registry name (``ppo_lag``).
-        family: ``"on_policy"`` or ``"off_policy"`` (the engine that drives it).
+        engine: The engine family that trains it.
         config_class: Its frozen configuration dataclass.
-        init_agent: Builds the initial agent state.
-        update: The pure update function.
+        module: What the engine drives (see the module docstring).
         description: One line for ``saferl list``.
         constrained: Whether it enforces the cost limits (``ppo`` does not).
-        module: Off-policy algorithms: the module implementing
-            :class:`~saferl.algos.off_policy.OffPolicyAlgorithm`.
     """
 
     name: str
-    family: str
+    engine: EngineFamily
     config_class: type
-    init_agent: Callable[..., Any]
-    update: Callable[..., Any]
+    module: Any
     description: str
     constrained: bool = True
-    module: Any = None
+
+    @property
+    def family(self) -> str:
+        """The engine family's name: ``"on_policy"`` or ``"off_policy"``."""
+        return self.engine.name
+
+
+def _on_policy(name: str, config_class: type, init_agent: Callable[..., Any],
+               update: Callable[..., Any], description: str,
+               constrained: bool = True) -> Algorithm:
+    return Algorithm(name, ON_POLICY, config_class, OnPolicyFunctions(init_agent, update),
+                     description, constrained)
 
 
 def _off_policy(name: str, module: Any, config_class: type, description: str,
                 constrained: bool = True) -> Algorithm:
-    return Algorithm(name, "off_policy", config_class, module.init_agent, module.update,
-                     description, constrained, module)
+    return Algorithm(name, OFF_POLICY, config_class, module, description, constrained)
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "ppo": Algorithm("ppo", "on_policy", ppo.PPOConfig, ppo.init_agent, ppo.update,
-                     "PPO, clipped surrogate; ignores costs (unconstrained baseline)",
-                     constrained=False),
-    "ppo_lag": Algorithm("ppo_lag", "on_policy", ppo.PPOLagConfig, ppo.init_agent, ppo.update,
-                         "PPO-Lagrangian: PPO on the Lagrangian, multipliers by gradient or PID"),
-    "trpo": Algorithm("trpo", "on_policy", trpo.TRPOConfig, trust_region_base.init_agent,
-                      trpo.update, "TRPO, natural gradient in a KL trust region; ignores costs",
+    "ppo": _on_policy("ppo", ppo.PPOConfig, ppo.init_agent, ppo.update,
+                      "PPO, clipped surrogate; ignores costs (unconstrained baseline)",
                       constrained=False),
-    "trpo_lag": Algorithm("trpo_lag", "on_policy", trpo.TRPOLagConfig,
-                          trust_region_base.init_agent, trpo.update,
-                          "TRPO-Lagrangian: TRPO on the Lagrangian, multipliers by gradient "
-                          "or PID"),
-    "cpo": Algorithm("cpo", "on_policy", cpo.CPOConfig, trust_region_base.init_agent, cpo.update,
-                     "CPO: exact constrained trust-region step, recovery, line search"),
-    "pcpo": Algorithm("pcpo", "on_policy", pcpo.PCPOConfig, trust_region_base.init_agent,
-                      pcpo.update, "PCPO: TRPO step then projection (KL or L2) onto the "
-                                   "linearised constraints"),
+    "ppo_lag": _on_policy("ppo_lag", ppo.PPOLagConfig, ppo.init_agent, ppo.update,
+                          "PPO-Lagrangian: PPO on the Lagrangian, multipliers by gradient or "
+                          "PID"),
+    "trpo": _on_policy("trpo", trpo.TRPOConfig, trust_region_base.init_agent, trpo.update,
+                       "TRPO, natural gradient in a KL trust region; ignores costs",
+                       constrained=False),
+    "trpo_lag": _on_policy("trpo_lag", trpo.TRPOLagConfig, trust_region_base.init_agent,
+                           trpo.update, "TRPO-Lagrangian: TRPO on the Lagrangian, multipliers "
+                                        "by gradient or PID"),
+    "cpo": _on_policy("cpo", cpo.CPOConfig, trust_region_base.init_agent, cpo.update,
+                      "CPO: exact constrained trust-region step, recovery, line search"),
+    "pcpo": _on_policy("pcpo", pcpo.PCPOConfig, trust_region_base.init_agent, pcpo.update,
+                       "PCPO: TRPO step then projection (KL or L2) onto the linearised "
+                       "constraints"),
     "sac": _off_policy("sac", sac, sac.SACConfig,
                        "SAC, entropy-regularised off-policy actor-critic; ignores costs "
                        "(unconstrained baseline)", constrained=False),

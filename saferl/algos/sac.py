@@ -31,7 +31,7 @@ import numpy as np
 import optax
 import tyro
 
-from saferl.algos.off_policy import (
+from saferl.algos.actor_critic import (
     Limits,
     MultiplierParams,
     OffPolicyConfig,
@@ -92,7 +92,7 @@ class SACLagConfig:
     multiplier: MultiplierParams = field(default_factory=MultiplierParams)
 
 
-class Networks(NamedTuple):
+class SACNetworks(NamedTuple):
     """The tanh-Gaussian actor and the ``2 + m`` Q-critics."""
 
     actor: TanhGaussianActor
@@ -112,11 +112,11 @@ class SACAgent(NamedTuple):
     lagrange: LagrangeState
 
 
-def make_networks(config: SACConfig | SACLagConfig, spec: EnvSpec) -> Networks:
+def make_networks(config: SACConfig | SACLagConfig, spec: EnvSpec) -> SACNetworks:
     """Actor and critics with the configured hidden sizes."""
     run = config.run
     hidden = tuple(run.hidden_sizes)
-    return Networks(TanhGaussianActor(spec.action_dim, hidden, run.activation),
+    return SACNetworks(TanhGaussianActor(spec.action_dim, hidden, run.activation),
                     QCritics(2, spec.num_costs, hidden, run.activation))
 
 
@@ -125,7 +125,7 @@ def _optimizers(config: SACConfig | SACLagConfig) -> tuple[optax.GradientTransfo
             optax.adam(config.sac.alpha_lr))
 
 
-def init_agent(config: SACConfig | SACLagConfig, spec: EnvSpec, networks: Networks,
+def init_agent(config: SACConfig | SACLagConfig, spec: EnvSpec, networks: SACNetworks,
                key: jax.Array) -> SACAgent:
     """Fresh networks (targets equal to the critics), Adam states, α and multipliers."""
     actor_params, critic_params = init_actor_critics(networks, spec, key)
@@ -136,14 +136,14 @@ def init_agent(config: SACConfig | SACLagConfig, spec: EnvSpec, networks: Networ
                     critic_tx.init(critic_params), log_alpha, alpha_tx.init(log_alpha), lagrange)
 
 
-def sample_action(config: SACConfig | SACLagConfig, networks: Networks, actor_params: Any,
+def sample_action(config: SACConfig | SACLagConfig, networks: SACNetworks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``tanh(u)``, ``u ~ N(μ(s), σ(s)²)``."""
     mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
 
 
-def host_sample_action(config: SACConfig | SACLagConfig, networks: Networks, actor_params: Any,
+def host_sample_action(config: SACConfig | SACLagConfig, networks: SACNetworks, actor_params: Any,
                        observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
     standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
@@ -162,7 +162,7 @@ def update_multipliers(config: SACConfig | SACLagConfig, agent: SACAgent,
     return agent._replace(lagrange=lagrange), metrics
 
 
-def update(config: SACConfig | SACLagConfig, networks: Networks, agent: SACAgent,
+def update(config: SACConfig | SACLagConfig, networks: SACNetworks, agent: SACAgent,
            batch: SampledBatch, limits: Limits, key: jax.Array
            ) -> tuple[SACAgent, dict[str, jax.Array]]:
     """One SAC(-Lag) gradient update: critics, actor, temperature, targets."""

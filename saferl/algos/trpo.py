@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import tyro
 
-from saferl.algos.on_policy import AgentState, Batch, Networks, OnPolicyConfig
-from saferl.algos.on_policy import reward_cost_advantages as split_advantages
+from saferl.algos.policy_gradient import AgentState, Batch, OnPolicyConfig, OnPolicyNetworks
+from saferl.algos.policy_gradient import reward_cost_advantages as split_advantages
 from saferl.algos.trust_region_base import (
     TrustRegionParams,
     check_batch,
@@ -56,10 +56,10 @@ class TRPOLagConfig:
         check_batch(self.run, self.trust_region)
 
 
-def update(config: TRPOConfig | TRPOLagConfig, networks: Networks, agent: AgentState,
+def update(config: TRPOConfig | TRPOLagConfig, networks: OnPolicyNetworks, agent: AgentState,
            batch: Batch, key: jax.Array) -> tuple[AgentState, dict[str, jax.Array]]:
     """Multipliers (``trpo_lag``), the natural-gradient step with line search, then critics."""
-    params = config.trust_region
+    settings = config.trust_region
     problem_key, critic_key = jax.random.split(key)
     metrics: dict[str, jax.Array] = {}
 
@@ -74,16 +74,16 @@ def update(config: TRPOConfig | TRPOLagConfig, networks: Networks, agent: AgentS
         advantage = reward_advantage
 
     # 2. Natural gradient to the edge of the trust region: x = √(2δ/q)·H⁻¹g, q = gᵀH⁻¹g.
-    problem = policy_problem(networks, params, agent.policy_params, batch, advantage,
+    problem = policy_problem(networks, settings, agent.policy_params, batch, advantage,
                              cost_advantage, problem_key)
-    direction, residual = conjugate_gradient(problem.fvp, problem.g, params.cg_iterations)
+    direction, residual = conjugate_gradient(problem.fvp, problem.g, settings.cg_iterations)
     q = jnp.maximum(problem.g @ direction, 1e-12)
-    step = jnp.sqrt(2.0 * params.target_kl / q) * direction
+    step = jnp.sqrt(2.0 * settings.target_kl / q) * direction
 
     # 3. Backtrack until KL ≤ δ and the surrogate improved; else keep the policy.
-    outcome = line_search(problem, step, params)
+    outcome = line_search(problem, step, settings)
     critic_params, critic_opt, critic_loss = fit_critics(
-        networks, params, agent.critic_params, agent.critic_opt_state, batch, critic_key)
+        networks, settings, agent.critic_params, agent.critic_opt_state, batch, critic_key)
     metrics.update(line_search_metrics(outcome))
     metrics.update({"trust_region/cg_residual": residual, "trust_region/q": q,
                     "loss/value": critic_loss})

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from saferl.algos.on_policy import (
+from saferl.algos.policy_gradient import (
     AgentState,
     Batch,
-    Networks,
     OnPolicyConfig,
+    OnPolicyNetworks,
     init_network_params,
     value_loss,
 )
@@ -83,21 +83,22 @@ class TrustRegionParams:
                 raise ValueError(f"trust_region.{name} must be >= 1; got {getattr(self, name)}.")
 
 
-def check_batch(run: OnPolicyConfig, params: TrustRegionParams) -> None:
+def check_batch(run: OnPolicyConfig, settings: TrustRegionParams) -> None:
     """Critic minibatches must divide the batch."""
-    if run.batch_size % params.critic_minibatches:
+    if run.batch_size % settings.critic_minibatches:
         raise ValueError(
-            f"trust_region.critic_minibatches ({params.critic_minibatches}) must divide the batch "
-            f"num_envs × rollout_steps = {run.batch_size}.")
+            f"trust_region.critic_minibatches ({settings.critic_minibatches}) must divide the "
+            f"batch num_envs × rollout_steps = {run.batch_size}.")
 
 
-def critic_optimizer(params: TrustRegionParams) -> optax.GradientTransformation:
+def critic_optimizer(settings: TrustRegionParams) -> optax.GradientTransformation:
     """Adam with gradient clipping for the critics."""
-    return optax.chain(optax.clip_by_global_norm(params.max_grad_norm),
-                       optax.adam(params.critic_lr, eps=1e-5))
+    return optax.chain(optax.clip_by_global_norm(settings.max_grad_norm),
+                       optax.adam(settings.critic_lr, eps=1e-5))
 
 
-def init_agent(config: Any, spec: EnvSpec, networks: Networks, key: jax.Array) -> AgentState:
+def init_agent(config: Any, spec: EnvSpec, networks: OnPolicyNetworks,
+               key: jax.Array) -> AgentState:
     """Policy and critics; only the critics have an optimiser (the policy moves by steps)."""
     policy_params, critic_params = init_network_params(networks, spec, key)
     lagrange_config = getattr(config, "lagrange", LagrangeConfig())
@@ -106,10 +107,10 @@ def init_agent(config: Any, spec: EnvSpec, networks: Networks, key: jax.Array) -
                       lagrange_init(lagrange_config, spec.num_costs))
 
 
-def fit_critics(networks: Networks, params: TrustRegionParams, critic_params: Any,
+def fit_critics(networks: OnPolicyNetworks, settings: TrustRegionParams, critic_params: Any,
                 opt_state: Any, batch: Batch, key: jax.Array) -> tuple[Any, Any, jax.Array]:
     """Regress every critic on its λ-returns: epochs × minibatches of Adam."""
-    tx = critic_optimizer(params)
+    tx = critic_optimizer(settings)
     size = batch.observations.shape[0]
 
     def minibatch(carry: tuple, idx: jax.Array) -> tuple[tuple, jax.Array]:
@@ -121,11 +122,11 @@ def fit_critics(networks: Networks, params: TrustRegionParams, critic_params: An
         return (optax.apply_updates(p, updates), o), loss
 
     def epoch(carry: tuple, k: jax.Array) -> tuple[tuple, jax.Array]:
-        order = permutation(k, size).reshape(params.critic_minibatches, -1)
+        order = permutation(k, size).reshape(settings.critic_minibatches, -1)
         return jax.lax.scan(minibatch, carry, order)
 
     (critic_params, opt_state), losses = jax.lax.scan(
-        epoch, (critic_params, opt_state), jax.random.split(key, params.critic_epochs))
+        epoch, (critic_params, opt_state), jax.random.split(key, settings.critic_epochs))
     return critic_params, opt_state, losses.mean()
 
 
@@ -154,7 +155,7 @@ class PolicyProblem(NamedTuple):
     base: jax.Array
 
 
-def policy_problem(networks: Networks, params: TrustRegionParams, policy_params: Any,
+def policy_problem(networks: OnPolicyNetworks, settings: TrustRegionParams, policy_params: Any,
                    batch: Batch, reward_advantage: jax.Array, cost_advantage: jax.Array,
                    key: jax.Array) -> PolicyProblem:
     """Build the surrogates, their gradients and the Fisher-vector product.
@@ -179,7 +180,7 @@ def policy_problem(networks: Networks, params: TrustRegionParams, policy_params:
         return gaussian_kl(batch.old_mean, batch.old_log_std, mean, log_std).mean()
 
     size = batch.observations.shape[0]
-    count = max(1, round(params.fvp_fraction * size))
+    count = max(1, round(settings.fvp_fraction * size))
     subset = permutation(key, size)[:count] if count < size else None
 
     def fvp_kl(p: Any) -> jax.Array:
@@ -191,7 +192,7 @@ def policy_problem(networks: Networks, params: TrustRegionParams, policy_params:
                            mean, log_std).mean()
 
     jacobian = jax.jacrev(surrogates)(theta)  # [1 + m, n]
-    fvp = fisher_vector_product(fvp_kl, policy_params, damping=params.cg_damping)
+    fvp = fisher_vector_product(fvp_kl, policy_params, damping=settings.cg_damping)
     return PolicyProblem(theta, unravel, surrogates, jacobian[0], jacobian[1:].T, kl, fvp,
                          surrogates(theta))
 
@@ -208,7 +209,7 @@ class LineSearchOutcome(NamedTuple):
     cost_change: jax.Array  # [m], episode units
 
 
-def line_search(problem: PolicyProblem, step: jax.Array, params: TrustRegionParams,
+def line_search(problem: PolicyProblem, step: jax.Array, settings: TrustRegionParams,
                 constraint: jax.Array | None = None,
                 recovery: jax.Array | bool = False) -> LineSearchOutcome:
     """Backtrack along ``step`` until the candidate passes the acceptance tests.
@@ -223,13 +224,13 @@ def line_search(problem: PolicyProblem, step: jax.Array, params: TrustRegionPara
         change = problem.surrogates(theta) - problem.base
         kl = problem.kl(theta)
         accept = trust_region_accept(
-            kl, params.target_kl, surrogate_improvement=change[0],
+            kl, settings.target_kl, surrogate_improvement=change[0],
             cost_surrogate_increase=None if constraint is None else change[1:],
             c=constraint, recovery=recovery)
         return accept, (kl, change)
 
-    result = backtracking_line_search(evaluate, ratio=params.line_search_ratio,
-                                      max_backtracks=params.line_search_steps)
+    result = backtracking_line_search(evaluate, ratio=settings.line_search_ratio,
+                                      max_backtracks=settings.line_search_steps)
     kl, change = result.metrics
     theta = problem.theta + result.fraction * step
     zero = jnp.zeros_like(change)

@@ -118,9 +118,7 @@ class PairDense(nn.Module):
             return out + action @ action_kernel
         # A handful of action inputs: broadcast multiply-adds, which XLA fuses with the sum (and
         # the activation after it) into one pass, instead of a [K·B, A] × [A, features] matrix
-        # product written out and read back: for CVPO's E-step (K·B = 4,096 pairs, 128
-        # features) the first layer takes 0.22 ms instead of 0.5 ms at A = 2, 0.33 vs 0.53 ms
-        # at A = 8 (2 vCPU AMD EPYC).
+        # product written out and read back (faster for CVPO's E-step: RESULTS.md D3).
         for j in range(action.shape[-1]):
             out = out + action[..., j:j + 1] * action_kernel[j]
         return out

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 #: ``compiler_options`` for programs that run once (initial states): XLA's backend optimisations
 #: off, which compiles several times faster; the program runs a little slower, once.
@@ -70,32 +69,6 @@ def enable_compilation_cache(path: str | Path | None = None) -> Path | None:
     # Every program (the fused iterations take seconds, the many small eager ones add up).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return directory
-
-
-def stacked_initial_states(init_one: Callable[[jax.Array], Any], seeds: Sequence[int]) -> Any:
-    """``init_one(seed)`` for every seed, stacked along a leading seed axis.
-
-    ``init_one`` runs as one compiled program (the same for every seed) built with
-    :data:`QUICK_COMPILE`, which also adds the seed axis: run eagerly, the Flax initialisers,
-    optimiser states and buffers would compile ≈ 90 small programs one by one, and stacking
-    the seeds' leaves ≈ 20 more (CVPO at FSRL's settings: ≈ 6 s eager, ≈ 2 s this way, on the
-    2-vCPU benchmark machine). Several seeds are joined on the host. The values equal eager
-    execution's up to float rounding (≈ 1e-6 in the orthogonal initialisers' QR).
-    """
-    def one(seed: jax.Array) -> Any:
-        return jax.tree_util.tree_map(lambda x: x[None], init_one(seed))
-
-    # Traced inside another function (jax.eval_shape for ahead-of-time compilation), a jit is
-    # nested and takes no compiler options; only shapes matter there.
-    traced = isinstance(jax.numpy.zeros(()), jax.core.Tracer)
-    build = jax.jit(one) if traced else jax.jit(one, compiler_options=QUICK_COMPILE)
-    states = [build(jax.numpy.asarray(seed, jax.numpy.uint32)) for seed in seeds]
-    if len(states) == 1:
-        return states[0]
-    if traced:
-        return jax.tree_util.tree_map(lambda *xs: jax.numpy.concatenate(xs), *states)
-    return jax.device_put(jax.tree_util.tree_map(
-        lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *states))
 
 
 def abstract(tree: Any, sharding: Any = None) -> Any:

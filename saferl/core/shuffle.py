@@ -2,9 +2,9 @@
 
 ``jax.random.permutation`` shuffles by sorting (random key, index) *pairs*, two or more rounds.
 XLA's CPU runtime sorts a single ``uint32`` array on a fast path but calls a compiled comparator
-for every comparison of a multi-operand sort: for 12,800 elements one pair sort takes ≈ 4 ms
-and one plain sort ≈ 0.7 ms (measured on the 2-core benchmark machine). PPO shuffles its batch
-every epoch, so ``jax.random.permutation`` was ≈ 15 % of a default ``ppo_lag`` update.
+for every comparison of a multi-operand sort, several times slower than a plain sort; PPO
+shuffles its batch every epoch, so ``jax.random.permutation`` was a sizeable share of a default
+``ppo_lag`` update (benchmarks/RESULTS.md D2).
 
 :func:`permutation` gives the same guarantee from plain sorts. Each round draws fresh random
 bits, packs them above the element's current position into one ``uint32`` (random high bits,

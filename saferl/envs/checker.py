@@ -25,6 +25,8 @@ from saferl.envs.gym import (
     uses_global_rng,
     validate_action_space,
 )
+from saferl.envs.make import make_single
+from saferl.envs.native import NATIVE_TASKS, NativeVecEnv, make_task
 
 
 class EnvCheckWarning(UserWarning):
@@ -55,8 +57,6 @@ def check_env(env: gymnasium.Env | Callable[[], gymnasium.Env] | str | VecEnv, *
         NonFiniteError: If an observation, reward or cost is NaN or infinite.
     """
     if isinstance(env, str):
-        from saferl.envs.make import make_single
-        from saferl.envs.native import NATIVE_TASKS, NativeVecEnv, make_task
 
         if env in NATIVE_TASKS:
             _check_vec_env(NativeVecEnv(make_task(env), num_envs=2, seed=seed), num_steps, seed)

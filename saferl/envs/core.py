@@ -141,3 +141,10 @@ def check_finite(result: StepResult, step: int, env_id: str) -> None:
                 f"(all copies together) in this process; the run stopped before using it and "
                 f"the last checkpoint is intact. Check the environment's dynamics or clip its "
                 f"outputs.")
+
+
+class MissingBackendError(ImportError):
+    """An optional environment backend (Safety-Gymnasium, Bullet-Safety-Gym) is not installed.
+
+    The message names the package and the exact ``pip install`` command.
+    """

@@ -1,9 +1,9 @@
 """Any gymnasium environment that reports costs, behind saferl's batched :class:`VecEnv` protocol.
 
 :class:`GymVecEnv` steps ``num_envs`` gymnasium environments in one process with a plain Python
-loop: measured on 2 cores, subprocess vector envs gain little over it. The loop is kept tight
-instead (one ``env.step`` per copy and a few numpy stores; about 7 µs per env-step on top of the
-env's own ``step``, against ~200-700 µs for a Bullet step).
+loop, kept tight (one ``env.step`` per copy and a few numpy stores): its overhead is small
+next to a simulator step, and subprocess vector envs gained little over it on 2 cores
+(benchmarks/RESULTS.md, "Measured design choices" D1).
 
 Where the cost comes from, in order:
 
@@ -43,7 +43,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from saferl.envs.core import EnvError, EnvSpec, StepResult
+from saferl.envs.core import EnvError, EnvSpec, MissingBackendError, StepResult
 
 #: How the cost of one step is read (decided by the probing step).
 _SIX_TUPLE = "six_tuple"
@@ -87,8 +87,6 @@ def import_bullet_safety_gym(env_id: str | None = None) -> None:
         with _standard_streams():
             importlib.import_module("bullet_safety_gym")
     except ImportError as exc:
-        from saferl.envs.safety_gymnasium import MissingBackendError
-
         what = f"{env_id!r} is a Bullet-Safety-Gym id, but the" if env_id else "The"
         raise MissingBackendError(
             f"{what} optional packages bullet-safety-gym and pybullet are not installed; "

@@ -14,7 +14,11 @@ import re
 from types import ModuleType
 from typing import Any
 
+from saferl.envs.core import MissingBackendError
 from saferl.envs.gym import GymVecEnv
+
+__all__ = ["MissingBackendError", "import_safety_gymnasium", "is_safety_gymnasium_id",
+           "make_safety_gymnasium"]
 
 INSTALL_HINT = "pip install safety-gymnasium"
 
@@ -23,13 +27,6 @@ _NAVIGATION_ID = re.compile(
     r"((Goal|Button|Push|Circle|Race)[0-2]|Run0)(Vision|Debug)?(Gymnasium)?-v0$")
 _VELOCITY_ID = re.compile(
     r"^Safety(HalfCheetah|Hopper|Swimmer|Walker2d|Ant|Humanoid)Velocity(Gymnasium)?-v[01]$")
-
-
-class MissingBackendError(ImportError):
-    """An optional environment backend (Safety-Gymnasium, Bullet-Safety-Gym) is not installed.
-
-    The message names the package and the exact ``pip install`` command.
-    """
 
 
 def is_safety_gymnasium_id(env_id: str) -> bool:

@@ -1,7 +1,8 @@
 """Host environments stepped in worker processes, so that simulator copies use several cores.
 
-A Bullet-Safety-Gym step costs ~0.4 ms of Python and C++ on one core; ``num_envs`` copies stepped
-in the learner's process take ``num_envs`` times that. :class:`SubprocVecEnv` splits the copies
+A simulator step (Bullet-Safety-Gym: Python and C++ on one core) is the cost of host
+training; ``num_envs`` copies stepped in the learner's process take ``num_envs`` times that
+(benchmarks/RESULTS.md D1). :class:`SubprocVecEnv` splits the copies
 into ``workers`` contiguous shards, each a :class:`~saferl.envs.gym.GymVecEnv` (built by
 :func:`saferl.envs.make`) in its own process, and steps the shards at the same time.
 
@@ -32,15 +33,14 @@ import gymnasium
 import numpy as np
 
 from saferl.envs.core import EnvError, EnvSpec, StepResult
+from saferl.envs.resolve import make_local
 
 
 def _worker(conn: Connection, env: str | Callable[[], gymnasium.Env], num_envs: int, seed: int,
             kwargs: dict[str, Any]) -> None:
     """Serve ``reset``/``step``/``close`` requests for one shard until closed."""
-    from saferl.envs.make import make
-
     try:
-        vec = make(env, num_envs=num_envs, seed=seed, **kwargs)
+        vec = make_local(env, num_envs=num_envs, seed=seed, **kwargs)
         conn.send(("ok", vec.spec))
     except BaseException as error:  # everything goes back to the caller
         conn.send(("error", _portable(error)))

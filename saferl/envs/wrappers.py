@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferl.envs.core import EnvSpec
+from saferl.envs.native import make_task
 
 CostTransform = Literal["sparse", "dense", "barrier"]
 TRANSFORMS = ("sparse", "dense", "barrier")
@@ -119,3 +120,12 @@ class SafetyMarginCost(gymnasium.Wrapper):
                 info["raw_cost"] = info.get("cost")
                 info["cost"] = float(shaped[0]) if shaped.shape == (1,) else shaped
         return obs, reward, terminated, truncated, info
+
+
+def build_task(run: Any) -> Any:
+    """The native task of a run configuration (``env``, ``env_kwargs``), with its cost
+    transform (``cost_transform``, ``cost_buffer``) applied."""
+    task = make_task(run.env, **run.env_kwargs)
+    if run.cost_transform != "sparse":
+        task = ShapedCostTask(task, run.cost_transform, run.cost_buffer)
+    return task

@@ -302,7 +302,7 @@ def test_host_actor_is_the_jax_policy(activation):
     config = build_config("ppo_lag", overrides={"num_envs": 8, "seeds": [0, 1],
                                                 "activation": activation})
     task = make_task(config.run.env)
-    engine = Engine(get_algorithm("ppo_lag"), config, task.spec, envs=[None, None])
+    engine = Engine(get_algorithm("ppo_lag").module, config, task.spec, envs=[None, None])
     states = engine.init_states()
     obs = 3 * np.random.default_rng(0).normal(size=(2, 8, task.spec.obs_dim)).astype(np.float32)
     stats = jax.vmap(running_stats_update, in_axes=(0, None))(states.obs_stats,

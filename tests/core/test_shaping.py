@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import saferl
-from saferl.algos.on_policy import EpisodeTracker, Rollout, track_episodes, unsafe_soon
+from saferl.algos.on_policy import Rollout
+from saferl.core.shaping import unsafe_soon
+from saferl.engine.episodes import EpisodeTracker, track_episodes
 from saferl.envs.native import make_task
 from saferl.envs.native.agents import BallState
 from saferl.envs.wrappers import SafetyMarginCost, ShapedCostTask, shape_cost

@@ -1,0 +1,239 @@
+"""What the off-policy actor-critic algorithms (SAC, DDPG/TD3, CVPO, CCPO) are written against:
+the off-policy run settings, the six-function protocol the engine drives, and their building
+blocks.
+
+Q-critics regress TD targets from target networks that trail the online ones (Polyak
+averaging); the Lagrangian variants take their multipliers from the episodes collected in an
+iteration or from the batch's cost values against a Q threshold. Each algorithm file composes
+these; the engine (:mod:`saferl.algos.off_policy`) never calls them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
+from saferl.data.replay import SampledBatch
+from saferl.engine.config import SharedRunConfig, check_positive
+from saferl.envs.core import EnvSpec
+
+
+@dataclass(frozen=True)
+class OffPolicyConfig(SharedRunConfig):
+    """Settings shared by every off-policy algorithm: the shared run settings
+    (:class:`~saferl.engine.config.SharedRunConfig`, with off-policy defaults: 200k steps,
+    8 copies × 25 steps per iteration, 256×256 ReLU networks) plus replay, updates and targets.
+
+    Attributes:
+        buffer_size: Replay capacity in transitions per seed (capped at ``steps``).
+        batch_size: Minibatch size of every gradient update.
+        warmup_steps: Steps per seed collected with uniform random actions before learning.
+        update_ratio: Gradient updates per collected environment step (update-to-data ratio).
+        gamma: Discount of the reward and cost critics.
+        n_step: Steps of the n-step returns of the critic targets.
+        tau: Polyak averaging rate of the target networks.
+        actor_lr: Adam step size of the actor.
+        critic_lr: Adam step size of the critics.
+        episode_length: ``T`` of the Q-threshold conversion (default: the env's time limit).
+        overlap_collection: Host environments: collect the next iteration while this one's
+            updates run, with the actor from before them (a one-iteration policy lag; see the
+            module docstring). Native tasks collect inside XLA and must leave it off.
+    """
+
+    steps: int = 200_000
+    num_envs: int = 8
+    rollout_steps: int = 25
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    checkpoint_every: int = 50
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    warmup_steps: int = 5_000
+    update_ratio: float = 0.25
+    gamma: float = 0.99
+    n_step: int = 1
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 1e-3
+    episode_length: int | None = None
+    overlap_collection: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "batch_size", "n_step"):
+            check_positive(self, name)
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0; got {self.warmup_steps}.")
+        if not (self.update_ratio > 0 and math.isfinite(self.update_ratio)):
+            raise ValueError(f"update_ratio must be a finite number > 0; got {self.update_ratio}.")
+        if not 0 <= self.gamma < 1:
+            raise ValueError(f"gamma must be in [0, 1) for off-policy critics; got {self.gamma}.")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1]; got {self.tau}.")
+        for name in ("actor_lr", "critic_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}.")
+        if self.n_step > self.rollout_steps:
+            raise ValueError(f"n_step ({self.n_step}) must be <= rollout_steps "
+                             f"({self.rollout_steps}) so that one iteration fills a window.")
+        if self.episode_length is not None and self.episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1 or None; got {self.episode_length}.")
+
+    @property
+    def updates_per_iteration(self) -> int:
+        """Gradient updates fused into one iteration's learning scan."""
+        return max(1, round(self.update_ratio * self.steps_per_iteration))
+
+    @property
+    def warmup_iterations(self) -> int:
+        """Iterations that act at random and do not learn."""
+        return math.ceil(self.warmup_steps / self.steps_per_iteration)
+
+    @property
+    def replay_rows(self) -> int:
+        """Rows (steps of all copies) of the replay ring."""
+        capacity = min(self.buffer_size, self.iterations * self.steps_per_iteration)
+        return max(self.rollout_steps, math.ceil(capacity / self.num_envs))
+
+    # Off-policy agents keep raw observations (as FSRL, SB3): nothing to normalise.
+    normalize_observations = False
+
+
+class OffPolicyAlgorithm(Protocol):
+    """What an off-policy algorithm module provides to the engine."""
+
+    def make_networks(self, config: Any, spec: EnvSpec) -> Any:
+        """Its Flax modules (a NamedTuple with an ``actor``)."""
+        ...
+
+    def init_agent(self, config: Any, spec: EnvSpec, networks: Any, key: jax.Array) -> Any:
+        """Initial parameters, targets, optimiser states and multipliers."""
+        ...
+
+    def sample_action(self, config: Any, networks: Any, actor_params: Any,
+                      observations: jax.Array, key: jax.Array) -> jax.Array:
+        """Exploration actions in ``[-1, 1]`` for ``[N, obs_dim]`` observations (native
+        collection; it sees only the actor's parameters, ``agent.actor_params``)."""
+        ...
+
+    def host_sample_action(self, config: Any, networks: Any, actor_params: Any,
+                           observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """numpy twin of :meth:`sample_action` for host rollouts: every seed's actions
+        ``[S, N, A]`` from observations ``[S, N, obs_dim]``, float64 host parameters with a
+        leading seed axis and standard-normal ``noise`` ``[S, N, A]`` (what ``sample_action``
+        draws from its key)."""
+        ...
+
+    def update(self, config: Any, networks: Any, agent: Any, batch: SampledBatch,
+               limits: Limits, key: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        """One gradient update from a sampled minibatch."""
+        ...
+
+    def update_multipliers(self, config: Any, agent: Any, episode_cost: jax.Array,
+                           limits: Limits, fresh: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        """Once per iteration: multipliers from the iteration's episode cost (if ``fresh``)."""
+        ...
+
+
+def q_threshold(episode_limit: jax.Array, gamma: float, episode_length: int) -> jax.Array:
+    """``ε_Q = ε (1 − γ^T) / ((1 − γ) T)``: the per-step discounted value of an episode limit.
+
+    A policy that spreads its ``ε`` episode cost evenly over ``T`` steps has a cost value of
+    ``ε/T · Σ_{t<T} γ^t`` at the start state (ALGORITHMS.md §1).
+    """
+    return episode_limit * (1.0 - gamma**episode_length) / ((1.0 - gamma) * episode_length)
+
+
+class Limits(NamedTuple):
+    """The cost limits in both units: per episode and as a Q threshold, each ``[m]``."""
+
+    episode: jax.Array
+    q: jax.Array
+
+
+@dataclass(frozen=True)
+class MultiplierParams:
+    """Where the Lagrangian algorithms' multipliers get their cost signal.
+
+    Attributes:
+        source: ``"episode"``: once per iteration from the mean cost of the episodes collected
+            in it, against the episode limit (default; FSRL's choice). ``"q"``: at every
+            gradient update from the batch mean of ``Q_C(s, π(s))`` against the Q threshold
+            ``ε_Q`` (the rule then takes thousands of steps per iteration: use a small
+            ``lagrange.lr``).
+    """
+
+    source: str = "episode"
+
+    def __post_init__(self) -> None:
+        if self.source not in ("episode", "q"):
+            raise ValueError(
+                f"multiplier.source must be 'episode' or 'q'; got {self.source!r}.")
+
+
+def episode_multipliers(lagrange: LagrangeConfig, source: MultiplierParams,
+                        state: LagrangeState, episode_cost: jax.Array, limits: Limits,
+                        fresh: jax.Array) -> tuple[LagrangeState, dict[str, jax.Array]]:
+    """The once-per-iteration multiplier step of the episode form (no-op for the Q form)."""
+    if source.source == "episode":
+        updated = lagrange_update(lagrange, state, episode_cost, limits.episode)
+        state = jax.tree_util.tree_map(lambda new, old: jnp.where(fresh, new, old), updated,
+                                       state)
+    return state, {f"lagrange/lambda_{i}": state.multiplier[i]
+                   for i in range(state.multiplier.shape[0])}
+
+
+def q_multipliers(lagrange: LagrangeConfig, source: MultiplierParams, state: LagrangeState,
+                  cost_values: jax.Array, limits: Limits) -> LagrangeState:
+    """The per-update multiplier step of the Q form: ``mean Q_C(s, π(s))`` against ``ε_Q``."""
+    if source.source != "q":
+        return state
+    return lagrange_update(lagrange, state, jax.lax.stop_gradient(cost_values.mean(0)), limits.q)
+
+
+def init_actor_critics(networks: Any, spec: EnvSpec, key: jax.Array) -> tuple[Any, Any]:
+    """Fresh parameters of ``networks.actor`` (of observations) and ``networks.critics`` (of
+    observations and actions), from two halves of ``key``."""
+    actor_key, critic_key = jax.random.split(key)
+    obs = jnp.zeros((1, spec.obs_dim))
+    return (networks.actor.init(actor_key, obs),
+            networks.critics.init(critic_key, obs, jnp.zeros((1, spec.action_dim))))
+
+
+def td_targets(batch: SampledBatch, next_reward: jax.Array, next_costs: jax.Array) -> jax.Array:
+    """Critic targets ``[B, 1 + m]``: each signal plus ``discount ×`` its next-state value.
+
+    ``batch.discount`` is ``γ^h`` for an n-step window and 0 after a termination, so a
+    time-limit truncation still bootstraps (from the stored true last observation).
+    """
+    signals = jnp.concatenate([batch.rewards[:, None], batch.costs], axis=-1)
+    values = jnp.concatenate([next_reward[:, None], next_costs], axis=-1)
+    return jax.lax.stop_gradient(signals + batch.discount[:, None] * values)
+
+
+def critic_step(critics: Any, tx: optax.GradientTransformation, params: Any, opt_state: Any,
+                batch: SampledBatch, targets: jax.Array, num_reward: int
+                ) -> tuple[Any, Any, jax.Array]:
+    """One Adam step of every Q-critic towards its target (reward critics share column 0)."""
+
+    def loss_fn(p: Any) -> jax.Array:
+        q = critics.apply(p, batch.observations, batch.actions)
+        expanded = jnp.concatenate([jnp.repeat(targets[:, :1], num_reward, axis=1),
+                                    targets[:, 1:]], axis=1)
+        return jnp.mean(jnp.sum((q - expanded) ** 2, axis=-1))
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
+def polyak(target: Any, online: Any, tau: float) -> Any:
+    """``target ← (1 − τ)·target + τ·online`` on every leaf."""
+    return jax.tree_util.tree_map(lambda t, o: (1.0 - tau) * t + tau * o, target, online)

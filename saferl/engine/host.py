@@ -1,0 +1,107 @@
+"""Collection from host simulators (Bullet, gymnasium): one loop for both engines.
+
+Host environments step in Python, one :class:`~saferl.envs.core.VecEnv` per member. Each step
+the engine's *actor* maps the members' observations ``[S, N, obs_dim]`` to actions (and any
+per-step extras it wants stored, such as log-probabilities) in numpy; the loop stores them,
+steps every member's copies, checks the results are finite and stores rewards, costs, ends and
+true final observations. No XLA call happens inside the loop, so it can run while the device
+computes (the off-policy engine's overlapped collection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from saferl.envs.core import EnvSpec, VecEnv, check_finite
+
+#: ``actor(observations [S, N, obs_dim]) -> {"actions": [S, N, A], extra name: [S, N, ...]}``
+Actor = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def scale_action(spec: EnvSpec, action: Any) -> Any:
+    """Map actions in ``[-1, 1]`` to the environment's bounds (numpy or JAX arrays alike).
+
+    Off-policy actors act in ``[-1, 1]^A``; this (through :func:`scale_to_bounds`) is the one
+    place that maps them to the box, in collection and in deployed policies.
+    """
+    return scale_to_bounds(spec.action_space.low, spec.action_space.high, action)
+
+
+def scale_to_bounds(low: Any, high: Any, action: Any) -> Any:
+    """``low + (clip(action, -1, 1) + 1)/2 · (high − low)`` in float32, numpy or JAX."""
+    xp = np if isinstance(action, np.ndarray) else jnp
+    low, high = xp.asarray(low, xp.float32), xp.asarray(high, xp.float32)
+    return low + 0.5 * (xp.clip(action, -1.0, 1.0) + 1.0) * (high - low)
+
+
+class HostCollector:
+    """Steps every member's host environments and keeps their observations between batches.
+
+    Args:
+        envs: One vectorised environment per member.
+        spec: Their common spec.
+        seeds: The members' seeds (each environment is reset with its member's seed).
+    """
+
+    def __init__(self, envs: Sequence[VecEnv], spec: EnvSpec, seeds: Sequence[int]) -> None:
+        self.envs, self.spec, self.seeds = list(envs), spec, tuple(seeds)
+        self.observations: np.ndarray | None = None
+        self.env_steps = 0  # steps of one member's copies so far (for error messages)
+
+    def collect(self, steps: int, actor: Actor, scale: bool = False) -> dict[str, np.ndarray]:
+        """``steps`` steps of every member's copies.
+
+        Args:
+            steps: Steps per copy.
+            actor: See :data:`Actor`.
+            scale: Map the actor's ``[-1, 1]`` actions to the action bounds before stepping
+                (the stored actions stay unscaled).
+
+        Returns:
+            ``[S, steps, N, ...]`` arrays: ``observations``, the actor's outputs (``actions``
+            and extras), ``rewards``, ``costs``, ``terminated``, ``truncated`` and
+            ``final_observations`` (the true next observation, before any auto-reset).
+        """
+        envs = self.envs
+        if self.observations is None:
+            self.observations = np.stack([env.reset(seed=seed) for env, seed
+                                          in zip(envs, self.seeds, strict=True)]
+                                         ).astype(np.float32)
+        members, n = len(envs), envs[0].num_envs
+        obs_dim, m = self.spec.obs_dim, self.spec.num_costs
+        buffers: dict[str, np.ndarray] = {
+            "observations": np.empty((members, steps, n, obs_dim), np.float32),
+            "rewards": np.empty((members, steps, n), np.float32),
+            "costs": np.empty((members, steps, n, m), np.float32),
+            "terminated": np.empty((members, steps, n), bool),
+            "truncated": np.empty((members, steps, n), bool),
+            "final_observations": np.empty((members, steps, n, obs_dim), np.float32),
+        }
+        observations = self.observations
+        for t in range(steps):
+            outputs = actor(observations)
+            for name, value in outputs.items():
+                if name not in buffers:
+                    buffers[name] = np.empty((members, steps, *value.shape[1:]), np.float32)
+                buffers[name][:, t] = value
+            buffers["observations"][:, t] = observations
+            actions = outputs["actions"].astype(np.float32)
+            env_actions = scale_action(self.spec, actions) if scale else actions
+            next_observations = np.empty_like(observations)
+            for s, env in enumerate(envs):
+                result = env.step(env_actions[s])
+                check_finite(result, self.env_steps, self.spec.id)
+                buffers["rewards"][s, t] = result.reward
+                buffers["costs"][s, t] = result.costs
+                buffers["terminated"][s, t] = result.terminated
+                buffers["truncated"][s, t] = result.truncated
+                buffers["final_observations"][s, t] = result.final_observation
+                next_observations[s] = result.observation
+            observations = next_observations
+            self.env_steps += n
+        self.observations = observations
+        return buffers
