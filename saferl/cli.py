@@ -258,9 +258,10 @@ class EvalArgs:
 
 
 def _eval(args: list[str]) -> int:
-    from saferl.evaluation import check_video_path, evaluate, evaluate_run
+    from saferl.evaluation import check_video_path, evaluate, evaluate_policies
     from saferl.policy import Policy
     from saferl.progress import PipeSafeConsole, print_evaluation
+    from saferl.runs import restore_states
 
     opts = _parse(EvalArgs, args, "saferl eval", EvalArgs.__doc__ or "")
     if opts.episodes < 1:
@@ -269,25 +270,20 @@ def _eval(args: list[str]) -> int:
         from pathlib import Path
 
         check_video_path(Path(opts.video))
-    first = Policy.load(opts.run_dir, seed_index=opts.seed_index or 0,
-                        checkpoint=opts.checkpoint,
-                        on_damaged=lambda m: _say(f"saferl: {m} Evaluating an older one."))
-    record = evaluate_run(opts.run_dir, episodes=opts.episodes, seed=opts.env_seed,
-                          checkpoint=first.info["checkpoint"],
-                          seed_indices=None if opts.seed_index is None else [opts.seed_index])
+    # One restore serves every seed and gives the spec (cost names) without building an env.
+    _, entry, config, spec, states, meta = restore_states(
+        opts.run_dir, opts.checkpoint,
+        on_damaged=lambda m: _say(f"saferl: {m} Evaluating an older one."))
+    indices = range(len(config.run.seed_list)) if opts.seed_index is None else [opts.seed_index]
+    info = {"run_dir": opts.run_dir, "iteration": int(meta["iteration"])}
+    policies = [Policy.from_states(entry, config, spec, states, index, info)
+                for index in indices]
+    first = policies[0]
+    record = evaluate_policies(policies, episodes=opts.episodes, seed=opts.env_seed)
     console = PipeSafeConsole()
-    console.print(f"{first.info['algo']} on {first.info['env']}, checkpoint of iteration "
-                  f"{first.info['iteration']}", highlight=False)
-    names = tuple(f"cost_{i}" for i in range(len(first.info["cost_limit"])))
-    try:
-        from saferl.envs.make import make
-
-        env = make(first.info["env"], num_envs=1, seed=0)
-        names = env.spec.cost_names
-        env.close()
-    except Exception:  # the names are cosmetic; the figures do not depend on them
-        pass
-    print_evaluation(record, names, tuple(first.info["cost_limit"]), console)
+    console.print(f"{entry.name} on {spec.id}, checkpoint of iteration {info['iteration']}",
+                  highlight=False)
+    print_evaluation(record, spec.cost_names, tuple(config.run.cost_limit), console)
     if opts.video:
         evaluate(first, episodes=1, deterministic=True, seed=opts.env_seed, video=opts.video)
         print(f"video: {opts.video}")

@@ -78,6 +78,7 @@ from saferl.engine.episodes import (
     summarize,
     track_episodes,
     tracker_init,
+    tracker_reset,
     update_cost_estimate,
 )
 from saferl.engine.family import PolicyParts
@@ -458,8 +459,7 @@ class OffPolicyFamily:
         states = resize_replay(states, config)
         if not host:
             return states
-        states = states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x)
-                                                        for x in states.tracker)))
+        states = states._replace(tracker=tracker_reset(states.tracker))
         return cut_open_episodes(states)
 
     def policy_parts(self, algorithm: OffPolicyAlgorithm, config: Any, spec: EnvSpec,

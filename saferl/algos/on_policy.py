@@ -59,6 +59,7 @@ from saferl.engine.episodes import (
     summarize,
     track_episodes,
     tracker_init,
+    tracker_reset,
     update_cost_estimate,
 )
 from saferl.engine.family import PolicyParts
@@ -422,8 +423,7 @@ class OnPolicyFamily:
         """Host simulators restart their episodes on resume: forget the partial sums."""
         if not host:
             return states
-        return states._replace(tracker=EpisodeTracker(*(jnp.zeros_like(x)
-                                                        for x in states.tracker)))
+        return states._replace(tracker=tracker_reset(states.tracker))
 
     def policy_parts(self, algorithm: OnPolicyAlgorithm, config: Any, spec: EnvSpec,
                      states: TrainState, index: int) -> PolicyParts:

@@ -34,6 +34,12 @@ def tracker_init(num_envs: int, num_costs: int) -> EpisodeTracker:
                           jnp.zeros(num_envs, jnp.int32), jnp.zeros((num_envs, num_costs)))
 
 
+def tracker_reset(tracker: EpisodeTracker) -> EpisodeTracker:
+    """The same tracker (any leading member axis kept) with every episode forgotten: host
+    simulators restart their episodes on resume."""
+    return EpisodeTracker(*(jnp.zeros_like(x) for x in tracker))
+
+
 def track_episodes(tracker: EpisodeTracker, batch: Any, cost_gamma: float = 1.0,
                    constraint_costs: jax.Array | None = None
                    ) -> tuple[EpisodeTracker, dict[str, jax.Array]]:
