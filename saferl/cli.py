@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import io
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -380,5 +381,25 @@ def _main(argv: list[str]) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
 
 
+def entry() -> None:
+    """The ``saferl`` console command: :func:`main`, then exit with its status.
+
+    After Ctrl-C the run is already saved and its files and environments closed, so the process
+    leaves at once with 130 (``os._exit``) instead of going through interpreter shutdown. That
+    shutdown is where two wrong statuses came from: when the interrupt landed inside an
+    extension's embedded Python code during start-up, CPython re-raises SIGINT at exit (status
+    -2, not 130), and XLA's threads torn down mid-compile crashed it now and then (-11).
+    """
+    status = main()
+    if status == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe
+                pass
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

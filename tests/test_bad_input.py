@@ -72,6 +72,10 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["trian"], "Did you mean 'train'"),
         (["train", "ppo_lgs"], "Did you mean 'ppo_lag'"),
         (["train", "ppo_lag", "--env", "SafetyBalCircle-v0"], "SafetyBallCircle-v0"),
+        (["train", "ppo_lag", "--env", "native:BallCircle"],
+         "Environment id 'native:BallCircle': no module named 'native' to import"),
+        (["train", "ppo_lag", "--env", "math:Foo-v0"],
+         "Environment id 'math:Foo-v0': importing 'math' did not register 'Foo-v0'"),
         (["list", "extra"], "list takes no arguments"),
         # flags and values (tyro's boxes become one sentence)
         (["train", "ppo_lag", "--stepz", "10"],

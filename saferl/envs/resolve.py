@@ -128,6 +128,29 @@ def make_local(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs:
         raise unknown_env(env)
     if is_safety_gymnasium_id(env):
         return make_safety_gymnasium(env, num_envs=num_envs, seed=seed, **kwargs)
-    if env in gymnasium.registry or ":" in env:
+    if env in gymnasium.registry:
         return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
+    if ":" in env:
+        return _make_from_module(env, num_envs=num_envs, seed=seed, **kwargs)
     raise unknown_env(env)
+
+
+def _make_from_module(env: str, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
+    """A ``module:EnvName-vN`` id: gymnasium imports the module, which registers the env.
+
+    Raises:
+        UnknownEnvError: If the module cannot be imported or does not register that name.
+    """
+    module, name = env.split(":", 1)
+    try:
+        return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
+    except ModuleNotFoundError as error:
+        if error.name is not None and not module.startswith(error.name):
+            raise  # the module exists but one of its own imports is missing: not an id problem
+        raise UnknownEnvError(
+            f"Environment id {env!r}: no module named {module!r} to import (the part before "
+            f"':' must be an importable module that registers {name!r}); run `saferl list` "
+            f"for the built-in ids.") from None
+    except gymnasium.error.Error as error:
+        raise UnknownEnvError(f"Environment id {env!r}: importing {module!r} did not register "
+                              f"{name!r} ({str(error).rstrip('.')}).") from None
