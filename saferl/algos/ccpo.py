@@ -219,7 +219,7 @@ class CCPOConfig:
 
 
 # --------------------------------------------------------------------------- networks, state
-class Networks(NamedTuple):
+class CCPONetworks(NamedTuple):
     """The conditioned actor, the conditioned critics and the task's Q-threshold factor."""
 
     actor: ConditionedTanhGaussianActor
@@ -246,7 +246,7 @@ def _num_reward(config: CCPOConfig) -> int:
     return 2 if config.cvpo.twin_critics else 1
 
 
-def make_networks(config: CCPOConfig, spec: EnvSpec) -> Networks:
+def make_networks(config: CCPOConfig, spec: EnvSpec) -> CCPONetworks:
     """The conditioned actor and critics (VVE or the "w/o VVE" MLP), with the Q-threshold
     factor of the task's episode length (``run.episode_length``, else the time limit).
 
@@ -271,14 +271,14 @@ def make_networks(config: CCPOConfig, spec: EnvSpec) -> Networks:
     else:
         critics = ConditionedQCritics(_num_reward(config), spec.num_costs, low, high, hidden,
                                       run.activation)
-    return Networks(actor, critics, float(q_threshold(1.0, run.gamma, length)))
+    return CCPONetworks(actor, critics, float(q_threshold(1.0, run.gamma, length)))
 
 
 def _optimizers(config: CCPOConfig) -> tuple[optax.GradientTransformation, ...]:
     return optax.adam(config.run.actor_lr), optax.adam(config.run.critic_lr)
 
 
-def init_agent(config: CCPOConfig, spec: EnvSpec, networks: Networks,
+def init_agent(config: CCPOConfig, spec: EnvSpec, networks: CCPONetworks,
                key: jax.Array) -> CCPOAgent:
     """Fresh networks with equal targets, Adam states, every ``η_i = dual_init_eta``, ``λ = 0``."""
     actor_key, critic_key = jax.random.split(key)
@@ -304,7 +304,7 @@ def draw_behaviour_thresholds(config: CCPOConfig, key: jax.Array, count: int) ->
     return behaviour[jax.random.randint(key, (count,), 0, behaviour.shape[0])]
 
 
-def sample_action(config: CCPOConfig, networks: Networks, actor_params: Any,
+def sample_action(config: CCPOConfig, networks: CCPONetworks, actor_params: Any,
                   observations: jax.Array, key: jax.Array, thresholds: jax.Array) -> jax.Array:
     """Exploration: ``tanh(u)``, ``u ~ π(·|s, ε)``, for observations ``[N, obs_dim]`` and each
     copy's threshold ``[N, m]``."""
@@ -312,7 +312,7 @@ def sample_action(config: CCPOConfig, networks: Networks, actor_params: Any,
     return jnp.tanh(gaussian_sample(key, mean, log_std))
 
 
-def host_sample_action(config: CCPOConfig, networks: Networks, actor_params: Any,
+def host_sample_action(config: CCPOConfig, networks: CCPONetworks, actor_params: Any,
                        observations: np.ndarray, noise: np.ndarray,
                        thresholds: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`sample_action` for host rollouts: observations ``[S, N, obs_dim]``,
@@ -380,7 +380,7 @@ def assign_conditions(config: CCPOConfig, key: jax.Array, batch_size: int,
     return groups, state_at[jnp.minimum(places, batch_size - 1)], valid
 
 
-def _condition(networks: Networks, thresholds: jax.Array,
+def _condition(networks: CCPONetworks, thresholds: jax.Array,
                pairing: tuple[jax.Array, jax.Array, jax.Array]) -> Condition:
     """The :class:`~saferl.algos.cvpo.Condition` of a pairing and condition thresholds
     ``[C, m]``: per-state thresholds and Q thresholds ``ε_Q = q_factor · ε``."""
@@ -403,7 +403,7 @@ def _warm_starts(config: CCPOConfig, thresholds: jax.Array, stored: jax.Array) -
     return jnp.concatenate([stored, sampled.astype(stored.dtype)])
 
 
-def update_conditions(config: CCPOConfig, networks: Networks, update_count: jax.Array,
+def update_conditions(config: CCPOConfig, networks: CCPONetworks, update_count: jax.Array,
                       batch_size: int, key: jax.Array
                       ) -> tuple[jax.Array, jax.Array, Condition, Condition]:
     """Step 1 of :func:`update` (given the update's key): the stage, the ``[C, m]`` condition
@@ -423,7 +423,7 @@ def update_conditions(config: CCPOConfig, networks: Networks, update_count: jax.
 
 
 # --------------------------------------------------------------------------- the update
-def update(config: CCPOConfig, networks: Networks, agent: CCPOAgent, batch: SampledBatch,
+def update(config: CCPOConfig, networks: CCPONetworks, agent: CCPOAgent, batch: SampledBatch,
            limits: Limits, key: jax.Array) -> tuple[CCPOAgent, dict[str, jax.Array]]:
     """One CCPO update: conditions, critics, then CVI's E-/M-steps (or the Lagrangian actor
     step of ``cvi=False``), targets. ``limits`` is not used: the conditions carry their own."""
@@ -458,7 +458,7 @@ def update(config: CCPOConfig, networks: Networks, agent: CCPOAgent, batch: Samp
     return new_agent, metrics
 
 
-def _cvi_step(config: CCPOConfig, networks: Networks, agent: CCPOAgent, batch: SampledBatch,
+def _cvi_step(config: CCPOConfig, networks: CCPONetworks, agent: CCPOAgent, batch: SampledBatch,
               key: jax.Array, thresholds: jax.Array, condition: Condition
               ) -> tuple[Any, Any, tuple[jax.Array, jax.Array, jax.Array], dict]:
     """Steps 3–4: the per-condition E-step and the M-step within every condition's KL bounds."""
@@ -488,7 +488,7 @@ def _cvi_step(config: CCPOConfig, networks: Networks, agent: CCPOAgent, batch: S
     return actor_params, actor_opt, (solved[:n], alphas[:n], agent.multipliers), metrics
 
 
-def _lagrangian_step(config: CCPOConfig, networks: Networks, agent: CCPOAgent,
+def _lagrangian_step(config: CCPOConfig, networks: CCPONetworks, agent: CCPOAgent,
                      critic_params: Any, batch: SampledBatch, key: jax.Array,
                      thresholds: jax.Array, condition: Condition
                      ) -> tuple[Any, Any, tuple[jax.Array, jax.Array, jax.Array], dict]:

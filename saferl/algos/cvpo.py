@@ -104,7 +104,7 @@ class CVPOConfig:
     cvpo: CVPOParams = field(default_factory=CVPOParams)
 
 
-class Networks(NamedTuple):
+class CVPONetworks(NamedTuple):
     """The Gaussian (pre-tanh) actor and the ``k + m`` Q-critics (``k = 2`` twin, else 1)."""
 
     actor: TanhGaussianActor
@@ -124,11 +124,11 @@ class CVPOAgent(NamedTuple):
     kl_multipliers: jax.Array  # [2]: α_μ, α_σ
 
 
-def make_networks(config: CVPOConfig, spec: EnvSpec) -> Networks:
+def make_networks(config: CVPOConfig, spec: EnvSpec) -> CVPONetworks:
     """Actor and critics with the configured hidden sizes."""
     run = config.run
     hidden = tuple(run.hidden_sizes)
-    return Networks(TanhGaussianActor(spec.action_dim, hidden, run.activation,
+    return CVPONetworks(TanhGaussianActor(spec.action_dim, hidden, run.activation,
                                       log_std_min=-10.0, log_std_max=1.0),
                     QCritics(_num_reward(config), spec.num_costs, hidden, run.activation))
 
@@ -141,7 +141,7 @@ def _optimizers(config: CVPOConfig) -> tuple[optax.GradientTransformation, ...]:
     return optax.adam(config.run.actor_lr), optax.adam(config.run.critic_lr)
 
 
-def init_agent(config: CVPOConfig, spec: EnvSpec, networks: Networks,
+def init_agent(config: CVPOConfig, spec: EnvSpec, networks: CVPONetworks,
                key: jax.Array) -> CVPOAgent:
     """Fresh networks with equal targets, Adam states, ``η = dual_init_eta``, ``λ = 0``."""
     actor_params, critic_params = init_actor_critics(networks, spec, key)
@@ -153,14 +153,14 @@ def init_agent(config: CVPOConfig, spec: EnvSpec, networks: Networks,
                      jnp.zeros(2, jnp.float32))
 
 
-def sample_action(config: CVPOConfig, networks: Networks, actor_params: Any,
+def sample_action(config: CVPOConfig, networks: CVPONetworks, actor_params: Any,
                   observations: jax.Array, key: jax.Array) -> jax.Array:
     """Exploration: ``tanh(u)``, ``u ~ π(·|s)``."""
     mean, log_std = networks.actor.apply(actor_params, observations)
     return jnp.tanh(gaussian_sample(key, mean, log_std))
 
 
-def host_sample_action(config: CVPOConfig, networks: Networks, actor_params: Any,
+def host_sample_action(config: CVPOConfig, networks: CVPONetworks, actor_params: Any,
                        observations: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """numpy twin of :func:`sample_action` for host rollouts (leading seed axis), given the
     standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
@@ -218,7 +218,7 @@ def _group_means(values: jax.Array, condition: Condition | None) -> jax.Array:
     return groups @ values / jnp.maximum(groups.sum(axis=1), 1.0)
 
 
-def critic_update(config: CVPOConfig, networks: Networks, actor_params: Any, critic_params: Any,
+def critic_update(config: CVPOConfig, networks: CVPONetworks, actor_params: Any, critic_params: Any,
                   target_critic_params: Any, critic_opt_state: Any, batch: SampledBatch,
                   key: jax.Array, condition: Condition | None = None
                   ) -> tuple[Any, Any, jax.Array]:
@@ -254,7 +254,7 @@ class EStep(NamedTuple):
     solution: DualSolution  # leaves [1 + m] (CVPO) or [C, 1 + m] (one per condition)
 
 
-def estep(config: CVPOConfig, networks: Networks, target_actor_params: Any,
+def estep(config: CVPOConfig, networks: CVPONetworks, target_actor_params: Any,
           target_critic_params: Any, observations: jax.Array, dual: jax.Array,
           q_limit: jax.Array, key: jax.Array, condition: Condition | None = None) -> EStep:
     """Step 2: ``K`` samples per state from ``π_old``, scored by the target critics; the dual
@@ -330,7 +330,7 @@ def estep_solve(params: CVPOParams, q_reward: jax.Array, q_costs: jax.Array, dua
     return solution, estep_weights(q_reward, q_costs, solution.variables[index])
 
 
-def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_state: Any,
+def mstep(config: CVPOConfig, networks: CVPONetworks, actor_params: Any, actor_opt_state: Any,
           kl_multipliers: jax.Array, observations: jax.Array, samples: jax.Array,
           weights: jax.Array, mean_old: jax.Array, std_old: jax.Array,
           condition: Condition | None = None
@@ -397,7 +397,7 @@ def mstep(config: CVPOConfig, networks: Networks, actor_params: Any, actor_opt_s
     return new_actor, opt_state, alphas, {"loss/actor": losses[-1]}
 
 
-def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, new_params: Any,
+def enforce_kl_bounds(config: CVPOConfig, networks: CVPONetworks, old_params: Any, new_params: Any,
                       observations: jax.Array, mean_old: jax.Array, std_old: jax.Array,
                       condition: Condition | None = None
                       ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
@@ -437,7 +437,7 @@ def enforce_kl_bounds(config: CVPOConfig, networks: Networks, old_params: Any, n
     return params, t, kl_mean, kl_std
 
 
-def update(config: CVPOConfig, networks: Networks, agent: CVPOAgent, batch: SampledBatch,
+def update(config: CVPOConfig, networks: CVPONetworks, agent: CVPOAgent, batch: SampledBatch,
            limits: Limits, key: jax.Array) -> tuple[CVPOAgent, dict[str, jax.Array]]:
     """One CVPO update: critics, E-step, M-step, targets."""
     run = config.run
