@@ -3,12 +3,12 @@
 **E-step.** Given ``K`` actions sampled per state from the old policy with Q-values ``Q_r``
 ``[B, K]`` and ``Q_c`` ``[B, K, m]``, the non-parametric target
 
-    max_q  E_s E_q[Q_r]   s.t.   E_s E_q[Q_ci] ≤ ε_i,   E_s KL(q ‖ π_old) ≤ κ
+    max_q  E_s E_q[Q_r]   s.t.   E_s E_q[Q_ci] ≤ ε_Q,i,   E_s KL(q ‖ π_old) ≤ κ
 
 has the solution ``q(a_j|s) ∝ exp((Q_r − λᵀQ_c)/η)`` over the samples, where ``(η, λ)``
 minimise the convex dual (ALGORITHMS.md §5)
 
-    g(η, λ) = ηκ + λᵀε + η · E_s[ log (1/K) Σ_j exp((Q_r,j − λᵀQ_c,j)/η) ],   η > 0, λ ≥ 0.
+    g(η, λ) = ηκ + λᵀε_Q + η · E_s[ log (1/K) Σ_j exp((Q_r,j − λᵀQ_c,j)/η) ],   η > 0, λ ≥ 0.
 
 :func:`solve_estep_dual` minimises it inside ``jit`` with a few projected Newton iterations on
 the ``1 + m`` variables (exact gradient and Hessian in closed form; variables at an active
@@ -63,7 +63,7 @@ def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl
         q_reward: ``[B, K]`` reward Q-values of the sampled actions.
         q_costs: ``[B, K, m]`` cost Q-values.
         kl_bound: κ.
-        q_limit: ``[m]`` the Q thresholds ε, or ``[B, m]`` one per state.
+        q_limit: ``[m]`` the Q thresholds ε_Q (ALGORITHMS.md §1), or ``[B, m]`` one per state.
         state_mask: ``[B]`` optional weights of the states in ``E_s`` (one condition's states).
     """
     eta, lam = variables[0], variables[1:]
@@ -85,7 +85,7 @@ def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: j
     With ``A = Q_r − λᵀQ_c``, per-state weights ``w = softmax(A/η)`` and ``E_w``/``Cov_w`` their
     moments over the samples:
 
-    * ``∂g/∂η = κ + E_s[LSE(A/η) − log K − E_w[A]/η]``, ``∂g/∂λ_i = ε_i − E_s E_w[Q_ci]``;
+    * ``∂g/∂η = κ + E_s[LSE(A/η) − log K − E_w[A]/η]``, ``∂g/∂λ_i = ε_Q,i − E_s E_w[Q_ci]``;
     * ``∂²g/∂η² = E_s Var_w(A)/η³``, ``∂²g/∂η∂λ_i = E_s Cov_w(A, Q_ci)/η²``,
       ``∂²g/∂λ_i∂λ_k = E_s Cov_w(Q_ci, Q_ck)/η``.
 
