@@ -176,15 +176,19 @@ TRAIN_OPTIONS = """Also:
   --quiet            no progress display and no summary"""
 
 
+#: The exit status of a run stopped by Ctrl-C (what a shell reports for SIGINT).
+INTERRUPTED = 130
+
+
 def _interrupted(run_dir: str | None) -> int:
-    """The message and exit status of a Ctrl-C (130, as a shell reports SIGINT)."""
+    """The message and exit status (:data:`INTERRUPTED`) of a Ctrl-C."""
     from pathlib import Path
 
     if run_dir is not None and (Path(run_dir) / "config.json").is_file():
         _say(f"\ninterrupted; continue with: saferl train --resume {run_dir}")
     else:
         _say("\ninterrupted before anything was written; nothing to resume.")
-    return 130
+    return INTERRUPTED
 
 
 def _train(args: list[str]) -> int:
@@ -391,13 +395,13 @@ def entry() -> None:
     -2, not 130), and XLA's threads torn down mid-compile crashed it now and then (-11).
     """
     status = main()
-    if status == 130:
+    if status == INTERRUPTED:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe
                 pass
-        os._exit(130)
+        os._exit(INTERRUPTED)
     sys.exit(status)
 
 

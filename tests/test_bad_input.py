@@ -18,6 +18,7 @@ import pytest
 
 from saferl.cli import main, parse_count, tyro_message
 from saferl.envs.gym import bullet_installed
+from saferl.envs.resolve import UnknownEnvError, make_local
 from tests.conftest import SMALL
 
 
@@ -152,6 +153,17 @@ def test_read_only_working_directory_is_one_sentence(monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not bullet_installed(), reason="needs saferl[bullet]")
+def test_a_module_id_whose_own_import_fails_keeps_its_real_error(tmp_path, monkeypatch):
+    # Only a missing module *named in the id* is a bad id; a module that exists but cannot
+    # import a dependency of its own keeps Python's error, which names that dependency.
+    (tmp_path / "saferl_test_broken_envs.py").write_text("import saferl_test_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="saferl_test_missing_dependency"):
+        make_local("saferl_test_broken_envs:Foo-v0")
+    with pytest.raises(UnknownEnvError, match="no module named 'saferl_test_absent.sub'"):
+        make_local("saferl_test_absent.sub:Foo-v0")
+
+
 def test_misspelled_bullet_env_kwargs_key_is_one_sentence(tmp_path, capsys):
     status = main(["train", "ppo_lag", "--env", "SafetyBallCircle-v0", "--env-kwargs", "agnet",
                    "Ball", "--steps", "800", "--run-dir", str(tmp_path / "run"), "--quiet"])

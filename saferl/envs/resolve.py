@@ -145,12 +145,14 @@ def _make_from_module(env: str, num_envs: int, seed: int, **kwargs: Any) -> VecE
     try:
         return GymVecEnv(env, num_envs=num_envs, seed=seed, **kwargs)
     except ModuleNotFoundError as error:
-        if error.name is not None and not module.startswith(error.name):
+        # gymnasium re-raises the import's error without a name; the missing module is its cause's
+        missing = getattr(error.__cause__, "name", None) or error.name
+        if missing is None or not (module == missing or module.startswith(missing + ".")):
             raise  # the module exists but one of its own imports is missing: not an id problem
         raise UnknownEnvError(
             f"Environment id {env!r}: no module named {module!r} to import (the part before "
             f"':' must be an importable module that registers {name!r}); run `saferl list` "
             f"for the built-in ids.") from None
-    except gymnasium.error.Error as error:
+    except gymnasium.error.UnregisteredEnv as error:
         raise UnknownEnvError(f"Environment id {env!r}: importing {module!r} did not register "
                               f"{name!r} ({str(error).rstrip('.')}).") from None
