@@ -164,6 +164,7 @@ def test_a_module_id_whose_own_import_fails_keeps_its_real_error(tmp_path, monke
         make_local("saferl_test_absent.sub:Foo-v0")
 
 
+@pytest.mark.skipif(not bullet_installed(), reason="needs saferl[bullet]")
 def test_misspelled_bullet_env_kwargs_key_is_one_sentence(tmp_path, capsys):
     status = main(["train", "ppo_lag", "--env", "SafetyBallCircle-v0", "--env-kwargs", "agnet",
                    "Ball", "--steps", "800", "--run-dir", str(tmp_path / "run"), "--quiet"])
