@@ -1,85 +1,85 @@
 """Constrained trust-region steps: CPO (Achiam et al. 2017) and PCPO (Yang et al. 2020).
 
-Both solve, at each policy iteration, a subproblem in the parameter change ``x = theta -
-theta_k`` built from
+Both solve, at each policy iteration, a subproblem in the parameter change ``x = θ − θ_k``
+built from
 
-* ``g`` -- gradient of the **reward** surrogate (we *ascend* it; reward-ascent signs are used
+* ``g`` — gradient of the **reward** surrogate (we *ascend* it; reward-ascent signs are used
   everywhere in this module, unlike OmniSafe/SafePO which mix loss and ascent signs);
-* ``B`` -- gradients of the cost surrogates, one column per constraint, shape ``[n, m]``, in
-  the **same units** as ``c`` (episode units: see ALGORITHMS.md section 1);
-* ``c`` -- constraint values ``J_C(pi_k) - d``, shape ``[m]`` (``c > 0``: violated);
-* ``H`` -- the Fisher matrix (Hessian of the mean KL), given as an explicit matrix or as a
-  Hessian-vector product callable (then ``H^{-1}`` products are computed by conjugate
-  gradient, ``H^{-1} b = ||b|| * CG(b / ||b||)``);
-* ``delta`` -- the trust-region size, ``1/2 x^T H x <= delta``.
+* ``B`` — gradients of the cost surrogates, one column ``b_i`` per constraint, shape ``[n, m]``,
+  in the **same units** as ``c`` (episode units: see ALGORITHMS.md §1);
+* ``c`` — constraint values ``J_C(π_k) − d``, shape ``[m]`` (``c > 0``: violated);
+* ``H`` — the Fisher matrix (Hessian of the mean KL), given as an explicit matrix or as a
+  Hessian-vector product callable (then ``H⁻¹`` products are computed by conjugate
+  gradient, ``H⁻¹b = ‖b‖·CG(b/‖b‖)``);
+* ``delta`` (δ) — the trust-region size, ``½ xᵀHx ≤ δ``.
 
 CPO (:func:`cpo_step`) solves the QCQP (Achiam et al. 2017, eq. 10)::
 
-    maximise g^T x   subject to   c + B^T x <= 0,   1/2 x^T H x <= delta.
+    maximise gᵀx   subject to   c + Bᵀx ≤ 0,   ½ xᵀHx ≤ δ.
 
-With ``v = H^{-1} g``, ``W = H^{-1} B``, ``q = g^T v``, ``r = B^T v`` (``[m]``), ``S = B^T W``
+With ``v = H⁻¹g``, ``W = H⁻¹B``, ``q = gᵀv``, ``r = Bᵀv`` (``[m]``), ``S = BᵀW``
 (``[m, m]``), its dual is (eq. 11 / Appendix 10.2, written for reward ascent)::
 
-    max_{lam > 0, nu >= 0}  -(1 / 2 lam) (q - 2 r^T nu + nu^T S nu) + nu^T c - lam delta
+    max_{λ>0, ν≥0}  −(1/2λ)(q − 2rᵀν + νᵀSν) + νᵀc − λδ
 
-and the primal solution is ``x = (1 / lam) H^{-1} (g - B nu)``.
+and the primal solution is ``x = (1/λ)H⁻¹(g − Bν)``.
 
-Case numbers (``CPOInfo.case``), following the table of ALGORITHMS.md section 3 (which is
-jachiam/cpo's ``optim_case``), with ``A = q - r^2/s`` and ``Bm = 2 delta - c^2/s`` for ``m = 1``:
+Case numbers (``CPOInfo.case``), following the table of ALGORITHMS.md §3 (which is
+jachiam/cpo's ``optim_case``), for ``m = 1`` with ``w = H⁻¹b``, ``r = gᵀw``, ``s = bᵀw``,
+``A = q − r²/s`` and ``Bm = 2δ − c²/s`` (the ``B`` of ALGORITHMS.md §3):
 
-====  ===========================================================  ==============================
-case  condition                                                    step
-====  ===========================================================  ==============================
-4     ``m = 1``: ``||b||^2 <= b_tol`` and ``c < 0``;               TRPO ``sqrt(2 delta / q) v``
-      ``m > 1``: every column has ``||b_i||^2 <= b_tol`` and
+====  ===================================================  =========================
+case  condition                                            step
+====  ===================================================  =========================
+4     ``m = 1``: ``‖b‖² ≤ b_tol`` and ``c < 0``;           TRPO ``√(2δ/q)·v``
+      ``m > 1``: every column has ``‖b_i‖² ≤ b_tol`` and
       ``c_i < 0``
-3     every ``c_i < 0`` and every plane misses the region         TRPO ``sqrt(2 delta / q) v``
-      (``2 delta - c_i^2 / S_ii < 0``): the whole region is
+3     every ``c_i < 0`` and every plane misses the region  TRPO ``√(2δ/q)·v``
+      (``2δ − c_i²/S_ii < 0``): the whole region is
       feasible
-2     every ``c_i < 0``, some plane cuts the region                dual solution
-1     some ``c_i >= 0`` and a feasible point exists in the        dual solution
-      region (``m = 1``: ``Bm >= 0``)
-0     ``m = 1``: ``c > 0``, ``Bm < 0`` (infeasible)               recovery
-                                                                   ``-sqrt(2 delta / s) w``
-5     ``m > 1``: no point of the region satisfies all the          multi-constraint recovery
-      linearised constraints                                       (below)
-====  ===========================================================  ==============================
+2     every ``c_i < 0``, some plane cuts the region        dual solution
+1     some ``c_i ≥ 0`` and a feasible point exists in the  dual solution
+      region (``m = 1``: ``Bm ≥ 0``)
+0     ``m = 1``: ``c > 0``, ``Bm < 0`` (infeasible)        recovery ``−√(2δ/s)·w``
+5     ``m > 1``: no point of the region satisfies all the  multi-constraint recovery
+      linearised constraints                               (below)
+====  ===================================================  =========================
 
 ``CPOInfo.recovery`` is True for cases 0 and 5; use it (rather than comparing case numbers) to
 skip the surrogate-improvement test of the line search.
 
-**Single constraint** (``m = 1``): closed form. For fixed ``lam`` the best ``nu`` is
-``(lam c + r)_+ / s``, which splits the one-dimensional dual into two pieces meeting at
-``lam_mid = -r / c``: piece *a* (``lam c + r > 0``) with maximiser ``sqrt(A / Bm)`` and piece *b*
-(``nu = 0``) with maximiser ``sqrt(q / (2 delta))``. Each maximiser is projected onto its piece
+**Single constraint** (``m = 1``): closed form. For fixed ``λ`` the best ``ν`` is
+``(λc + r)₊/s``, which splits the one-dimensional dual into two pieces meeting at
+``λ_mid = −r/c``: piece *a* (``λc + r > 0``) with maximiser ``λ_a = √(A/Bm)`` and piece *b*
+(``ν = 0``) with maximiser ``λ_b = √(q/2δ)``. Each maximiser is projected onto its piece
 and the better one is kept (Achiam et al. 2017, Theorem 2 / Appendix 10.2). When
-``lam_mid <= 0`` one piece is **empty** and is excluded -- clamping onto an interval with
-``lower > upper`` (as several public implementations do) would return a negative ``lam``.
+``λ_mid ≤ 0`` one piece is **empty** and is excluded — clamping onto an interval with
+``lower > upper`` (as several public implementations do) would return a negative ``λ``.
 
 **Several constraints** (``m > 1``): exact active-set enumeration. For a set ``T`` of active
-constraints, stationarity in ``nu_T`` gives ``nu_T = S_TT^{-1}(r_T + lam c_T)`` and stationarity
-in ``lam`` gives ``lam = sqrt(A_T / B_T)`` with ``A_T = q - r_T^T S_TT^{-1} r_T`` and
-``B_T = 2 delta - c_T^T S_TT^{-1} c_T`` (the ``m = 1`` formulas with ``s`` replaced by ``S_TT``).
-All ``2^m`` subsets are evaluated in parallel; each candidate ``nu`` is clipped to ``nu >= 0``
-and scored by the dual objective minimised over ``lam`` in closed form,
-``h(nu) = sqrt(2 delta Q(nu)) - c^T nu`` with ``Q(nu) = q - 2 r^T nu + nu^T S nu``. Every
-``nu >= 0`` gives an upper bound on the primal optimum (weak duality) and the true active set
-attains it (strong duality under Slater), so the smallest score is the exact dual optimum --
-no tolerance-based KKT test is needed. ``m`` is static; the cost is ``2^m`` tiny ``m x m``
-Cholesky solves (``m <= max_enumeration``, default 10).
+constraints, stationarity in ``ν_T`` gives ``ν_T = S_TT⁻¹(r_T + λc_T)`` and stationarity
+in ``λ`` gives ``λ = √(A_T/B_T)`` with ``A_T = q − r_Tᵀ S_TT⁻¹ r_T`` and
+``B_T = 2δ − c_Tᵀ S_TT⁻¹ c_T`` (the ``m = 1`` formulas with ``s`` replaced by ``S_TT``).
+All ``2ᵐ`` subsets are evaluated in parallel; each candidate ``ν`` is clipped to ``ν ≥ 0``
+and scored by the dual objective minimised over ``λ`` in closed form,
+``h(ν) = √(2δ·Q(ν)) − cᵀν`` with ``Q(ν) = q − 2rᵀν + νᵀSν``. Every
+``ν ≥ 0`` gives an upper bound on the primal optimum (weak duality) and the true active set
+attains it (strong duality under Slater), so the smallest score is the exact dual optimum —
+no tolerance-based KKT test is needed. ``m`` is static; the cost is ``2ᵐ`` tiny ``m × m``
+Cholesky solves (``m ≤ max_enumeration``, default 10).
 
 **Multi-constraint recovery** (case 5): feasibility is decided by the H-norm distance to the
-linearised feasible set, ``p_min = min {1/2 x^T H x : c + B^T x <= 0}``, a QP solved in the
-same way through its dual ``max_{mu >= 0} -1/2 mu^T S mu + mu^T c`` (active-set enumeration,
-minimiser ``x_min = -W mu``). The problem is infeasible iff ``p_min > delta``; the recovery step
-is then ``x_min`` scaled back onto the trust-region boundary, ``x = sqrt(delta / p_min) x_min``:
+linearised feasible set, ``p_min = min {½ xᵀHx : c + Bᵀx ≤ 0}``, a QP solved in the
+same way through its dual ``max_{μ≥0} −½ μᵀSμ + μᵀc`` (active-set enumeration,
+minimiser ``x_min = −Wμ``). The problem is infeasible iff ``p_min > δ``; the recovery step
+is then ``x_min`` scaled back onto the trust-region boundary, ``x = √(δ/p_min)·x_min``:
 the step towards the nearest (in the KL metric) point satisfying every linearised constraint.
 Because each constraint is linear and holds at ``x_min``, along the segment ``[0, x_min]``
 every satisfied constraint stays satisfied and every violated one strictly decreases. For
-``m = 1`` it is exactly CPO's recovery ``-sqrt(2 delta / s) w``.
+``m = 1`` it is exactly CPO's recovery ``−√(2δ/s)·w``.
 
-Degenerate constraints: a column with ``||b_i||^2 <= b_tol`` and ``c_i < 0`` can never become
-active and is dropped (``m > 1``). With ``c_i >= 0`` it is kept, as jachiam/cpo does for
+Degenerate constraints: a column with ``‖b_i‖² ≤ b_tol`` and ``c_i < 0`` can never become
+active and is dropped (``m > 1``). With ``c_i ≥ 0`` it is kept, as jachiam/cpo does for
 ``m = 1`` (the recovery direction is then dominated by the tiny gradient); an exactly zero
 column with ``c_i > 0`` cannot be acted on and is effectively ignored for ``m > 1`` (its subsets
 fail the Cholesky test) and gives a zero step for ``m = 1``.
@@ -112,12 +112,12 @@ __all__ = [
     "pcpo_step",
 ]
 
-CASE_RECOVERY = 0  # m = 1: c > 0 and the plane misses the region -> -sqrt(2 delta / s) w
-CASE_DUAL_INFEASIBLE = 1  # some c >= 0, a feasible point exists in the region -> dual solution
-CASE_DUAL_FEASIBLE = 2  # c < 0 and some plane cuts the region -> dual solution
-CASE_TRPO_FEASIBLE = 3  # c < 0 and the whole region is feasible -> TRPO step
-CASE_TRPO_DEGENERATE = 4  # b ~ 0 and c < 0 -> TRPO step
-CASE_MULTI_RECOVERY = 5  # m > 1: no feasible point in the region -> scaled min-H-norm step
+CASE_RECOVERY = 0  # m = 1: c > 0 and the plane misses the region → −√(2δ/s)·w
+CASE_DUAL_INFEASIBLE = 1  # some c ≥ 0, a feasible point exists in the region → dual solution
+CASE_DUAL_FEASIBLE = 2  # c < 0 and some plane cuts the region → dual solution
+CASE_TRPO_FEASIBLE = 3  # c < 0 and the whole region is feasible → TRPO step
+CASE_TRPO_DEGENERATE = 4  # b ≈ 0 and c < 0 → TRPO step
+CASE_MULTI_RECOVERY = 5  # m > 1: no feasible point in the region → scaled min-H-norm step
 
 
 class CPOInfo(NamedTuple):
@@ -127,18 +127,18 @@ class CPOInfo(NamedTuple):
         case: Case number (int32), see the module docstring.
         recovery: True for a recovery step (cases 0 and 5).
         feasible: Whether some point of the trust region satisfies every linearised constraint.
-        lam: Trust-region multiplier ``lambda`` (0 in recovery).
-        nu: Constraint multipliers ``nu``, shape ``[m]``. In recovery: the coefficients of the
-            recovery step ``x = -H^{-1} B nu`` (``m = 1``: ``sqrt(2 delta / s)``, as jachiam/cpo).
-        q: ``g^T H^{-1} g``.
-        r: ``B^T H^{-1} g``, shape ``[m]``.
-        s: ``B^T H^{-1} B``, shape ``[m, m]``.
-        min_kl_to_feasible: ``p_min``, the smallest ``1/2 x^T H x`` over the linearised feasible
-            set (0 when ``c <= 0``); infeasible iff ``p_min > delta``.
-        cg_residual: Largest ``||H x - b||`` over the linear solves (CG or direct).
-        predicted_kl: ``1/2 x^T H x`` of the returned step (from the scalars above).
-        predicted_reward_gain: ``g^T x``.
-        predicted_constraint: Linearised constraint values after the step, ``c + B^T x``
+        lam: Trust-region multiplier λ (0 in recovery).
+        nu: Constraint multipliers ν, shape ``[m]``. In recovery: the coefficients of the
+            recovery step ``x = −H⁻¹Bν`` (``m = 1``: ``√(2δ/s)``, as jachiam/cpo).
+        q: ``gᵀH⁻¹g``.
+        r: ``BᵀH⁻¹g``, shape ``[m]``.
+        s: ``BᵀH⁻¹B``, shape ``[m, m]``.
+        min_kl_to_feasible: ``p_min``, the smallest ``½ xᵀHx`` over the linearised feasible
+            set (0 when ``c ≤ 0``); infeasible iff ``p_min > δ``.
+        cg_residual: Largest ``‖Hx − b‖`` over the linear solves (CG or direct).
+        predicted_kl: ``½ xᵀHx`` of the returned step (from the scalars above).
+        predicted_reward_gain: ``gᵀx``.
+        predicted_constraint: Linearised constraint values after the step, ``c + Bᵀx``
             (shape ``[m]``).
     """
 
@@ -161,19 +161,19 @@ class PCPOInfo(NamedTuple):
     """Diagnostics of :func:`pcpo_step`.
 
     Attributes:
-        q: ``g^T H^{-1} g``.
-        r: ``B^T H^{-1} g``, shape ``[m]``.
-        step_scale: ``sqrt(2 delta / q)``, the coefficient of the reward step.
+        q: ``gᵀH⁻¹g``.
+        r: ``BᵀH⁻¹g``, shape ``[m]``.
+        step_scale: ``√(2δ/q)``, the coefficient of the reward step.
         projection_coef: Total projection coefficients ``t``, shape ``[m]``: the final step is
-            ``x_half - L^{-1} B t`` (``L = H`` or ``I``). For Dykstra's method these are the
+            ``x_½ − L⁻¹Bt`` (``L = H`` or ``I``). For Dykstra's method these are the
             multipliers of the projection problem.
-        projection_denominator: ``b_i^T L^{-1} b_i``, shape ``[m]``.
-        constraint_before: Linearised constraints at the reward step, ``c + B^T x_half``.
-        constraint_after: Linearised constraints after projection, ``c + B^T x``.
+        projection_denominator: ``b_iᵀL⁻¹b_i``, shape ``[m]``.
+        constraint_before: Linearised constraints at the reward step ``x_½``, ``c + Bᵀx_½``.
+        constraint_after: Linearised constraints after projection, ``c + Bᵀx``.
         projected: Whether any projection moved the step.
-        cg_residual: Largest ``||H x - b||`` over the linear solves.
-        predicted_kl: ``1/2 x^T H x`` of the final step.
-        predicted_reward_gain: ``g^T x``.
+        cg_residual: Largest ``‖Hx − b‖`` over the linear solves.
+        predicted_kl: ``½ xᵀHx`` of the final step.
+        predicted_reward_gain: ``gᵀx``.
     """
 
     q: Array
@@ -216,11 +216,11 @@ def _solve_many(
     cg_iterations: int,
     cg_residual_tol: float,
 ) -> tuple[Array, Array, Callable[[Array], Array]]:
-    """Solves ``H X = rhs`` for the columns of ``rhs`` (``[n, k]``).
+    """Solves ``HX = rhs`` for the columns of ``rhs`` (``[n, k]``).
 
     Returns ``(X, max residual norm, matvec)``. With a callable, each column is solved by CG on
-    the normalised right-hand side, ``H^{-1} b = ||b|| CG(b / ||b||)`` (jachiam/cpo), so that
-    the early-stopping tolerance is relative and tiny gradients (e.g. ``b ~ 0``) are handled.
+    the normalised right-hand side, ``H⁻¹b = ‖b‖·CG(b/‖b‖)`` (jachiam/cpo), so that
+    the early-stopping tolerance is relative and tiny gradients (e.g. ``b ≈ 0``) are handled.
     With a matrix, a Cholesky solve is used (exact up to rounding).
     """
     dtype = rhs.dtype
@@ -250,7 +250,7 @@ def _safe(x: Array, ok: Array) -> Array:
 
 
 def _subset_masks(m: int) -> np.ndarray:
-    """All ``2^m`` subsets of ``range(m)`` as a boolean ``[2^m, m]`` array (static)."""
+    """All ``2ᵐ`` subsets of ``range(m)`` as a boolean ``[2ᵐ, m]`` array (static)."""
     k = np.arange(2**m)[:, None]
     return ((k >> np.arange(m)[None, :]) & 1).astype(bool)
 
@@ -261,8 +261,8 @@ def _masked_solve(S: Array, mask: Array, rhs: Array) -> tuple[Array, Array]:
     The inactive block is replaced by the identity and the coupling by zeros, so one
     fixed-shape Cholesky solve serves every subset. Returns ``(Y, ok)`` with ``rhs`` of shape
     ``[m, k]``; ``ok`` is False when ``S_TT`` is numerically singular: a pivot of its Cholesky
-    factor carries less than ``1e3 * eps`` of the corresponding diagonal entry (i.e. ``b_i`` is
-    almost in the span of the preceding active columns, in the ``H^{-1}`` metric).
+    factor carries less than ``1e3·eps`` of the corresponding diagonal entry (i.e. ``b_i`` is
+    almost in the span of the preceding active columns, in the ``H⁻¹`` metric).
     """
     m = S.shape[0]
     eye = jnp.eye(m, dtype=S.dtype)
@@ -291,16 +291,16 @@ def _cpo_single(
     """Closed-form CPO dual for one constraint (scalars ``q, r, s, c``).
 
     Returns ``(case, lam, nu, coef_v, coef_w, p_min)`` with the step
-    ``x = coef_v * v + coef_w * w``.
+    ``x = coef_v·v + coef_w·w``.
     """
     dtype = q.dtype
     zero = jnp.zeros((), dtype)
     inf = jnp.asarray(jnp.inf, dtype)
     s_ok = s > 0
     s_safe = _safe(s, s_ok)
-    # A >= 0 by Cauchy-Schwarz in the H^{-1} inner product; clip rounding.
+    # A ≥ 0 by Cauchy-Schwarz in the H⁻¹ inner product; clip rounding.
     A = jnp.maximum(q - r**2 / s_safe, 0.0)
-    Bm = 2.0 * delta - c**2 / s_safe  # Bm >= 0 <=> the plane c + b^T x = 0 cuts the region
+    Bm = 2.0 * delta - c**2 / s_safe  # Bm ≥ 0 ⇔ the plane c + bᵀx = 0 cuts the region
     Bm = jnp.where(s_ok, Bm, jnp.where(c > 0, -inf, 2.0 * delta))
 
     case = jnp.where(
@@ -313,18 +313,18 @@ def _cpo_single(
         ),
     ).astype(jnp.int32)
 
-    # --- TRPO step (cases 3, 4): lam = sqrt(q / 2 delta), nu = 0 --------------------------
+    # --- TRPO step (cases 3, 4): λ = √(q/2δ), ν = 0 ---------------------------------------
     lam_trpo = jnp.sqrt(q / (2.0 * delta))
 
     # --- Dual solution (cases 1, 2): Achiam et al. 2017, Appendix 10.2 ---------------------
-    # nu(lam) = (lam c + r)_+ / s; the two pieces meet at lam_mid = -r / c.
+    # ν(λ) = (λc + r)₊/s; the two pieces meet at λ_mid = −r/c.
     c_neg, c_pos = c < 0, c > 0
     c_zero = ~c_neg & ~c_pos
     lam_mid = -r / _safe(c, ~c_zero)
     mid0 = jnp.maximum(lam_mid, 0.0)
     mid_pos = lam_mid > 0
-    # Piece a (lam c + r > 0): [0, lam_mid) for c < 0, (lam_mid, inf) for c > 0,
-    # everything if c == 0 and r > 0. Piece b (nu = 0) is the complement.
+    # Piece a (λc + r > 0): [0, λ_mid) for c < 0, (λ_mid, ∞) for c > 0,
+    # everything if c = 0 and r > 0. Piece b (ν = 0) is the complement.
     lo_a = jnp.where(c_pos, mid0, zero)
     hi_a = jnp.where(c_neg, mid0, inf)
     valid_a = jnp.where(c_neg, mid_pos, jnp.where(c_pos, True, r > 0))
@@ -332,19 +332,19 @@ def _cpo_single(
     hi_b = jnp.where(c_pos, mid0, inf)
     valid_b = jnp.where(c_pos, mid_pos, jnp.where(c_neg, True, r <= 0))
     # Unconstrained maximisers of each piece. Bm = 0 (plane tangent to the region) means
-    # lam_a -> inf; a floor of eps * 2 delta keeps lam_a finite (no inf * 0 below) while
+    # λ_a → ∞; a floor of eps·2δ keeps λ_a finite (no ∞·0 below) while
     # leaving the step on the tangent point to rounding accuracy.
     Bm_floor = jnp.maximum(Bm, jnp.finfo(dtype).eps * 2.0 * delta)
     lam_a = jnp.clip(jnp.sqrt(A / Bm_floor), lo_a, hi_a)
     lam_b = jnp.clip(lam_trpo, lo_b, hi_b)
 
     def inv_term(num: Array, lam: Array) -> Array:
-        # num / lam with the limits num / 0 = inf (num > 0) and 0 / 0 = 0.
+        # num/λ with the limits num/0 = ∞ (num > 0) and 0/0 = 0.
         return jnp.where(lam > 0, num / _safe(lam, lam > 0), jnp.where(num > 0, inf, zero))
 
     rc_s = r * c / s_safe
-    f_a = -0.5 * (inv_term(A, lam_a) + Bm_floor * lam_a) + rc_s  # -sqrt(A Bm) + rc/s unclipped
-    f_b = -0.5 * (inv_term(q, lam_b) + 2.0 * delta * lam_b)  # = -sqrt(2 delta q) unclipped
+    f_a = -0.5 * (inv_term(A, lam_a) + Bm_floor * lam_a) + rc_s  # −√(A·Bm) + rc/s unclipped
+    f_b = -0.5 * (inv_term(q, lam_b) + 2.0 * delta * lam_b)  # = −√(2δq) unclipped
     f_a = jnp.where(valid_a, f_a, -inf)
     f_b = jnp.where(valid_b, f_b, -inf)
     lam_dual = jnp.where(f_a >= f_b, lam_a, lam_b)
@@ -358,9 +358,9 @@ def _cpo_single(
     lam = jnp.where(is_trpo, lam_trpo, jnp.where(is_rec, zero, lam_dual))
     nu = jnp.where(is_trpo, zero, jnp.where(is_rec, nu_rec, nu_dual))
 
-    # x = (1 / lam)(v - nu w). lam = 0 outside recovery only in degenerate limits (g = 0, or
-    # g parallel to b in the H^{-1} metric so A = 0); then any feasible point on the active
-    # plane is optimal and we return the min-norm one, -(c / s) w (0 if the plane is inactive).
+    # x = (1/λ)(v − νw). λ = 0 outside recovery only in degenerate limits (g = 0, or
+    # g parallel to b in the H⁻¹ metric so A = 0); then any feasible point on the active
+    # plane is optimal and we return the min-norm one, −(c/s)·w (0 if the plane is inactive).
     lam_pos = lam > 0
     inv_lam = jnp.where(lam_pos, 1.0 / _safe(lam, lam_pos), zero)
     plane = jnp.where((nu > 0) | (c > 0), c / s_safe, zero)
@@ -381,7 +381,7 @@ def _cpo_multi(
 ) -> tuple[Array, Array, Array, Array, Array, Array]:
     """Active-set-enumeration CPO dual for ``m`` constraints.
 
-    Returns ``(case, lam, nu, coef_v, coef_w, p_min)`` with ``x = coef_v v + W coef_w``.
+    Returns ``(case, lam, nu, coef_v, coef_w, p_min)`` with ``x = coef_v·v + W·coef_w``.
     """
     dtype = q.dtype
     m = c.shape[0]
@@ -393,23 +393,23 @@ def _cpo_multi(
 
     def candidate(mask: Array):
         Y, ok = _masked_solve(S, mask, jnp.stack([r, c], axis=1))
-        y, z = Y[:, 0], Y[:, 1]  # S_TT^{-1} r_T, S_TT^{-1} c_T
-        # -- main dual: nu_T = S^{-1}(r + lam c), lam = sqrt(A_T / B_T) ----------------------
+        y, z = Y[:, 0], Y[:, 1]  # S_TT⁻¹ r_T, S_TT⁻¹ c_T
+        # -- main dual: ν_T = S⁻¹(r + λc), λ = √(A_T/B_T) ------------------------------------
         A_T = q - jnp.dot(r, y)
         B_T = 2.0 * delta - jnp.dot(c, z)
         ok_main = ok & (A_T > 0) & (B_T > 0)
         lam = jnp.sqrt(A_T / _safe(B_T, ok_main))
         nu = jnp.maximum(y + lam * z, 0.0)  # clipping keeps it a valid dual point
         Q = jnp.maximum(q - 2.0 * jnp.dot(r, nu) + nu @ S @ nu, 0.0)
-        h = jnp.sqrt(2.0 * delta * Q) - jnp.dot(c, nu)  # dual objective minimised over lam
+        h = jnp.sqrt(2.0 * delta * Q) - jnp.dot(c, nu)  # dual objective minimised over λ
         h = jnp.where(ok_main & jnp.isfinite(h), h, inf)
-        # -- min-H-norm feasibility QP: max_{mu >= 0} -1/2 mu^T S mu + mu^T c ----------------
+        # -- min-H-norm feasibility QP: max_{μ≥0} −½ μᵀSμ + μᵀc ------------------------------
         mu = jnp.maximum(z, 0.0)
         a = jnp.dot(mu, c)
         sq = mu @ S @ mu
         good = ok & (a > 0) & (sq > 0)
-        t = jnp.where(good, a / _safe(sq, good), zero)  # best scaling of mu
-        phi = jnp.where(good, 0.5 * a * t, zero)  # = max_t -1/2 t^2 sq + t a (lower bound)
+        t = jnp.where(good, a / _safe(sq, good), zero)  # best scaling of μ
+        phi = jnp.where(good, 0.5 * a * t, zero)  # = max_t −½ t²·sq + t·a (lower bound)
         phi = jnp.where(jnp.isfinite(phi), phi, zero)
         return h, nu, phi, mu * t
 
@@ -445,20 +445,20 @@ def _cpo_multi(
     is_rec = case == recovery_case
 
     nu = jnp.where(is_trpo, jnp.zeros_like(nu_dual), nu_dual)
-    # lam from Q(nu) = ||g - B nu||^2_{H^{-1}} (closed form for fixed nu).
+    # λ from Q(ν) = ‖g − Bν‖²_{H⁻¹} (closed form for fixed ν).
     Q = jnp.maximum(q - 2.0 * jnp.dot(r, nu) + nu @ S @ nu, 0.0)
     lam = jnp.sqrt(Q / (2.0 * delta))
     lam_pos = lam > 0
     inv_lam = jnp.where(lam_pos, 1.0 / _safe(lam, lam_pos), zero)
-    # Recovery: x = sqrt(delta / p_min) x_min with x_min = -W mu.
+    # Recovery: x = √(δ/p_min)·x_min with x_min = −Wμ.
     scale = jnp.sqrt(delta / _safe(p_min, p_min > 0))
     nu_rec = mu_min * scale
     lam = jnp.where(is_rec, zero, lam)
     nu = jnp.where(is_rec, nu_rec, nu)
     coef_v = jnp.where(is_rec, zero, inv_lam)
-    # lam = 0 outside recovery only in degenerate limits (g = 0, or g in the cone of the active
-    # b_i in the H^{-1} metric): every feasible point of the active face is then optimal and we
-    # return the min-H-norm feasible point x_min = -W mu (0 when c <= 0), as for m = 1.
+    # λ = 0 outside recovery only in degenerate limits (g = 0, or g in the cone of the active
+    # b_i in the H⁻¹ metric): every feasible point of the active face is then optimal and we
+    # return the min-H-norm feasible point x_min = −Wμ (0 when c ≤ 0), as for m = 1.
     coef_w = jnp.where(is_rec, -nu_rec, jnp.where(lam_pos, -nu * inv_lam, -mu_min))
     return case, lam, nu, coef_v, coef_w, p_min
 
@@ -476,29 +476,29 @@ def cpo_step(
     method: str = "auto",
     max_enumeration: int = 10,
 ) -> tuple[Array, CPOInfo]:
-    """Solves the CPO subproblem ``max g^T x s.t. c + B^T x <= 0, 1/2 x^T H x <= delta``.
+    """Solves the CPO subproblem ``max gᵀx s.t. c + Bᵀx ≤ 0, ½ xᵀHx ≤ δ``.
 
     Achiam et al. 2017, eq. (10)-(13) and Appendix 10.2; see the module docstring for the
     cases, the multi-constraint dual and the recovery steps. Reward-ascent signs throughout:
     ``g`` is the gradient of the reward surrogate to *increase*, ``B`` the gradients of the cost
-    surrogates, ``c = J_C - d`` (positive when violated), all in consistent (episode) units.
+    surrogates, ``c = J_C − d`` (positive when violated), all in consistent (episode) units.
 
     Jittable and vmappable: all case distinctions are ``jnp.where`` selections.
 
     Args:
         g: Reward-surrogate gradient, shape ``[n]``.
         B: Cost-surrogate gradients, shape ``[n, m]`` (one column per constraint) or ``[n]``.
-        c: Constraint values ``J_C(pi_k) - d``, shape ``[m]`` or scalar.
+        c: Constraint values ``J_C(π_k) − d``, shape ``[m]`` or scalar.
         hvp_or_matrix: The Fisher matrix ``H`` as an ``[n, n]`` positive-definite array, or a
-            callable ``v -> H v`` (e.g. :func:`saferl.core.trust_region.fisher_vector_product`).
-        delta: Trust-region size (``1/2 x^T H x <= delta``).
-        cg_iterations: Conjugate-gradient iterations per ``H^{-1}`` product (callable ``H``).
+            callable ``v → Hv`` (e.g. :func:`saferl.core.trust_region.fisher_vector_product`).
+        delta: Trust-region size δ (``½ xᵀHx ≤ δ``).
+        cg_iterations: Conjugate-gradient iterations per ``H⁻¹`` product (callable ``H``).
         cg_residual_tol: CG early-stopping tolerance on the squared residual.
-        b_tol: A constraint with ``||b_i||^2 <= b_tol`` counts as having no gradient (case 4).
+        b_tol: A constraint with ``‖b_i‖² ≤ b_tol`` counts as having no gradient (case 4).
         method: ``"auto"`` (closed form for ``m = 1``, enumeration otherwise), ``"analytic"``
             (``m = 1`` only) or ``"enumerate"`` (any ``m``; for ``m = 1`` it reproduces the
             closed form).
-        max_enumeration: Largest ``m`` accepted by the enumeration (``2^m`` subsets).
+        max_enumeration: Largest ``m`` accepted by the enumeration (``2ᵐ`` subsets).
 
     Returns:
         ``(x, info)``: the step ``x`` (shape ``[n]``) and a :class:`CPOInfo`.
@@ -517,7 +517,7 @@ def cpo_step(
         raise ValueError(f"m = {m} constraints exceeds max_enumeration = {max_enumeration}")
     delta = jnp.asarray(delta, dtype)
 
-    # H^{-1} g and H^{-1} B in one batch of solves (CG with a callable).
+    # H⁻¹g and H⁻¹B in one batch of solves (CG with a callable).
     sol, cg_res, _ = _solve_many(
         hvp_or_matrix, jnp.concatenate([g[:, None], B], axis=1), cg_iterations, cg_residual_tol
     )
@@ -540,8 +540,8 @@ def cpo_step(
     x = coef_v * v + W @ coef_w
     recovery = (case == CASE_RECOVERY) | (case == CASE_MULTI_RECOVERY)
 
-    # Predicted quantities from the scalars: x = a v + W k  =>  x^T H x = a^2 q + 2a r^T k
-    # + k^T S k, g^T x = a q + r^T k, B^T x = a r + S k.
+    # Predicted quantities from the scalars: x = a·v + Wk  ⇒  xᵀHx = a²q + 2a·rᵀk
+    # + kᵀSk, gᵀx = aq + rᵀk, Bᵀx = ar + Sk.
     pred_kl = 0.5 * (coef_v**2 * q + 2.0 * coef_v * jnp.dot(r, coef_w) + coef_w @ S @ coef_w)
     info = CPOInfo(
         case=case,
@@ -579,34 +579,34 @@ def pcpo_step(
     sweeps: int | None = None,
     method: str = "cyclic",
 ) -> tuple[Array, PCPOInfo]:
-    """Projection-based CPO step (Yang et al. 2020, eq. (8)-(9); ALGORITHMS.md section 4).
+    """Projection-based CPO step (Yang et al. 2020, eq. (8)-(9); ALGORITHMS.md §4).
 
-    Step 1, the TRPO reward step: ``x_half = sqrt(2 delta / q) H^{-1} g``.
-    Step 2, projection of ``x_half`` onto the linearised constraint set
-    ``{x : b_i^T x + c_i <= 0}`` in the norm ``||x||_L = sqrt(x^T L x)``, ``L = H`` (``"kl"``)
+    Step 1, the TRPO reward step: ``x_½ = √(2δ/q)·H⁻¹g`` (``x_half`` in the code).
+    Step 2, projection of ``x_½`` onto the linearised constraint set
+    ``{x : b_iᵀx + c_i ≤ 0}`` in the norm ``‖x‖_L = √(xᵀLx)``, ``L = H`` (``"kl"``)
     or ``L = I`` (``"l2"``). For one half-space the projection is closed form::
 
-        x = x_half - max(0, (b^T x_half + c) / (b^T L^{-1} b)) L^{-1} b
+        x = x_½ − max(0, (bᵀx_½ + c)/(bᵀL⁻¹b))·L⁻¹b
 
-    where ``b^T x_half = sqrt(2 delta / q) b^T H^{-1} g`` uses ``H^{-1} g`` itself (OmniSafe
-    and SafePO replace it by ``g``, i.e. assume ``H H^{-1} g ~ g`` where ``H^{-1} g``
+    where ``bᵀx_½ = √(2δ/q)·bᵀH⁻¹g`` uses ``H⁻¹g`` itself (OmniSafe
+    and SafePO replace it by ``g``, i.e. assume ``H·H⁻¹g ≈ g`` where ``H⁻¹g``
     belongs).
 
     Several constraints (``m > 1``): alternating projections onto the half-spaces for a fixed
     number of sweeps (static, so jittable). ``method="cyclic"`` is plain cyclic projection
     (the paper's suggestion): it converges to *a* point of the intersection, not necessarily
     the L-projection. ``method="dykstra"`` runs Dykstra's algorithm, which converges to the
-    exact L-projection of ``x_half`` onto the intersection at the same cost per sweep. For
+    exact L-projection of ``x_½`` onto the intersection at the same cost per sweep. For
     ``m = 1`` both are the exact one-shot projection.
 
     Args:
         g: Reward-surrogate gradient (ascent direction), shape ``[n]``.
         B: Cost-surrogate gradients ``a_i`` as columns, shape ``[n, m]`` or ``[n]``.
-        c: Constraint values ``J_C - d`` (the paper's ``b``), shape ``[m]`` or scalar.
-        hvp_or_matrix: Fisher matrix ``[n, n]`` or a callable ``v -> H v``.
-        delta: Trust-region size.
+        c: Constraint values ``J_C − d`` (the paper's ``b``), shape ``[m]`` or scalar.
+        hvp_or_matrix: Fisher matrix ``[n, n]`` or a callable ``v → Hv``.
+        delta: Trust-region size δ.
         projection: ``"kl"`` (``L = H``) or ``"l2"`` (``L = I``).
-        cg_iterations: CG iterations per ``H^{-1}`` product (callable ``H``).
+        cg_iterations: CG iterations per ``H⁻¹`` product (callable ``H``).
         cg_residual_tol: CG early-stopping tolerance on the squared residual.
         sweeps: Number of passes over the constraints (default 1 for ``m = 1``, 100
             otherwise).
@@ -632,20 +632,20 @@ def pcpo_step(
     rhs = jnp.concatenate([g[:, None], B], axis=1) if projection == "kl" else g[:, None]
     sol, cg_res, matvec = _solve_many(hvp_or_matrix, rhs, cg_iterations, cg_residual_tol)
     v = sol[:, 0]
-    Linv_B = sol[:, 1:] if projection == "kl" else B  # columns L^{-1} b_i
+    Linv_B = sol[:, 1:] if projection == "kl" else B  # columns L⁻¹b_i
     q = jnp.dot(g, v)
     r = B.T @ v
     q_ok = q > 0
     step_scale = jnp.where(q_ok, jnp.sqrt(2.0 * delta / _safe(q, q_ok)), 0.0)
     x_half = step_scale * v
-    den = jnp.sum(B * Linv_B, axis=0)  # b_i^T L^{-1} b_i
+    den = jnp.sum(B * Linv_B, axis=0)  # b_iᵀL⁻¹b_i
     den_ok = den > 0
     den_safe = _safe(den, den_ok)
 
     def project(i: Array, state: tuple[Array, Array]) -> tuple[Array, Array]:
         # One half-space projection in the L-norm. For Dykstra the correction removed at the
-        # previous visit of constraint i (kappa_i L^{-1} b_i) is added back first; the
-        # increment of each half-space is always a multiple of L^{-1} b_i, so a scalar suffices.
+        # previous visit of constraint i (κ_i L⁻¹b_i) is added back first; the
+        # increment of each half-space is always a multiple of L⁻¹b_i, so a scalar suffices.
         x, coef = state
         j = i % m
         a, w = B[:, j], Linv_B[:, j]
@@ -657,7 +657,7 @@ def pcpo_step(
         return x, coef.at[j].set(new)
 
     x, coef = jax.lax.fori_loop(0, sweeps * m, project, (x_half, jnp.zeros((m,), dtype)))
-    # Total coefficients: x = x_half - L^{-1} B coef (true for both methods).
+    # Total coefficients: x = x_½ − L⁻¹B·coef (true for both methods).
     Hx = matvec(x)
     info = PCPOInfo(
         q=q,

@@ -3,12 +3,12 @@
 Everything here is pure JAX: jittable, vmappable and dtype-agnostic (it follows the dtype of its
 inputs, so it is exact in float64 when ``jax_enable_x64`` is on).
 
-* :func:`fisher_vector_product` -- products with the Hessian of the mean KL (the Fisher
+* :func:`fisher_vector_product` — products with the Hessian of the mean KL (the Fisher
   information matrix at the old policy), Pearlmutter-style, never forming the matrix.
-* :func:`conjugate_gradient` -- solves ``H x = b`` with a fixed maximum number of iterations
+* :func:`conjugate_gradient` — solves ``Hx = b`` with a fixed maximum number of iterations
   (Schulman et al. 2015, Appendix C; Achiam et al. 2017, Section 6.1).
-* :func:`backtracking_line_search` -- the step-size search of TRPO/CPO, with a pluggable
-  acceptance test; :func:`trust_region_accept` is the CPO test of ALGORITHMS.md section 3.
+* :func:`backtracking_line_search` — the step-size search of TRPO/CPO, with a pluggable
+  acceptance test; :func:`trust_region_accept` is the CPO test of ALGORITHMS.md §3.
 """
 
 from __future__ import annotations
@@ -39,32 +39,32 @@ def fisher_vector_product(
     *,
     linearize: bool = False,
 ) -> MatVec:
-    """Builds ``v -> (H + damping I) v`` with ``H`` the Hessian of the mean KL at ``params``.
+    """Builds ``v → (H + damping·I)v`` with ``H`` the Hessian of the mean KL at ``params``.
 
     ``kl_fn(params)`` must return the **mean KL divergence between the policy at ``params`` and a
     fixed old policy** whose outputs were computed at the current parameters and wrapped in
     ``jax.lax.stop_gradient`` (or precomputed outside the differentiated function). At
     ``params == old params`` the KL and its gradient vanish and its Hessian is the Fisher
-    information matrix, which is the metric of the trust region ``1/2 x^T H x <= delta``
+    information matrix, which is the metric of the trust region ``½ xᵀHx ≤ δ``
     (TRPO, Schulman et al. 2015, eq. 14 and Appendix C; CPO, Achiam et al. 2017, eq. 10). Either
-    direction, KL(old || new) or KL(new || old), has this Hessian at the old parameters.
+    direction, KL(old ‖ new) or KL(new ‖ old), has this Hessian at the old parameters.
 
-    The product is computed forward-over-reverse -- ``jax.jvp`` of ``jax.grad`` on the flattened
-    parameter vector (``jax.flatten_util.ravel_pytree``) -- which costs a small constant times a
+    The product is computed forward-over-reverse — ``jax.jvp`` of ``jax.grad`` on the flattened
+    parameter vector (``jax.flatten_util.ravel_pytree``) — which costs a small constant times a
     gradient evaluation and never materialises ``H`` (Pearlmutter 1994).
 
     Args:
         kl_fn: Maps a parameter pytree (same structure as ``params``) to the scalar mean KL.
         params: Current policy parameters (a pytree), where the Hessian is taken.
-        damping: Tikhonov damping added to the product, ``damping * v`` (CPO uses ~0.1 in
-            jachiam/cpo, TRPO ~0.1; 1e-5 in some implementations). Keeps CG well posed.
+        damping: Tikhonov damping added to the product, ``damping·v`` (CPO uses ≈0.1 in
+            jachiam/cpo, TRPO ≈0.1; 1e-5 in some implementations). Keeps CG well posed.
         linearize: If True, linearise the gradient once with ``jax.linearize`` and reuse the
             stored residuals for every product (faster inside a CG loop, costs the memory of one
             backward pass). If False every product re-runs the forward pass.
 
     Returns:
         A function mapping a flat vector ``v`` of shape ``[n]`` (``n`` = number of parameters, in
-        the order of ``ravel_pytree(params)``) to ``(H + damping I) v`` of shape ``[n]``.
+        the order of ``ravel_pytree(params)``) to ``(H + damping·I)v`` of shape ``[n]``.
     """
     flat, unravel = ravel_pytree(params)
 
@@ -84,7 +84,7 @@ def fisher_vector_product(
 
     def hvp(v: Array) -> Array:
         v = jnp.asarray(v, dtype=flat.dtype)
-        # Forward-over-reverse: directional derivative of the gradient along v is H v.
+        # Forward-over-reverse: directional derivative of the gradient along v is Hv.
         return jax.jvp(grad_kl, (flat,), (v,))[1] + damping * v
 
     return hvp
@@ -96,23 +96,23 @@ def conjugate_gradient(
     iterations: int = 10,
     residual_tol: float = 1e-10,
 ) -> tuple[Array, Array]:
-    """Approximately solves ``A x = b`` for a symmetric positive-definite ``A``, from ``x0 = 0``.
+    """Approximately solves ``Ax = b`` for a symmetric positive-definite ``A``, from ``x₀ = 0``.
 
     Standard CG (Hestenes & Stiefel; the variant in TRPO's Appendix C). It runs at most
     ``iterations`` iterations inside a ``lax.while_loop`` and stops early once the squared
-    residual ``r^T r`` falls below ``residual_tol`` (the convention of the TRPO/CPO reference
+    residual ``rᵀr`` falls below ``residual_tol`` (the convention of the TRPO/CPO reference
     code). Jittable and vmappable; no Python control flow depends on traced values.
 
     Args:
-        matvec: ``v -> A v`` for a symmetric positive-definite ``A`` (e.g. from
+        matvec: ``v → Av`` for a symmetric positive-definite ``A`` (e.g. from
             :func:`fisher_vector_product`).
         b: Right-hand side, shape ``[n]``.
         iterations: Maximum number of CG iterations (static).
-        residual_tol: Early stop when the squared residual norm ``r^T r`` is below this.
+        residual_tol: Early stop when the squared residual norm ``rᵀr`` is below this.
 
     Returns:
         ``(x, residual_norm)``: the approximate solution (shape ``[n]``, dtype of ``b``) and the
-        true residual norm ``||b - A x||_2`` (recomputed with one extra product, so that float32
+        true residual norm ``‖b − Ax‖₂`` (recomputed with one extra product, so that float32
         drift of the recurrence cannot hide a bad solve).
     """
     b = jnp.asarray(b)
@@ -149,14 +149,14 @@ class LineSearchResult(NamedTuple):
     """Outcome of :func:`backtracking_line_search`.
 
     Attributes:
-        fraction: Accepted step fraction ``ratio**k`` (0 if no candidate was accepted: the caller
+        fraction: Accepted step fraction ``ratioᵏ`` (0 if no candidate was accepted: the caller
             then keeps the old parameters and should log it).
         n_backtracks: Number of rejected candidates before the accepted one (``max_backtracks``
             when none was accepted).
         accepted: Whether any candidate was accepted.
         metrics: Metrics pytree returned by ``evaluate`` for the accepted candidate, or for the
             last (smallest) candidate tried when none was accepted.
-        step: ``fraction * full_step`` (zeros when nothing was accepted) if ``full_step`` was
+        step: ``fraction · full_step`` (zeros when nothing was accepted) if ``full_step`` was
             given, else None.
     """
 
@@ -185,28 +185,28 @@ def backtracking_line_search(
     dtype: Any = None,
     parallel: bool = False,
 ) -> LineSearchResult:
-    """Backtracking line search over step fractions ``1, ratio, ratio**2, ...``.
+    """Backtracking line search over step fractions ``1, ratio, ratio², …``.
 
-    ``evaluate(frac)`` evaluates the candidate ``theta_k + frac * x`` (the caller closes over
-    the parameters and the full step ``x``) -- or, when ``full_step`` is given,
-    ``evaluate(frac, frac * full_step)`` receives the scaled step directly -- and decides
+    ``evaluate(frac)`` evaluates the candidate ``θ_k + frac·x`` (the caller closes over
+    the parameters and the full step ``x``) — or, when ``full_step`` is given,
+    ``evaluate(frac, frac * full_step)`` receives the scaled step directly — and decides
     acceptance. The first accepted candidate is returned. This keeps the search
-    agnostic to the test: TRPO accepts when KL <= delta and the surrogate improved; CPO adds
-    "cost-surrogate increase <= max(-c, 0)" and drops the surrogate test in recovery (Achiam et
-    al. 2017, Section 6.1; ALGORITHMS.md section 3) -- see :func:`trust_region_accept`.
+    agnostic to the test: TRPO accepts when KL ≤ δ and the surrogate improved; CPO adds
+    "cost-surrogate increase ≤ max(−c, 0)" and drops the surrogate test in recovery (Achiam et
+    al. 2017, Section 6.1; ALGORITHMS.md §3) — see :func:`trust_region_accept`.
 
     Args:
-        evaluate: ``frac -> accept`` or ``frac -> (accept, metrics)`` where ``frac`` is a scalar
+        evaluate: ``frac → accept`` or ``frac → (accept, metrics)`` where ``frac`` is a scalar
             array, ``accept`` a boolean scalar and ``metrics`` any pytree of arrays (for
             logging, e.g. KL and surrogate values); with ``full_step`` it is called as
             ``evaluate(frac, step)``. Must be traceable.
         full_step: Optional pytree (e.g. a flat parameter step): the full step ``x``.
         ratio: Multiplicative shrink factor per backtrack (0.8 in CPO).
-        max_backtracks: Number of candidates tried (static); fractions ``ratio**k`` for
-            ``k = 0 .. max_backtracks - 1``.
+        max_backtracks: Number of candidates tried (static); fractions ``ratioᵏ`` for
+            ``k = 0, …, max_backtracks − 1``.
         dtype: Dtype of the fraction (default: JAX's default float dtype).
         parallel: If True, evaluate every candidate at once with ``jax.vmap`` and take the first
-            accepted one (more memory, no sequential dependency -- useful on accelerators). If
+            accepted one (more memory, no sequential dependency — useful on accelerators). If
             False, evaluate sequentially in a ``lax.while_loop`` and stop at the first accepted.
 
     Returns:
@@ -256,7 +256,7 @@ def backtracking_line_search(
     k, accepted, metrics = jax.lax.while_loop(
         cond, body, (jnp.asarray(0, jnp.int32), jnp.asarray(False), metrics0)
     )
-    # k counts evaluated candidates; the accepted one (if any) is number k - 1.
+    # k counts evaluated candidates; the accepted one (if any) is number k − 1.
     n_back = jnp.where(accepted, k - 1, max_backtracks).astype(jnp.int32)
     fraction = jnp.where(accepted, ratio_a ** (k - 1), jnp.zeros((), dtype))
     step = None if full_step is None else scaled(fraction)
@@ -274,25 +274,25 @@ def trust_region_accept(
 ) -> Array:
     """The TRPO/CPO acceptance test for one line-search candidate.
 
-    Accepts when (ALGORITHMS.md section 3; Achiam et al. 2017, Section 6.1):
+    Accepts when (ALGORITHMS.md §3; Achiam et al. 2017, Section 6.1):
 
-    * ``kl <= kl_slack * delta`` (the quadratic model of the KL may be optimistic);
-    * ``surrogate_improvement > 0`` -- skipped when ``recovery`` is True, since the recovery step
+    * ``kl ≤ kl_slack · δ`` (the quadratic model of the KL may be optimistic);
+    * ``surrogate_improvement > 0`` — skipped when ``recovery`` is True, since the recovery step
       ignores the reward;
-    * for every constraint ``i``: ``cost_surrogate_increase[i] <= max(-c[i], 0)``, i.e. a
+    * for every constraint ``i``: ``cost_surrogate_increase[i] ≤ max(−c[i], 0)``, i.e. a
       satisfied constraint may use up its slack, a violated one must not get worse. Both sides
       must be in the same (episode) units as ``c``.
 
     Args:
         kl: Mean KL between the candidate and the old policy.
-        delta: Trust-region size.
+        delta: Trust-region size δ.
         surrogate_improvement: New minus old reward surrogate, or None to skip the test.
         cost_surrogate_increase: New minus old cost surrogate(s), scalar or ``[m]``, or None to
             skip the cost test.
-        c: Constraint value(s) ``J_C - d`` (scalar or ``[m]``); required with
+        c: Constraint value(s) ``J_C − d`` (scalar or ``[m]``); required with
             ``cost_surrogate_increase``.
         recovery: Whether the step is a recovery step (e.g. ``CPOInfo.recovery``).
-        kl_slack: Multiplier on ``delta`` for the KL test (1.0 = exact test).
+        kl_slack: Multiplier on ``delta`` (δ) for the KL test (1.0 = exact test).
 
     Returns:
         Boolean scalar.
