@@ -160,7 +160,7 @@ def test_a_module_id_whose_own_import_fails_keeps_its_real_error(tmp_path, monke
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="saferl_test_missing_dependency"):
         make_local("saferl_test_broken_envs:Foo-v0")
-    with pytest.raises(UnknownEnvError, match="no module named 'saferl_test_absent.sub'"):
+    with pytest.raises(UnknownEnvError, match=r"no module named 'saferl_test_absent\.sub'"):
         make_local("saferl_test_absent.sub:Foo-v0")
 
 
