@@ -25,13 +25,13 @@ from typing import Any
 _EXPORTS = {
     "Policy": "saferl.policy", "load": "saferl.policy",
     "TrainResult": "saferl.training", "train": "saferl.training",
-    "evaluate": "saferl.evaluation",
+    "evaluate": "saferl.evaluation", "evaluate_versatile": "saferl.versatile",
     "check_env": "saferl.envs", "list_envs": "saferl.envs", "make": "saferl.envs",
     "enable_compilation_cache": "saferl.core.precompile",
 }
 
 __all__ = ["Policy", "TrainResult", "__version__", "check_env", "enable_compilation_cache",
-           "evaluate", "list_envs", "load", "make", "train"]
+           "evaluate", "evaluate_versatile", "list_envs", "load", "make", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ commands:
   train [ALGO] [--config FILE] [--resume RUN_DIR] [flags]
       train (default: cpo + safety predictor on native BallCircle)
   eval RUN_DIR [--episodes N] [--video out.gif]              evaluate a trained run
+  eval RUN_DIR --thresholds 10 20 ... 70 [--episodes N]      a ccpo run at each threshold
   list                                                       algorithms and environments
 
 `saferl COMMAND --help` shows every flag."""
@@ -260,6 +261,10 @@ class EvalArgs:
     video: str | None = None
     """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
     .mp4 with saferl[video])."""
+    thresholds: tuple[float, ...] | None = None
+    """A threshold-conditioned run (ccpo): evaluate the deterministic policy at each of these
+    episode-cost thresholds (m numbers per threshold with m constraints); prints return and cost
+    per threshold, Avg R, Avg CV, R-G and CV-G, and writes RUN/versatile.csv, .json and .png."""
 
 
 def _eval(args: list[str]) -> int:
@@ -284,6 +289,8 @@ def _eval(args: list[str]) -> int:
     policies = [Policy.from_states(entry, config, spec, states, index, info)
                 for index in indices]
     first = policies[0]
+    if opts.thresholds is not None:
+        return _eval_versatile(opts, policies, f"{entry.name} on {spec.id}")
     record = evaluate_policies(policies, episodes=opts.episodes, seed=opts.env_seed)
     console = PipeSafeConsole()
     console.print(f"{entry.name} on {spec.id}, checkpoint of iteration {info['iteration']}",
@@ -292,6 +299,34 @@ def _eval(args: list[str]) -> int:
     if opts.video:
         evaluate(first, episodes=1, deterministic=True, seed=opts.env_seed, video=opts.video)
         print(f"video: {opts.video}")
+    return 0
+
+
+def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
+    """``saferl eval RUN --thresholds …``: the versatile evaluation of a conditioned run."""
+    from saferl.progress import PipeSafeConsole, print_versatile
+    from saferl.versatile import evaluate_versatile, write_versatile
+
+    if policies[0].conditioning is None:
+        return _error(f"--thresholds evaluates threshold-conditioned runs (ccpo); "
+                      f"{opts.run_dir!r} is a {policies[0].info['algo']} run trained for fixed "
+                      f"cost limits {policies[0].info['cost_limit']} (evaluate it without "
+                      f"--thresholds).")
+    if opts.video:
+        return _error("--video and --thresholds do not combine; record a video without "
+                      "--thresholds.")
+    try:
+        result = evaluate_versatile(policies, list(opts.thresholds or ()),
+                                    episodes=opts.episodes, seed=opts.env_seed)
+    except ValueError as error:
+        return _error(str(error).replace("thresholds must", "--thresholds must", 1))
+    console = PipeSafeConsole()
+    console.print(f"{title}, checkpoint of iteration {policies[0].info['iteration']}",
+                  highlight=False)
+    print_versatile(result, console)
+    paths = write_versatile(opts.run_dir, result, title)
+    console.print(f"table: {paths['csv']}; metrics: {paths['json']}; plot: {paths['plot']}",
+                  highlight=False)
     return 0
 
 

@@ -48,7 +48,8 @@ class EvalResult:
 
 def evaluate(policy: Any, env: str | None = None, episodes: int = 10, deterministic: bool = True,
              seed: int = 10_000, env_kwargs: dict[str, Any] | None = None,
-             num_envs: int | None = None, video: str | Path | None = None) -> EvalResult:
+             num_envs: int | None = None, video: str | Path | None = None,
+             threshold: Any = None) -> EvalResult:
     """Run ``episodes`` episodes of ``policy`` and collect return and cost per constraint.
 
     Each of the ``num_envs`` copies runs the same number of episodes (the first ones it
@@ -64,6 +65,8 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
         env_kwargs: Environment keyword arguments.
         num_envs: Parallel copies (default ``min(episodes, 16)``).
         video: Write the first episode of copy 0 to this ``.gif`` (or ``.mp4`` with imageio).
+        threshold: The cost threshold a threshold-conditioned policy acts with (a number or one
+            per constraint; see :class:`~saferl.policy.Policy`); ``None`` for other policies.
 
     Returns:
         An :class:`EvalResult`.
@@ -78,9 +81,16 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
                          "trained on).")
     if env_kwargs is None and env is None:
         env_kwargs = info.get("env_kwargs") or None
+    conditioned = getattr(policy, "conditioning", None) is not None
+    act_kwargs = {} if threshold is None and not conditioned else {"threshold": threshold}
     if env_id in NATIVE_TASKS and video is None and hasattr(policy, "forward"):
         task = make_task(env_id, **(env_kwargs or {}))
-        return native_evaluate(policy, task, episodes, deterministic, seed)
+        if not conditioned:
+            return native_evaluate(policy, task, episodes, deterministic, seed)
+        grid = policy.thresholds_for(threshold, 1)  # checked [1, m]
+        ret, cost, length = native_episodes([policy], task, episodes, deterministic, seed, grid)
+        return EvalResult(ret[0, 0], cost[0, 0], length[0, 0], tuple(task.spec.cost_names),
+                          deterministic)
     num_envs = num_envs or min(episodes, 16)
     per_copy = math.ceil(episodes / num_envs)
     make_kwargs = dict(env_kwargs or {})
@@ -102,7 +112,7 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
     while (done_count < per_copy).any():
         if recording:
             frames.append(render(0))  # type: ignore[misc]
-        step = vec.step(policy(obs, deterministic=deterministic))
+        step = vec.step(policy(obs, deterministic=deterministic, **act_kwargs))
         ret += step.reward
         cost += step.costs
         length += 1
@@ -151,7 +161,8 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
 
 def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 10_000,
                       modes: Sequence[str] = ("deterministic", "stochastic")) -> dict[str, Any]:
-    """Evaluate several seeds' policies of one run against its limits (``policy.info``).
+    """Evaluate several seeds' policies of one run against its limits (``policy.info``); a
+    threshold-conditioned policy acts with the run's cost limits as its threshold.
 
     Returns:
         The record :func:`evaluate_run` describes (without ``checkpoint``).
@@ -162,11 +173,13 @@ def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 1
     per_seed: dict[str, dict[str, Any]] = {str(p.info["seed"]): {} for p in policies}
     for mode in modes:
         deterministic = mode == "deterministic"
-        if info["env"] in NATIVE_TASKS:  # every seed in one vmapped call
+        conditioned = getattr(policies[0], "conditioning", None) is not None
+        if info["env"] in NATIVE_TASKS and not conditioned:  # every seed in one vmapped call
             task = make_task(info["env"], **info.get("env_kwargs", {}))
             results = native_evaluate_many(policies, task, episodes, deterministic, seed)
         else:
-            results = [evaluate(p, episodes=episodes, deterministic=deterministic, seed=seed)
+            results = [evaluate(p, episodes=episodes, deterministic=deterministic, seed=seed,
+                                threshold=list(limits) if conditioned else None)
                        for p in policies]
         for policy, result in zip(policies, results, strict=True):
             per_seed[str(policy.info["seed"])][mode] = result.summary(limits)
@@ -189,11 +202,23 @@ def native_evaluate(policy: Any, task: Any, episodes: int, deterministic: bool,
 
 def native_evaluate_many(policies: Sequence[Any], task: Any, episodes: int,
                          deterministic: bool, seed: int) -> list[EvalResult]:
-    """Policies of one network structure (a run's seeds) on a native task, in one jitted call.
+    """Policies of one network structure (a run's seeds) on a native task, in one jitted call
+    (see :func:`native_episodes`)."""
+    ret, cost, length = native_episodes(policies, task, episodes, deterministic, seed)
+    names = tuple(task.spec.cost_names)
+    return [EvalResult(ret[i], cost[i], length[i], names, deterministic)
+            for i in range(len(policies))]
+
+
+def native_episodes(policies: Sequence[Any], task: Any, episodes: int, deterministic: bool,
+                    seed: int, thresholds: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Episodes of policies of one network structure on a native task, in one jitted call.
 
     Each policy runs ``episodes`` copies, one episode each, in a ``lax.scan`` over the time
-    limit (copies that finish early stop counting); the policies are vmapped. Every policy
-    meets the same initial states and action noise.
+    limit (copies that finish early stop counting); the policies are vmapped, and so are the
+    ``thresholds`` of conditioned policies. Every policy (and threshold) meets the same initial
+    states and action noise.
 
     Args:
         policies: :class:`~saferl.policy.Policy` objects of one module (their pure ``forward``
@@ -202,23 +227,31 @@ def native_evaluate_many(policies: Sequence[Any], task: Any, episodes: int,
         episodes: Episodes per policy (= copies).
         deterministic: Mean actions, or samples.
         seed: Seed of the copies' initial states and of the action noise.
+        thresholds: ``[T, m]`` thresholds for conditioned policies (every copy acts with the
+            same one), or ``None``.
+
+    Returns:
+        Returns ``[S, E]``, costs ``[S, E, m]`` and lengths ``[S, E]`` (float64, float64,
+        int); with ``thresholds``, ``[S, T, E, ...]``.
     """
     import jax
     import jax.numpy as jnp
-
 
     horizon = task.spec.max_episode_steps
     m = task.spec.num_costs
     forward = policies[0].forward
 
-    def run(params: Any, stats: Any, key: jax.Array) -> tuple[jax.Array, ...]:
+    def run(params: Any, stats: Any, key: jax.Array,
+            threshold: jax.Array | None) -> tuple[jax.Array, ...]:
         reset_key, key = jax.random.split(key)
         state = batch_reset(task, reset_key, episodes)
+        conditions = None if threshold is None else jnp.broadcast_to(threshold, (episodes, m))
 
         def step(carry: tuple, _: None) -> tuple[tuple, None]:
             state, key, ret, cost, length, done = carry
             key, act_key = jax.random.split(key)
-            actions = forward(params, stats, state.observation, act_key, deterministic)
+            actions = forward(params, stats, state.observation, act_key, deterministic,
+                              conditions)
             state, out = batch_step(task, state, actions)
             live = ~done
             ret = ret + jnp.where(live, out.reward, 0.0)
@@ -235,12 +268,12 @@ def native_evaluate_many(policies: Sequence[Any], task: Any, episodes: int,
     params = jax.tree_util.tree_map(stack, *(p.params for p in policies))
     stats = (None if policies[0].obs_stats is None else
              jax.tree_util.tree_map(stack, *(p.obs_stats for p in policies)))
-    ret, cost, length = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))(
-        params, stats, jax.random.PRNGKey(seed))
-    names = tuple(task.spec.cost_names)
-    return [EvalResult(np.asarray(ret[i], np.float64), np.asarray(cost[i], np.float64),
-                       np.asarray(length[i]), names, deterministic)
-            for i in range(len(policies))]
+    per_policy = run if thresholds is None else jax.vmap(run, in_axes=(None, None, None, 0))
+    program = jax.jit(jax.vmap(per_policy, in_axes=(0, 0, None, None)))
+    ret, cost, length = program(params, stats, jax.random.PRNGKey(seed),
+                                None if thresholds is None else
+                                jnp.asarray(thresholds, jnp.float32))
+    return (np.asarray(ret, np.float64), np.asarray(cost, np.float64), np.asarray(length))
 
 
 class VideoBackendError(ValueError):

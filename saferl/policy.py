@@ -14,6 +14,7 @@ import numpy as np
 
 from saferl.core.distributions import gaussian_sample
 from saferl.core.normalization import RunningStats, normalize
+from saferl.engine.family import Conditioning
 from saferl.engine.host import scale_to_bounds
 from saferl.runs import checkpoint_name, restore_states
 
@@ -27,24 +28,37 @@ class Policy:
     ``policy(obs)`` accepts one observation ``[obs_dim]`` or a batch ``[B, obs_dim]`` (numpy or
     anything array-like) and returns actions of the matching shape, clipped to the action bounds.
     ``deterministic=True`` (the default) returns the mean action; ``False`` samples.
+
+    A **threshold-conditioned** policy (CCPO; :attr:`conditioning` is set) acts on the episode
+    cost threshold too: ``policy(obs, threshold=25.0)``, with the threshold a scalar (every
+    constraint), an ``[m]`` vector (one per constraint) or a batch ``[B, m]`` (one per
+    observation). It is required; a threshold outside the trained range ``E`` warns once that
+    the policy extrapolates.
     """
 
     def __init__(self, module: nn.Module, params: Any, obs_stats: RunningStats | None,
                  action_low: np.ndarray, action_high: np.ndarray, seed: int = 0,
-                 info: dict[str, Any] | None = None, squashed: bool = False) -> None:
+                 info: dict[str, Any] | None = None, squashed: bool = False,
+                 conditioning: Conditioning | None = None) -> None:
         self.module, self.params, self.obs_stats = module, params, obs_stats
         self.action_low = np.asarray(action_low, np.float32)
         self.action_high = np.asarray(action_high, np.float32)
         self.info = dict(info or {})
         self.squashed = squashed
+        self.conditioning = conditioning
+        """The behaviour thresholds and range of a conditioned policy, else ``None``."""
+        if conditioning is not None:
+            self.info["conditioning"] = conditioning.record()
+        self._warned_extrapolation = False
         self._key = jax.random.PRNGKey(seed)
         low, high = jnp.asarray(self.action_low), jnp.asarray(self.action_high)
 
         def forward(params: Any, stats: Any, obs: jax.Array, key: jax.Array,
-                    deterministic: bool) -> jax.Array:
+                    deterministic: bool, thresholds: jax.Array | None = None) -> jax.Array:
             if stats is not None:
                 obs = normalize(stats, obs)
-            out = module.apply(params, obs)
+            out = module.apply(params, obs) if thresholds is None else \
+                module.apply(params, obs, thresholds)
             if not isinstance(out, tuple):  # deterministic actor (DDPG, TD3): tanh already
                 action = out
             else:
@@ -56,19 +70,73 @@ class Policy:
             return jnp.clip(action, low, high)
 
         self.forward = forward
-        """The pure action function ``forward(params, stats, obs, key, deterministic)`` (for use
-        inside ``jit``, e.g. by :func:`saferl.evaluation.evaluate` on native tasks)."""
+        """The pure action function ``forward(params, stats, obs, key, deterministic,
+        thresholds=None)`` (for use inside ``jit``, e.g. by :func:`saferl.evaluation.evaluate`
+        on native tasks; a conditioned policy needs ``thresholds [B, m]``)."""
         self._forward = jax.jit(forward, static_argnums=4)
 
-    def __call__(self, obs: Any, deterministic: bool = True) -> np.ndarray:
-        """Actions for ``obs`` (see the class docstring)."""
+    def __call__(self, obs: Any, deterministic: bool = True,
+                 threshold: Any = None) -> np.ndarray:
+        """Actions for ``obs`` (and, conditioned, ``threshold``; see the class docstring).
+
+        Raises:
+            ValueError: A conditioned policy called without a threshold or with one of the
+                wrong shape, a negative or non-finite one, or a threshold given to a policy
+                that takes none.
+        """
         obs = np.asarray(obs, np.float32)
         single = obs.ndim == 1
         batch = obs[None] if single else obs
+        thresholds = self.thresholds_for(threshold, batch.shape[0])
         self._key, key = jax.random.split(self._key)
-        actions = np.asarray(self._forward(self.params, self.obs_stats, jnp.asarray(batch), key,
-                                           bool(deterministic)))
+        actions = np.asarray(self._forward(
+            self.params, self.obs_stats, jnp.asarray(batch), key, bool(deterministic),
+            None if thresholds is None else jnp.asarray(thresholds)))
         return actions[0] if single else actions
+
+    def thresholds_for(self, threshold: Any, batch_size: int) -> np.ndarray | None:
+        """``threshold`` as ``[batch_size, m]`` float32 for a conditioned policy (``None`` for
+        another), checked; warns once if it lies outside the trained range ``E``.
+
+        Raises:
+            ValueError: See :meth:`__call__`.
+        """
+        conditioned = self.conditioning
+        if conditioned is None:
+            if threshold is not None:
+                raise ValueError(
+                    f"this {self.info.get('algo', '')} policy was trained for fixed cost limits "
+                    f"{self.info.get('cost_limit')} and takes no threshold; only "
+                    f"threshold-conditioned policies (ccpo) do.")
+            return None
+        m = conditioned.low.shape[0]
+        allowed = (f"a number, a vector of {m} (one per constraint) or a batch "
+                   f"[{batch_size}, {m}]")
+        if threshold is None:
+            raise ValueError(
+                f"this policy is conditioned on the cost threshold (trained on "
+                f"{_range_text(conditioned)}); call it with threshold= {allowed}, e.g. "
+                f"policy(obs, threshold={float(conditioned.behaviour[0, 0]):g}).")
+        try:
+            values = np.asarray(threshold, np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be {allowed}; got {threshold!r}.") from None
+        if values.ndim == 0 or values.shape == (m,):
+            values = np.broadcast_to(values, (batch_size, m))
+        elif values.shape != (batch_size, m):
+            raise ValueError(f"threshold must be {allowed}; got an array of shape "
+                             f"{values.shape}.")
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(f"threshold must hold finite values >= 0; got "
+                             f"{values[~(np.isfinite(values) & (values >= 0))][0]}.")
+        outside = np.any((values < conditioned.low) | (values > conditioned.high))
+        if outside and not self._warned_extrapolation:
+            self._warned_extrapolation = True
+            worst = values[np.any((values < conditioned.low) | (values > conditioned.high), 1)]
+            warnings.warn(f"threshold {worst[0].tolist()} lies outside the range the policy "
+                          f"was trained on ({_range_text(conditioned)}): it extrapolates.",
+                          UserWarning, stacklevel=3)
+        return values.astype(np.float32)
 
     @property
     def obs_dim(self) -> int:
@@ -123,7 +191,16 @@ class Policy:
         parts = entry.engine.policy_parts(entry.module, config, spec, states, seed_index)
         return cls(parts.module, parts.params, parts.obs_stats, spec.action_space.low,
                    spec.action_space.high, seed=seeds[seed_index], info=info,
-                   squashed=parts.squashed)
+                   squashed=parts.squashed, conditioning=parts.conditioning)
+
+
+def _range_text(conditioned: Conditioning) -> str:
+    """``E = [10, 70]`` (one constraint) or ``E = [(10, 0), (70, 20)]``."""
+    low, high = conditioned.low, conditioned.high
+    if low.shape[0] == 1:
+        return f"E = [{low[0]:g}, {high[0]:g}]"
+    return (f"E = [({', '.join(f'{x:g}' for x in low)}), "
+            f"({', '.join(f'{x:g}' for x in high)})]")
 
 
 def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None

@@ -303,3 +303,36 @@ def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
             "every constraint within its limit." if not over else
             f"over the limit on {', '.join(over)}."))
     return " ".join(sentences)
+
+
+def print_versatile(result: Any, console: Console | None = None) -> None:
+    """Print a versatile evaluation (:class:`saferl.versatile.VersatileResult`): per threshold
+    the return and each cost beside the threshold (mean ± std over seeds), then Avg R, Avg CV,
+    R-G and CV-G (ALGORITHMS.md §6)."""
+    console = console or stderr_console()
+    seeds = len(result.seeds)
+    console.print(f"{result.returns.shape[2]} deterministic episodes per threshold and seed, "
+                  f"{seeds} seed{'s' if seeds > 1 else ''}" +
+                  (" (mean ± std over seeds)" if seeds > 1 else ""), highlight=False)
+    table = Table()
+    m = result.thresholds.shape[1]
+    table.add_column("threshold" if m == 1 else "thresholds", justify="right")
+    table.add_column("return", justify="right")
+    for name in result.cost_names:
+        table.add_column(f"{name}", justify="right")
+        table.add_column("violation", justify="right")
+    table.add_column("trained on")
+    for row in result.table():
+        thresholds = ", ".join(f"{row[f'threshold_{i}']:g}" for i in range(m))
+        cells = [thresholds, f"{row['return_mean']:.2f} ± {row['return_std']:.2f}"]
+        for i in range(m):
+            cells += [f"{row[f'cost_{i}_mean']:.2f} ± {row[f'cost_{i}_std']:.2f}",
+                      f"{row[f'violation_{i}']:.2f}"]
+        cells.append("yes" if row["trained_on"] else "")
+        table.add_row(*cells)
+    console.print(table)
+    summary = result.metrics().summary()
+    figures = [f"{name} n/a (every threshold is a behaviour threshold)" if math.isnan(mean)
+               else f"{name} {mean:.2f} ± {std:.2f}" for name, (mean, std) in summary.items()
+               if name in ("Avg R", "Avg CV", "R-G", "CV-G")]
+    console.print("; ".join(figures) + (" (over seeds)" if seeds > 1 else ""), highlight=False)

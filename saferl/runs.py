@@ -44,6 +44,15 @@ from saferl.envs.wrappers import build_task
 
 KEEP_CHECKPOINTS = 3
 
+#: Fields of the training states added since checkpoints were first written, as paths of
+#: field names from the top of a state. A checkpoint written before a field existed loads with
+#: that field taken from the template (the fresh initial state, whose value is the old
+#: behaviour); every other difference from the template is a different configuration.
+ADDED_STATE_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("behaviour",),  # off-policy: each copy's behaviour threshold (conditioned algorithms)
+    ("replay", "conditions"),  # off-policy replay: the threshold stored with each transition
+)
+
 
 class RunDirectoryError(ValueError):
     """A run directory cannot be written, or one of its files is missing or damaged."""
@@ -302,7 +311,7 @@ class RunDirectory:
                 f"checkpoint {str(data_path)!r} is damaged ({len(data):,} bytes that do not "
                 f"match the checksum written with it).")
         try:
-            state = flax.serialization.from_bytes(jax.device_get(template), data)
+            state = restore_state(jax.device_get(template), data)
         except Exception as error:  # msgpack and Flax raise many types for malformed bytes
             raise DamagedCheckpointError(
                 f"checkpoint {str(data_path)!r} is damaged or belongs to another configuration "
@@ -353,6 +362,23 @@ class RunDirectory:
             path = self.checkpoint_dir / f"{name}{suffix}"
             if path.exists():
                 os.replace(path, path.with_name(path.name + ".damaged"))
+
+
+def restore_state(template: Any, data: bytes) -> Any:
+    """A state shaped like ``template`` from Flax msgpack ``data``; fields of
+    :data:`ADDED_STATE_FIELDS` that ``data`` lacks come from ``template``."""
+    restored = flax.serialization.msgpack_restore(data)
+    target = flax.serialization.to_state_dict(template)
+    for path in ADDED_STATE_FIELDS:
+        source, destination = target, restored
+        for name in path[:-1]:
+            source, destination = source.get(name), destination.get(name)
+            if not (isinstance(source, dict) and isinstance(destination, dict)):
+                break
+        else:
+            if path[-1] in source and path[-1] not in destination:
+                destination[path[-1]] = source[path[-1]]
+    return flax.serialization.from_state_dict(template, restored)
 
 
 def spec_record(spec: Any) -> dict[str, Any]:

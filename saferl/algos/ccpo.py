@@ -36,7 +36,7 @@ vector per behaviour threshold, updated once per iteration from the episodes col
 (:func:`update_multipliers`; sampled thresholds use the interpolated multipliers).
 
 **What the engine supplies** (next to the :class:`~saferl.algos.off_policy.OffPolicyAlgorithm`
-protocol): a behaviour threshold per episode per copy (:func:`draw_behaviour_thresholds`) passed
+protocol): a behaviour threshold from :func:`behaviour_thresholds` per episode per copy, passed
 to :func:`sample_action` / :func:`host_sample_action` as ``thresholds [N, m]`` (stored with the
 transitions for bookkeeping; :func:`update` does not read it: it pairs states with conditions
 itself); and, for ``cvi=False``, the mean episode cost per behaviour threshold ``[N_b, m]`` with
@@ -297,11 +297,16 @@ def init_agent(config: CCPOConfig, spec: EnvSpec, networks: CCPONetworks,
 
 
 # --------------------------------------------------------------------------- acting
-def draw_behaviour_thresholds(config: CCPOConfig, key: jax.Array, count: int) -> jax.Array:
-    """``count`` behaviour thresholds ``[count, m]`` drawn uniformly from ``Ẽ`` (one per copy
-    at every episode start: collection acts with ``π(·|s, ε)`` for the episode's ``ε``)."""
-    behaviour = jnp.asarray(config.ccpo.behaviour, jnp.float32)
-    return behaviour[jax.random.randint(key, (count,), 0, behaviour.shape[0])]
+def behaviour_thresholds(config: CCPOConfig) -> np.ndarray:
+    """``Ẽ`` ``[N, m]``: the engine draws one per copy at every episode start and acts with
+    ``π(·|s, ε)`` for the episode's ``ε`` (the conditioned-algorithm protocol of
+    :class:`~saferl.algos.off_policy.OffPolicyAlgorithm`)."""
+    return config.ccpo.behaviour
+
+
+def threshold_range(config: CCPOConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``E`` as ``(low [m], high [m])``: the thresholds a deployed policy is trained for."""
+    return config.ccpo.bounds
 
 
 def sample_action(config: CCPOConfig, networks: CCPONetworks, actor_params: Any,

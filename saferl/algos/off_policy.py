@@ -52,6 +52,7 @@ from saferl.algos.actor_critic import (
     MultiplierParams,
     OffPolicyAlgorithm,
     OffPolicyConfig,
+    conditioning,
     critic_step,
     episode_multipliers,
     init_actor_critics,
@@ -112,6 +113,7 @@ class OffPolicyState(NamedTuple):
     total_cost: jax.Array  # [m]
     cost_estimate: jax.Array  # [m] the latest episode-cost estimate
     has_cost_estimate: jax.Array  # bool
+    behaviour: jax.Array  # [N] int32: each copy's behaviour threshold (conditioned, native)
 
 
 def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Any,
@@ -121,9 +123,15 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
     key = jax.random.PRNGKey(seed)
     key, agent_key, env_key = jax.random.split(key, 3)
     m = spec.num_costs
+    table = behaviour_table(algo, config)
+    if table is None:
+        behaviour = jnp.zeros(run.num_envs, jnp.int32)
+    else:  # a key of its own, so that unconditioned algorithms' numbers stay as they were
+        behaviour = draw_behaviour(jax.random.fold_in(env_key, 1), table, run.num_envs)
     return OffPolicyState(
         agent=algo.init_agent(config, spec, networks, agent_key),
-        replay=replay_init(run.replay_rows, run.num_envs, spec.obs_dim, spec.action_dim, m),
+        replay=replay_init(run.replay_rows, run.num_envs, spec.obs_dim, spec.action_dim, m,
+                           0 if table is None else m),
         tracker=tracker_init(run.num_envs, m),
         env_state=() if task is None else batch_reset(task, env_key, run.num_envs),
         key=key,
@@ -131,7 +139,38 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
         total_cost=jnp.zeros(m),
         cost_estimate=jnp.zeros(m),
         has_cost_estimate=jnp.zeros((), bool),
+        behaviour=behaviour,
     )
+
+
+def behaviour_table(algo: OffPolicyAlgorithm, config: Any) -> jax.Array | None:
+    """A conditioned algorithm's behaviour thresholds ``[N_b, m]`` (float32), else ``None``."""
+    conditioned = conditioning(algo, config)
+    return None if conditioned is None else jnp.asarray(conditioned.behaviour, jnp.float32)
+
+
+def draw_behaviour(key: jax.Array, table: jax.Array, count: int) -> jax.Array:
+    """``count`` indices into the behaviour table, uniform (one per copy and episode)."""
+    return jax.random.randint(key, (count,), 0, table.shape[0])
+
+
+def behaviour_groups(conditions: jax.Array, table: jax.Array) -> jax.Array:
+    """The index into ``table`` ``[N_b, m]`` of every stored condition ``[..., m]`` (exact:
+    they are copies of its rows)."""
+    return jnp.argmax(jnp.all(conditions[..., None, :] == table, axis=-1), axis=-1)
+
+
+def behaviour_metrics(table: jax.Array, episodes: jax.Array,
+                      cost: jax.Array) -> dict[str, jax.Array]:
+    """``rollout/behaviour_b/episodes`` and ``rollout/behaviour_b/ep_cost_i`` (NaN without a
+    finished episode) for every behaviour threshold ``b`` (its row of ``table``)."""
+    metrics = {}
+    for b in range(table.shape[0]):
+        metrics[f"rollout/behaviour_{b}/episodes"] = episodes[b]
+        for i in range(table.shape[1]):
+            metrics[f"rollout/behaviour_{b}/ep_cost_{i}"] = jnp.where(
+                episodes[b] > 0, cost[b, i], jnp.nan)
+    return metrics
 
 
 def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
@@ -183,7 +222,13 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
     """Store the iteration's transitions, update the multipliers, learn (one seed; pure)."""
     steps, num_envs = transitions.rewards.shape
     replay = replay_add(state.replay, transitions)
-    tracker, sums = track_episodes(state.tracker, transitions)
+    table = behaviour_table(algo, config)
+    if table is None:
+        tracker, sums = track_episodes(state.tracker, transitions)
+    else:  # per behaviour threshold too, for the conditioned multipliers
+        tracker, sums = track_episodes(
+            state.tracker, transitions, groups=behaviour_groups(transitions.conditions, table),
+            num_groups=table.shape[0])
     means = summarize(sums)
     # The iteration's episodes, else the previous estimate (before any: zeros, never used —
     # the multipliers wait for a finished episode).
@@ -193,8 +238,15 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
 
     # Warm-up episodes come from random actions, not from the policy: they say nothing about
     # the policy's cost, so the multipliers wait for the first learning iteration.
-    agent, metrics = algo.update_multipliers(config, state.agent, means.cost, limits,
-                                             means.finished & learning)
+    if table is None:
+        agent, metrics = algo.update_multipliers(config, state.agent, means.cost, limits,
+                                                 means.finished & learning)
+    else:
+        episodes = sums["episodes_by_group"]
+        group_cost = sums["sum_cost_by_group"] / jnp.maximum(episodes, 1.0)[:, None]
+        agent, metrics = algo.update_multipliers(config, state.agent, group_cost, limits,
+                                                 (episodes > 0) & learning)
+        metrics.update(behaviour_metrics(table, episodes, group_cost))
     key, learn_key = jax.random.split(state.key)
     if learning:
         agent, learn_metrics = learn(algo, config, networks, agent, replay, limits, learn_key)
@@ -208,7 +260,7 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
     total_cost = state.total_cost + transitions.costs.sum(axis=(0, 1))
     iteration = state.iteration + 1
     new_state = OffPolicyState(agent, replay, tracker, state.env_state, key, iteration,
-                               total_cost, cost_estimate, has_estimate)
+                               total_cost, cost_estimate, has_estimate, state.behaviour)
     metrics.update(episode_metrics(means, transitions.rewards, total_cost,
                                    iteration.astype(jnp.float32) * steps * num_envs))
     metrics["train/learning"] = jnp.asarray(float(learning))
@@ -219,28 +271,41 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
 
 def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: NativeTask,
                    state: OffPolicyState, random: bool) -> tuple[OffPolicyState, Transitions]:
-    """Collect ``rollout_steps`` steps of every copy with ``lax.scan`` (one seed)."""
+    """Collect ``rollout_steps`` steps of every copy with ``lax.scan`` (one seed).
+
+    A conditioned algorithm acts with each copy's behaviour threshold, stored as the
+    transitions' ``conditions``; a copy whose episode ends draws a new one.
+    """
     run: OffPolicyConfig = config.run
     spec = task.spec
+    table = behaviour_table(algo, config)
 
-    def one_step(carry: tuple[Any, jax.Array], _: None) -> tuple[Any, Transitions]:
-        env_state, key = carry
+    def one_step(carry: tuple[Any, jax.Array, jax.Array],
+                 _: None) -> tuple[Any, Transitions]:
+        env_state, key, behaviour = carry
         key, act_key = jax.random.split(key)
         observations = env_state.observation
+        thresholds = None if table is None else table[behaviour]
         if random:
             actions = jax.random.uniform(act_key, (run.num_envs, spec.action_dim),
                                          minval=-1.0, maxval=1.0)
+        elif table is None:
+            actions = algo.sample_action(config, networks, state.agent.actor_params,
+                                         observations, act_key)
         else:
             actions = algo.sample_action(config, networks, state.agent.actor_params,
-                                            observations, act_key)
+                                         observations, act_key, thresholds)
         env_state, out = batch_step(task, env_state, scale_action(spec, actions))
-        return (env_state, key), Transitions(observations, actions, out.reward, out.costs,
-                                             out.terminated, out.truncated,
-                                             out.final_observation)
+        if table is not None:
+            redrawn = draw_behaviour(jax.random.fold_in(act_key, 1), table, run.num_envs)
+            behaviour = jnp.where(out.terminated | out.truncated, redrawn, behaviour)
+        return (env_state, key, behaviour), Transitions(
+            observations, actions, out.reward, out.costs, out.terminated, out.truncated,
+            out.final_observation, thresholds)
 
-    (env_state, key), transitions = jax.lax.scan(one_step, (state.env_state, state.key), None,
-                                                 length=run.rollout_steps)
-    return state._replace(env_state=env_state, key=key), transitions
+    (env_state, key, behaviour), transitions = jax.lax.scan(
+        one_step, (state.env_state, state.key, state.behaviour), None, length=run.rollout_steps)
+    return state._replace(env_state=env_state, key=key, behaviour=behaviour), transitions
 
 
 class Engine:
@@ -259,6 +324,9 @@ class Engine:
         self.networks = algo.make_networks(config, spec)
         self.members = len(run.seed_list)
         self._iteration = 0
+        self.conditioning = conditioning(algo, config)
+        # Host environments: each copy's behaviour threshold (drawn on the host, per episode).
+        self._behaviour = np.zeros((self.members, run.num_envs), np.int64)
         if run.overlap_collection and task is not None:
             raise ValueError(
                 f"overlap_collection=True: {spec.id!r} is a native task, collected inside the "
@@ -397,14 +465,23 @@ class Engine:
         call, so it can run while an update computes)."""
         run: OffPolicyConfig = self.config.run
         n, act_dim = run.num_envs, self.spec.action_dim
+        conditioned = self.conditioning
 
-        def act(observations: np.ndarray) -> dict[str, np.ndarray]:
+        def act(observations: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+            extra: dict[str, np.ndarray] = {}
+            if conditioned is not None:  # a new behaviour threshold for every new episode
+                count = conditioned.behaviour.shape[0]
+                for s, rng in enumerate(rngs):
+                    self._behaviour[s] = np.where(starts[s], rng.integers(0, count, n),
+                                                  self._behaviour[s])
+                extra["conditions"] = conditioned.behaviour.astype(np.float32)[self._behaviour]
             if random:
                 return {"actions": np.stack([rng.uniform(-1.0, 1.0, (n, act_dim))
-                                             for rng in rngs])}
+                                             for rng in rngs]), **extra}
             noise = np.stack([rng.standard_normal((n, act_dim)) for rng in rngs])
-            return {"actions": self.algo.host_sample_action(self.config, self.networks, actor,
-                                                            observations, noise)}
+            args = () if conditioned is None else (extra["conditions"],)
+            return {"actions": self.algo.host_sample_action(
+                self.config, self.networks, actor, observations, noise, *args), **extra}
 
         buffers = self._collector.collect(run.rollout_steps, act, scale=True)
         buffers["next_observations"] = buffers.pop("final_observations")
@@ -467,7 +544,7 @@ class OffPolicyFamily:
         """Member ``index``'s actor: acts in ``[-1, 1]`` (tanh), scaled to the bounds."""
         return PolicyParts(algorithm.make_networks(config, spec).actor,
                            jax.tree_util.tree_map(lambda x: x[index], states.agent.actor_params),
-                           None, squashed=True)
+                           None, squashed=True, conditioning=conditioning(algorithm, config))
 
 
 OFF_POLICY = OffPolicyFamily()

@@ -395,7 +395,7 @@ class Engine:
         """Collect one rollout of every member from host environments."""
         self._actor.load(states)
 
-        def actor(observations: np.ndarray) -> dict[str, np.ndarray]:
+        def actor(observations: np.ndarray, _starts: np.ndarray) -> dict[str, np.ndarray]:
             actions, log_probs = self._actor(observations)
             return {"actions": actions, "log_probs": log_probs}
 

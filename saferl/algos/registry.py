@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saferl.algos import cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base
+from saferl.algos import ccpo, cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base
 from saferl.algos.off_policy import OFF_POLICY
 from saferl.algos.on_policy import ON_POLICY, OnPolicyFunctions
 from saferl.engine.family import EngineFamily
@@ -88,6 +88,9 @@ ALGORITHMS: dict[str, Algorithm] = {
                            "TD3-Lagrangian: twin critics, target smoothing, delayed actor"),
     "cvpo": _off_policy("cvpo", cvpo, cvpo.CVPOConfig,
                         "CVPO: safe RL as inference, E-step convex dual + KL-bounded M-step"),
+    "ccpo": _off_policy("ccpo", ccpo, ccpo.CCPOConfig,
+                        "CCPO: one policy for every cost threshold in a range (versatile; "
+                        "VVE critics + CVI)"),
 }
 
 

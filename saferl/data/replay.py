@@ -12,6 +12,10 @@ Because rows are contiguous in time per copy, :func:`replay_sample` can assemble
 ``Σ_{k<h} γ^k r_{t+k} + γ^h·Q(s_{t+h}, ·)`` that stop at the first episode end inside the
 window (then ``h`` is the number of steps up to and including it, and the bootstrap is dropped
 if that end was a termination). Only windows that lie entirely in written rows are sampled.
+
+Threshold-conditioned algorithms (CCPO) also store each transition's *condition*, the episode's
+behaviour threshold ``[m]`` the copy acted with; for every other algorithm ``conditions`` has
+width 0 (``[rows, N, 0]``), so the buffer costs nothing more.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ class Replay(NamedTuple):
     terminated: jax.Array  # [L, N] bool
     truncated: jax.Array  # [L, N] bool
     next_observations: jax.Array  # [L, N, obs_dim]
+    conditions: jax.Array  # [L, N, c]: the behaviour threshold acted with (c = 0: none)
     position: jax.Array  # int32: the next row to write
     size: jax.Array  # int32: rows written so far, at most L
 
 
 class Transitions(NamedTuple):
-    """Transitions to add, ``[T, N, ...]`` (``T`` consecutive steps of every copy)."""
+    """Transitions to add, ``[T, N, ...]`` (``T`` consecutive steps of every copy);
+    ``conditions`` ``[T, N, c]`` may be left ``None`` when the buffer stores none (``c = 0``)."""
 
     observations: jax.Array
     actions: jax.Array
@@ -46,13 +52,16 @@ class Transitions(NamedTuple):
     terminated: jax.Array
     truncated: jax.Array
     next_observations: jax.Array
+    conditions: jax.Array | None = None
 
 
 class SampledBatch(NamedTuple):
     """An n-step batch: ``target = reward + discount·Q'(next_observations, a')`` per channel.
 
     ``rewards`` ``[B]`` and ``costs`` ``[B, m]`` are the discounted sums over the window,
-    ``discount`` ``[B]`` is ``γ^h`` (0 when the window ended by termination).
+    ``discount`` ``[B]`` is ``γ^h`` (0 when the window ended by termination); ``conditions``
+    ``[B, c]`` are the stored conditions of the sampled transitions (``None`` when a batch is
+    built by hand without them).
     """
 
     observations: jax.Array
@@ -61,17 +70,20 @@ class SampledBatch(NamedTuple):
     costs: jax.Array
     discount: jax.Array
     next_observations: jax.Array
+    conditions: jax.Array | None = None
 
 
 def replay_init(rows: int, num_envs: int, obs_dim: int, action_dim: int,
-                num_costs: int) -> Replay:
-    """An empty buffer holding ``rows × num_envs`` transitions."""
+                num_costs: int, num_conditions: int = 0) -> Replay:
+    """An empty buffer holding ``rows × num_envs`` transitions (with conditions of length
+    ``num_conditions``)."""
     if rows < 1:
         raise ValueError(f"replay rows must be >= 1; got {rows}.")
     zeros = lambda *shape: jnp.zeros((rows, num_envs, *shape), jnp.float32)  # noqa: E731
     return Replay(zeros(obs_dim), zeros(action_dim), zeros(), zeros(num_costs),
                   jnp.zeros((rows, num_envs), bool), jnp.zeros((rows, num_envs), bool),
-                  zeros(obs_dim), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+                  zeros(obs_dim), zeros(num_conditions), jnp.zeros((), jnp.int32),
+                  jnp.zeros((), jnp.int32))
 
 
 def replay_add(buffer: Replay, transitions: Transitions) -> Replay:
@@ -81,6 +93,13 @@ def replay_add(buffer: Replay, transitions: Transitions) -> Replay:
     if steps > capacity:
         raise ValueError(f"cannot add {steps} rows to a replay buffer of {capacity} rows.")
     index = (buffer.position + jnp.arange(steps)) % capacity
+    if transitions.conditions is None:
+        width = buffer.conditions.shape[-1]
+        if width:
+            raise ValueError(f"this replay buffer stores conditions of length {width}; the "
+                             f"transitions to add have none.")
+        transitions = transitions._replace(
+            conditions=jnp.zeros((*transitions.rewards.shape, 0), jnp.float32))
     fields = [getattr(buffer, name).at[index].set(getattr(transitions, name).astype(
         getattr(buffer, name).dtype)) for name in Transitions._fields]
     return Replay(*fields, position=(buffer.position + steps) % capacity,
@@ -119,7 +138,7 @@ def replay_sample(buffer: Replay, key: jax.Array, batch_size: int, n_step: int =
         discount = jnp.where(alive, gamma ** (k + 1) * (1.0 - terminated), discount)
         alive = alive & ~(terminated | truncated)
     return SampledBatch(buffer.observations[row, env], buffer.actions[row, env], rewards, costs,
-                        discount, next_observations)
+                        discount, next_observations, buffer.conditions[row, env])
 
 
 def replay_resize(buffer: Replay, rows: int) -> Replay:

@@ -41,8 +41,8 @@ def tracker_reset(tracker: EpisodeTracker) -> EpisodeTracker:
 
 
 def track_episodes(tracker: EpisodeTracker, batch: Any, cost_gamma: float = 1.0,
-                   constraint_costs: jax.Array | None = None
-                   ) -> tuple[EpisodeTracker, dict[str, jax.Array]]:
+                   constraint_costs: jax.Array | None = None, groups: jax.Array | None = None,
+                   num_groups: int = 0) -> tuple[EpisodeTracker, dict[str, jax.Array]]:
     """Accumulate per-copy episode sums over ``[T, N]`` steps; sum over the finished episodes.
 
     Besides the undiscounted episode cost (what benchmarks report) it accumulates the
@@ -57,15 +57,21 @@ def track_episodes(tracker: EpisodeTracker, batch: Any, cost_gamma: float = 1.0,
             transitions).
         cost_gamma: γ_c of the discounted cost.
         constraint_costs: ``[T, N, m]`` the cost the constraint sees (default: ``costs``).
+        groups: ``[T, N]`` int, the group of each step's episode in ``[0, num_groups)`` (a
+            conditioned policy's behaviour threshold, constant within an episode); an episode
+            counts in the group of its last step.
+        num_groups: ``G``, static; with ``groups`` the sums also hold ``episodes_by_group``
+            ``[G]`` and ``sum_cost_by_group`` ``[G, m]``.
 
     Returns:
         The new tracker and the sums: ``episodes``, ``sum_return``, ``sum_cost`` ``[m]``,
-        ``sum_length``, ``sum_discounted_cost`` ``[m]``.
+        ``sum_length``, ``sum_discounted_cost`` ``[m]`` (and the per-group sums).
     """
 
-    def one_step(carry: tuple[EpisodeTracker, tuple], inputs: tuple) -> tuple[tuple, None]:
-        tracked, (sum_return, sum_cost, sum_length, count, sum_discounted) = carry
-        reward, cost_t, shaped, ended = inputs
+    def one_step(carry: tuple[EpisodeTracker, tuple, tuple],
+                 inputs: tuple) -> tuple[tuple, None]:
+        tracked, (sum_return, sum_cost, sum_length, count, sum_discounted), by_group = carry
+        reward, cost_t, shaped, ended, group = inputs
         ret = tracked.episode_return + reward
         cost = tracked.episode_cost + cost_t
         discount = jnp.power(cost_gamma, tracked.episode_length.astype(cost_t.dtype))
@@ -76,19 +82,28 @@ def track_episodes(tracker: EpisodeTracker, batch: Any, cost_gamma: float = 1.0,
                 sum_cost + jnp.sum(cost * finished[:, None], 0),
                 sum_length + jnp.sum(length * finished), count + jnp.sum(finished),
                 sum_discounted + jnp.sum(discounted * finished[:, None], 0))
+        if groups is not None:  # [N, G] one-hot of the finished episodes' groups
+            member = jax.nn.one_hot(group, num_groups) * finished[:, None]
+            by_group = (by_group[0] + member.sum(0), by_group[1] + member.T @ cost)
         keep = 1.0 - finished
         tracked = EpisodeTracker(ret * keep, cost * keep[:, None],
                                  (length * keep).astype(jnp.int32), discounted * keep[:, None])
-        return (tracked, sums), None
+        return (tracked, sums, by_group), None
 
     m = tracker.episode_cost.shape[-1]
     zero = jnp.zeros(())
     costs, done = batch.costs, batch.terminated | batch.truncated
-    (tracker, (sum_return, sum_cost, sum_length, count, sum_discounted)), _ = jax.lax.scan(
-        one_step, (tracker, (zero, jnp.zeros(m), zero, zero, jnp.zeros(m))),
-        (batch.rewards, costs, costs if constraint_costs is None else constraint_costs, done))
-    return tracker, {"episodes": count, "sum_return": sum_return, "sum_cost": sum_cost,
-                     "sum_length": sum_length, "sum_discounted_cost": sum_discounted}
+    step_groups = jnp.zeros(done.shape, jnp.int32) if groups is None else groups
+    (tracker, (sum_return, sum_cost, sum_length, count, sum_discounted), by_group), _ = \
+        jax.lax.scan(one_step, (tracker, (zero, jnp.zeros(m), zero, zero, jnp.zeros(m)),
+                                (jnp.zeros(num_groups), jnp.zeros((num_groups, m)))),
+                     (batch.rewards, costs, costs if constraint_costs is None else
+                      constraint_costs, done, step_groups))
+    sums = {"episodes": count, "sum_return": sum_return, "sum_cost": sum_cost,
+            "sum_length": sum_length, "sum_discounted_cost": sum_discounted}
+    if groups is not None:
+        sums["episodes_by_group"], sums["sum_cost_by_group"] = by_group
+    return tracker, sums
 
 
 class EpisodeMeans(NamedTuple):

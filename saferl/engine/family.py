@@ -36,13 +36,27 @@ class Engine(Protocol):
         ...
 
 
+class Conditioning(NamedTuple):
+    """What a threshold-conditioned policy was trained on (episode-cost units, float64)."""
+
+    behaviour: np.ndarray  # [N_b, m]: the behaviour thresholds Ẽ
+    low: np.ndarray  # [m]: the range E, low end
+    high: np.ndarray  # [m]: the range E, high end
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form (policy metadata)."""
+        return {"behaviour_thresholds": self.behaviour.tolist(),
+                "threshold_range": [self.low.tolist(), self.high.tolist()]}
+
+
 class PolicyParts(NamedTuple):
     """What a deployable policy of one member is made of (see :class:`saferl.policy.Policy`)."""
 
-    module: Any  # Flax module: observations -> (mean, log_std) or a deterministic action
+    module: Any  # Flax module: observations [, thresholds] -> (mean, log_std) or an action
     params: Any
     obs_stats: Any  # RunningStats, or None when observations are not normalised
     squashed: bool  # actions pass through tanh and are scaled to the bounds
+    conditioning: Conditioning | None = None  # set: the module also takes thresholds [B, m]
 
 
 class EngineFamily(Protocol):

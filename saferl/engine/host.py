@@ -18,8 +18,11 @@ import numpy as np
 
 from saferl.envs.core import EnvSpec, VecEnv, check_finite
 
-#: ``actor(observations [S, N, obs_dim]) -> {"actions": [S, N, A], extra name: [S, N, ...]}``
-Actor = Callable[[np.ndarray], dict[str, np.ndarray]]
+#: ``actor(observations [S, N, obs_dim], starts [S, N]) -> {"actions": [S, N, A], extra name:
+#: [S, N, ...]}``; ``starts`` marks the copies whose episode begins with this observation (all
+#: after a reset, then those whose previous step ended an episode), for actors that keep
+#: per-episode state (a conditioned policy's behaviour threshold).
+Actor = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
 def scale_action(spec: EnvSpec, action: Any) -> Any:
@@ -50,6 +53,7 @@ class HostCollector:
     def __init__(self, envs: Sequence[VecEnv], spec: EnvSpec, seeds: Sequence[int]) -> None:
         self.envs, self.spec, self.seeds = list(envs), spec, tuple(seeds)
         self.observations: np.ndarray | None = None
+        self.starts: np.ndarray | None = None  # [S, N]: episodes beginning at the next step
         self.env_steps = 0  # steps of one member's copies so far (for error messages)
 
     def collect(self, steps: int, actor: Actor, scale: bool = False) -> dict[str, np.ndarray]:
@@ -71,6 +75,7 @@ class HostCollector:
             self.observations = np.stack([env.reset(seed=seed) for env, seed
                                           in zip(envs, self.seeds, strict=True)]
                                          ).astype(np.float32)
+            self.starts = np.ones(self.observations.shape[:2], bool)
         members, n = len(envs), envs[0].num_envs
         obs_dim, m = self.spec.obs_dim, self.spec.num_costs
         buffers: dict[str, np.ndarray] = {
@@ -81,9 +86,9 @@ class HostCollector:
             "truncated": np.empty((members, steps, n), bool),
             "final_observations": np.empty((members, steps, n, obs_dim), np.float32),
         }
-        observations = self.observations
+        observations, starts = self.observations, self.starts
         for t in range(steps):
-            outputs = actor(observations)
+            outputs = actor(observations, starts)
             for name, value in outputs.items():
                 if name not in buffers:
                     buffers[name] = np.empty((members, steps, *value.shape[1:]), np.float32)
@@ -102,6 +107,7 @@ class HostCollector:
                 buffers["final_observations"][s, t] = result.final_observation
                 next_observations[s] = result.observation
             observations = next_observations
+            starts = buffers["terminated"][:, t] | buffers["truncated"][:, t]
             self.env_steps += n
-        self.observations = observations
+        self.observations, self.starts = observations, starts
         return buffers

@@ -244,8 +244,9 @@ def test_ablations_and_the_lagrangian_multipliers():
 
 def test_acting_with_a_threshold_and_its_host_twin():
     config, networks, agent = make()
-    thresholds = ccpo.draw_behaviour_thresholds(config, jax.random.PRNGKey(0), 64)
-    assert set(np.asarray(thresholds[:, 0]).tolist()) == {20.0, 40.0, 60.0}
+    behaviour = jnp.asarray(ccpo.behaviour_thresholds(config), jnp.float32)
+    assert behaviour[:, 0].tolist() == [20.0, 40.0, 60.0]
+    thresholds = behaviour[jax.random.randint(jax.random.PRNGKey(0), (64,), 0, 3)]
     obs = jax.random.normal(jax.random.PRNGKey(1), (64, SPEC.obs_dim))
     noise = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (64, SPEC.action_dim)))
     mean, log_std = networks.actor.apply(agent.actor_params, obs, thresholds)

@@ -14,8 +14,9 @@ from saferl.data.replay import (
 )
 
 
-def indexed_transitions(start, steps, num_envs, rng, done_rate=0.15):
-    """Transitions whose observation encodes (global step, env) so samples reveal their index."""
+def indexed_transitions(start, steps, num_envs, rng, done_rate=0.15, conditions=False):
+    """Transitions whose observation encodes (global step, env) so samples reveal their index
+    (and, with ``conditions``, whose stored condition ``[2]`` does too)."""
     t = np.arange(start, start + steps, dtype=np.float32)[:, None].repeat(num_envs, 1)
     env = np.arange(num_envs, dtype=np.float32)[None].repeat(steps, 0)
     obs = np.stack([t, env], -1)
@@ -26,11 +27,12 @@ def indexed_transitions(start, steps, num_envs, rng, done_rate=0.15):
                        jnp.asarray(rng.normal(size=(steps, num_envs)), jnp.float32),
                        jnp.asarray(rng.random((steps, num_envs, 2)), jnp.float32),
                        jnp.asarray(terminated), jnp.asarray(truncated),
-                       jnp.asarray(obs + 0.5))
+                       jnp.asarray(obs + 0.5), jnp.asarray(3.0 * obs) if conditions else None)
 
 
 def concat(parts):
-    return Transitions(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts])
+    return Transitions(*(None if getattr(parts[0], f) is None else
+                         np.concatenate([np.asarray(getattr(p, f)) for p in parts])
                          for f in Transitions._fields))
 
 
@@ -50,9 +52,9 @@ def test_n_step_windows_match_a_direct_loop(n_step):
     rng = np.random.default_rng(1)
     gamma = 0.9
     rows, num_envs = 7, 3
-    parts = [indexed_transitions(0, 6, num_envs, rng, 0.25),
-             indexed_transitions(6, 5, num_envs, rng, 0.25)]
-    buffer = replay_init(rows, num_envs, 2, 1, 2)
+    parts = [indexed_transitions(0, 6, num_envs, rng, 0.25, conditions=True),
+             indexed_transitions(6, 5, num_envs, rng, 0.25, conditions=True)]
+    buffer = replay_init(rows, num_envs, 2, 1, 2, num_conditions=2)
     for part in parts:
         buffer = replay_add(buffer, part)
     data = concat(parts)  # the whole history, indexed by global step
@@ -77,6 +79,8 @@ def test_n_step_windows_match_a_direct_loop(n_step):
                                       np.asarray(data.next_observations[last, env]))
         np.testing.assert_array_equal(np.asarray(batch.actions[i]),
                                       np.asarray(data.actions[step, env]))
+        # The condition the window's first step was collected under.
+        np.testing.assert_array_equal(np.asarray(batch.conditions[i]), [3.0 * step, 3.0 * env])
     # Only the 7 stored rows (steps 4..10) whose whole window is stored can start a window.
     assert starts == set(range(4, 11 - (n_step - 1)))
 
@@ -106,15 +110,28 @@ def test_adding_more_rows_than_capacity_is_an_error():
             costs=jnp.zeros((3, 1, 1))))
 
 
+def test_a_buffer_of_conditions_refuses_transitions_without_them():
+    buffer = replay_init(4, 1, 2, 1, 2, num_conditions=1)
+    with pytest.raises(ValueError, match="stores conditions of length 1; the transitions to "
+                                         "add have none"):
+        replay_add(buffer, indexed_transitions(0, 2, 1, np.random.default_rng(0)))
+    # Without conditions the buffer stores a width-0 array and batches carry [B, 0].
+    plain = replay_add(replay_init(4, 1, 2, 1, 2), indexed_transitions(0, 2, 1,
+                                                                    np.random.default_rng(0)))
+    assert plain.conditions.shape == (4, 1, 0)
+    assert replay_sample(plain, jax.random.PRNGKey(0), 8).conditions.shape == (8, 0)
+
+
 def test_resize_keeps_the_newest_rows_in_time_order():
     rng = np.random.default_rng(3)
-    buffer = replay_init(5, 2, 2, 1, 2)
-    buffer = replay_add(buffer, indexed_transitions(0, 4, 2, rng))
-    buffer = replay_add(buffer, indexed_transitions(4, 3, 2, rng))  # holds steps 2..6, wrapped
+    buffer = replay_init(5, 2, 2, 1, 2, num_conditions=2)
+    buffer = replay_add(buffer, indexed_transitions(0, 4, 2, rng, conditions=True))
+    buffer = replay_add(buffer, indexed_transitions(4, 3, 2, rng, conditions=True))  # 2..6
     grown = replay_resize(buffer, 8)
     assert int(grown.size) == 5 and int(grown.position) == 5
     np.testing.assert_array_equal(np.asarray(grown.observations[:5, 0, 0]), [2, 3, 4, 5, 6])
-    grown = replay_add(grown, indexed_transitions(7, 2, 2, rng))
+    np.testing.assert_array_equal(np.asarray(grown.conditions[:5, 0, 0]), [6, 9, 12, 15, 18])
+    grown = replay_add(grown, indexed_transitions(7, 2, 2, rng, conditions=True))
     np.testing.assert_array_equal(np.asarray(grown.observations[:7, 1, 0]), np.arange(2, 9))
     shrunk = replay_resize(buffer, 3)
     np.testing.assert_array_equal(np.asarray(shrunk.observations[:, 0, 0]), [4, 5, 6])
