@@ -96,6 +96,20 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
          "env_kwargs key 'speeed_limit' is not a parameter of 'saferl/BallRun-v0'"),
         (["train", "ppo_lag", *small_flags(tmp / "obs"), "--env",
           "saferl-test/BadObservation-v0"], "returned an observation of shape (3,)"),
+        # versatile (ccpo): behaviour thresholds and range, before any compilation
+        (["train", "ccpo", "--env", "saferl/BallCircle-v0", "--run-dir", str(tmp / "c1"),
+          "--ccpo.behaviour-thresholds", "20", "40", "80"],
+         "ccpo.behaviour_thresholds must lie inside ccpo.threshold_range [10, 70]; got 80"),
+        (["train", "ccpo", "--run-dir", str(tmp / "c2"), "--ccpo.behaviour-thresholds", "40",
+          "20"], "must be strictly increasing (sorted, no duplicates); got unsorted values"),
+        (["train", "ccpo", "--run-dir", str(tmp / "c3"), "--ccpo.behaviour-thresholds", "20",
+          "20"], "got a duplicate: 20 then 20"),
+        (["train", "ccpo", "--run-dir", str(tmp / "c4"), "--ccpo.behaviour-thresholds", "nan"],
+         "ccpo.behaviour_thresholds must hold finite thresholds >= 0; got nan"),
+        (["train", "ccpo", "--run-dir", str(tmp / "c5"), "--ccpo.threshold-range", "70", "10"],
+         "ccpo.threshold_range must have finite ends with 0 <= low < high; got (70.0, 10.0)"),
+        (["eval", run, "--thresholds", "10"], "--thresholds evaluates threshold-conditioned "
+                                              "runs (ccpo)"),
         # run directories
         (["train", "ppo_lag", *small_flags(a_file)], "is an existing file, not a folder"),
         (["train", "ppo_lag", *small_flags("/proc/saferl-run")], "cannot write the run directory"),
@@ -139,7 +153,7 @@ def test_bad_input_table(existing, tmp_path, monkeypatch, capsys):
     assert not failures, "\n".join(f"{a}: {p}" for a, p in failures)
     assert snapshot(existing) == before  # nothing lost
     # A failed start leaves no half-made run folder behind.
-    for name in ("kw", "obs"):
+    for name in ("kw", "obs", "c1", "c2", "c3", "c4", "c5"):
         assert not (tmp_path / name).exists(), name
     assert (tmp_path / "a_file.txt").read_text() == "not a folder"
 
