@@ -323,7 +323,7 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     console = PipeSafeConsole()
     console.print(f"{title}, checkpoint of iteration {policies[0].info['iteration']}",
                   highlight=False)
-    print_versatile(result, console)
+    print_versatile(result.record(), console)
     paths = write_versatile(opts.run_dir, result, title)
     console.print(f"table: {paths['csv']}; metrics: {paths['json']}; plot: {paths['plot']}",
                   highlight=False)

@@ -106,7 +106,8 @@ class ProgressDisplay:
 
     def __init__(self, total_steps: int, spec: EnvSpec, cost_limit: tuple[float, ...],
                  enabled: bool = True, start_steps: int = 0,
-                 console: Console | None = None, interval: float | None = None) -> None:
+                 console: Console | None = None, interval: float | None = None,
+                 behaviour: np.ndarray | None = None) -> None:
         """A display over ``total_steps`` starting at ``start_steps`` (on stderr by default).
 
         Args:
@@ -118,8 +119,12 @@ class ProgressDisplay:
             console: Where to write (default: stderr).
             interval: Seconds between plain lines when ``console`` is not a terminal (default
                 :func:`default_interval`); the first and the last update are always printed.
+            behaviour: A threshold-conditioned run's behaviour thresholds ``[N_b, m]``: each
+                cost is shown per behaviour threshold against it (``C0@20 12.3``), not
+                against ``cost_limit``.
         """
         self.enabled = enabled
+        self.behaviour = behaviour
         self.spec, self.cost_limit = spec, cost_limit
         self.console = console or stderr_console()
         self.total_steps = total_steps
@@ -172,6 +177,11 @@ class ProgressDisplay:
             return "no episode finished yet"
         parts = [f"R {ret:.1f}"]
         for i, limit in enumerate(self.cost_limit):
+            if self.behaviour is not None:
+                parts += [f"C{i}@{threshold:g} "
+                          f"{_mean(metrics.get(f'rollout/behaviour_{b}/ep_cost_{i}', np.nan)):.2f}"
+                          for b, threshold in enumerate(self.behaviour[:, i])]
+                continue
             parts.append(f"C{i} {_mean(metrics.get(f'rollout/ep_cost_{i}', np.nan)):.2f}/{limit:g}")
             if f"lagrange/lambda_{i}" in metrics:
                 parts.append(f"λ{i} {_mean(metrics[f'lagrange/lambda_{i}']):.3f}")
@@ -232,12 +242,17 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     table = Table()
     table.add_column("seed")
     table.add_column("return", justify="right")
-    for i, name in enumerate(spec.cost_names):
-        table.add_column(f"{name} (≤ {cost_limit[i]:g})", justify="right")
-        table.add_column(f"cost rate {i}", justify="right")
     keys = ["rollout/ep_return"]
-    for i in range(spec.num_costs):
-        keys += [f"rollout/ep_cost_{i}", f"train/cost_rate_{i}"]
+    behaviour = summary.get("behaviour_thresholds")
+    for i, name in enumerate(spec.cost_names):
+        if behaviour is None:
+            table.add_column(f"{name} (≤ {cost_limit[i]:g})", justify="right")
+            keys.append(f"rollout/ep_cost_{i}")
+        for b, thresholds in enumerate(behaviour or []):  # conditioned: per threshold
+            table.add_column(f"{name} at ε = {thresholds[i]:g}", justify="right")
+            keys.append(f"behaviour_{b}/ep_cost_{i}")
+        table.add_column(f"cost rate {i}", justify="right")
+        keys.append(f"train/cost_rate_{i}")
     for seed, figures in summary["per_seed"].items():
         table.add_row(str(seed), *(f"{figures[k]:.3f}" if "rate" in k else f"{figures[k]:.2f}"
                                    for k in keys))
@@ -248,10 +263,19 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     verdict = {True: "every constraint satisfied", False: "a constraint is violated",
                None: "no episode finished, so constraint satisfaction is unknown"}[
         summary["constraints_satisfied"]]
+    if behaviour is not None:
+        verdict = {True: "at every behaviour threshold the episode cost is within it",
+                   False: "at a behaviour threshold the episode cost exceeds it",
+                   None: "no episode finished at some behaviour threshold, so whether its "
+                         "cost is within it is unknown"}[summary["constraints_satisfied"]]
     console.print(f"training: {verdict}.")
     evaluation = summary.get("evaluation")
     if evaluation:
         print_evaluation(evaluation, spec.cost_names, cost_limit, console)
+    if summary.get("versatile"):
+        console.print("deployed policy at the behaviour thresholds (saferl eval RUN "
+                      "--thresholds … evaluates any):", highlight=False)
+        print_versatile(summary["versatile"], console)
     timing = summary.get("timing")
     if timing:
         console.print(
@@ -305,24 +329,25 @@ def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
     return " ".join(sentences)
 
 
-def print_versatile(result: Any, console: Console | None = None) -> None:
-    """Print a versatile evaluation (:class:`saferl.versatile.VersatileResult`): per threshold
-    the return and each cost beside the threshold (mean ± std over seeds), then Avg R, Avg CV,
-    R-G and CV-G (ALGORITHMS.md §6)."""
+def print_versatile(record: dict[str, Any], console: Console | None = None) -> None:
+    """Print a versatile evaluation (:meth:`saferl.versatile.VersatileResult.record`): per
+    threshold the return and each cost beside the threshold (mean ± std over seeds), then Avg R,
+    Avg CV, R-G and CV-G (ALGORITHMS.md §6)."""
     console = console or stderr_console()
-    seeds = len(result.seeds)
-    console.print(f"{result.returns.shape[2]} deterministic episodes per threshold and seed, "
-                  f"{seeds} seed{'s' if seeds > 1 else ''}" +
+    seeds = len(record["seeds"])
+    mode = "deterministic" if record["deterministic"] else "stochastic"
+    console.print(f"{record['episodes']} {mode} episodes per threshold and seed, {seeds} "
+                  f"seed{'s' if seeds > 1 else ''}" +
                   (" (mean ± std over seeds)" if seeds > 1 else ""), highlight=False)
     table = Table()
-    m = result.thresholds.shape[1]
+    m = len(record["cost_names"])
     table.add_column("threshold" if m == 1 else "thresholds", justify="right")
     table.add_column("return", justify="right")
-    for name in result.cost_names:
+    for name in record["cost_names"]:
         table.add_column(f"{name}", justify="right")
         table.add_column("violation", justify="right")
     table.add_column("trained on")
-    for row in result.table():
+    for row in record["table"]:
         thresholds = ", ".join(f"{row[f'threshold_{i}']:g}" for i in range(m))
         cells = [thresholds, f"{row['return_mean']:.2f} ± {row['return_std']:.2f}"]
         for i in range(m):
@@ -331,8 +356,9 @@ def print_versatile(result: Any, console: Console | None = None) -> None:
         cells.append("yes" if row["trained_on"] else "")
         table.add_row(*cells)
     console.print(table)
-    summary = result.metrics().summary()
-    figures = [f"{name} n/a (every threshold is a behaviour threshold)" if math.isnan(mean)
-               else f"{name} {mean:.2f} ± {std:.2f}" for name, (mean, std) in summary.items()
-               if name in ("Avg R", "Avg CV", "R-G", "CV-G")]
+    figures = []
+    for name in ("Avg R", "Avg CV", "R-G", "CV-G"):
+        mean, std = record["metrics"][name]["mean"], record["metrics"][name]["std"]
+        figures.append(f"{name} n/a (every threshold is a behaviour threshold)"
+                       if math.isnan(mean) else f"{name} {mean:.2f} ± {std:.2f}")
     console.print("; ".join(figures) + (" (over seeds)" if seeds > 1 else ""), highlight=False)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferl import interrupts
+from saferl.algos.actor_critic import conditioning
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.envs.core import EnvSpec, VecEnv
@@ -39,6 +40,7 @@ from saferl.runs import (
     spec_from_record,
     spec_record,
 )
+from saferl.versatile import evaluate_versatile, write_versatile
 
 __all__ = ["DEFAULT_ALGORITHM", "DEFAULT_RECIPE", "TrainResult", "build_config", "build_task",
            "initial_states", "make_engine", "make_environment", "read_run_config",
@@ -311,8 +313,10 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
     batch = config.run.steps_per_iteration
     total = config.run.iterations
     start = int(resumed[1]["iteration"]) if resumed is not None else 0
+    conditioned = conditioning(entry.module, config)
+    behaviour = None if conditioned is None else conditioned.behaviour
     display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
-                              start_steps=start * batch)
+                              start_steps=start * batch, behaviour=behaviour)
     for note in notes or []:
         display.note(note)
     if resumed is None and config.run.steps % batch:
@@ -367,7 +371,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                 env.close()
     plot_curves(directory, config.run.cost_limit, spec.cost_names)
     history = directory.read_progress()
-    summary = summarize(history, seeds, spec, config.run.cost_limit)
+    summary = summarize(history, seeds, spec, config.run.cost_limit, behaviour=behaviour)
     last = [r for r in history if int(r["iteration"]) == total]
     if last:
         wall_time = float(last[0]["wall_time"])
@@ -380,22 +384,34 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
                      f"mode and seed)…")
         policies = [Policy.from_states(entry, config, spec, states, index)
                     for index in range(len(seeds))]
-        summary["evaluation"] = {**evaluate_policies(policies, episodes=config.run.eval_episodes),
-                                 "checkpoint": checkpoint_name(total)}
-        write_evaluation(directory.path, summary["evaluation"])
+        if behaviour is None:
+            summary["evaluation"] = {**evaluate_policies(policies,
+                                                         episodes=config.run.eval_episodes),
+                                     "checkpoint": checkpoint_name(total)}
+            write_evaluation(directory.path, summary["evaluation"])
+        else:  # a conditioned policy: at every behaviour threshold (saferl eval --thresholds)
+            result = evaluate_versatile(policies, behaviour, episodes=config.run.eval_episodes)
+            write_versatile(directory.path, result, f"{entry.name} on {spec.id}")
+            summary["versatile"] = result.record()
     if progress:
         print_summary(summary, spec, config.run.cost_limit, directory.path)
     return TrainResult(directory.path, entry.name, config, summary, history)
 
 
 def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: EnvSpec,
-              cost_limit: tuple[float, ...], last: int = 5) -> dict[str, Any]:
+              cost_limit: tuple[float, ...], last: int = 5,
+              behaviour: np.ndarray | None = None) -> dict[str, Any]:
     """Final figures per seed: mean over the last ``last`` iterations with finished episodes.
 
     ``windows`` gives, per seed, how many iterations that mean really covers (fewer than
     ``last`` when fewer iterations finished an episode). ``constraints_satisfied`` is ``True``
     or ``False``, or ``None`` when a seed finished no episode (its costs are NaN and nothing can
     be said).
+
+    A threshold-conditioned run (``behaviour`` ``[N_b, m]``, its behaviour thresholds) is
+    judged per behaviour threshold instead of against ``cost_limit``: the figures gain
+    ``behaviour_b/ep_cost_i``, the mean over the last ``last`` iterations that finished an
+    episode under threshold ``b``, and each must be at most that threshold.
     """
     names = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
     per_seed: dict[int, dict[str, float]] = {}
@@ -407,6 +423,12 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
         windows[seed] = len(tail)
         figures = {n: float(np.mean([r[n] for r in tail])) if tail else math.nan for n in names}
         final = [r for r in history if int(r["seed"]) == seed]
+        for b in range(0 if behaviour is None else behaviour.shape[0]):
+            for i in range(spec.num_costs):
+                name = f"rollout/behaviour_{b}/ep_cost_{i}"
+                values = [r[name] for r in final if math.isfinite(r.get(name, math.nan))][-last:]
+                figures[f"behaviour_{b}/ep_cost_{i}"] = (float(np.mean(values)) if values
+                                                         else math.nan)
         for i in range(spec.num_costs):
             key = f"train/cost_rate_{i}"
             figures[key] = final[-1].get(key, math.nan) if final else math.nan
@@ -414,10 +436,18 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
     keys = list(next(iter(per_seed.values())).keys()) if per_seed else []
     aggregate = {k: (float(np.mean([v[k] for v in per_seed.values()])),
                      float(np.std([v[k] for v in per_seed.values()]))) for k in keys}
-    costs = [(per_seed[s][f"rollout/ep_cost_{i}"], cost_limit[i])
-             for s in seeds for i in range(spec.num_costs)]
+    if behaviour is None:
+        costs = [(per_seed[s][f"rollout/ep_cost_{i}"], cost_limit[i])
+                 for s in seeds for i in range(spec.num_costs)]
+    else:
+        costs = [(per_seed[s][f"behaviour_{b}/ep_cost_{i}"], float(behaviour[b, i]))
+                 for s in seeds for b in range(behaviour.shape[0])
+                 for i in range(spec.num_costs)]
     # None: some seed finished no episode, so whether its constraints hold is unknown.
     satisfied: bool | None = (None if any(math.isnan(c) for c, _ in costs)
                               else all(c <= d for c, d in costs))
-    return {"per_seed": per_seed, "mean_std": aggregate, "constraints_satisfied": satisfied,
-            "window": last, "windows": windows}
+    out = {"per_seed": per_seed, "mean_std": aggregate, "constraints_satisfied": satisfied,
+           "window": last, "windows": windows}
+    if behaviour is not None:
+        out["behaviour_thresholds"] = behaviour.tolist()
+    return out

@@ -139,7 +139,7 @@ class VersatileResult:
         return path
 
 
-def evaluate_versatile(policy: Any | Sequence[Any], thresholds: Sequence[Any],
+def evaluate_versatile(policy: Any | Sequence[Any], thresholds: Sequence[Any] | np.ndarray,
                        episodes: int = 10, deterministic: bool = True, seed: int = 10_000,
                        env: str | None = None,
                        env_kwargs: dict[str, Any] | None = None) -> VersatileResult:
@@ -178,6 +178,8 @@ def evaluate_versatile(policy: Any | Sequence[Any], thresholds: Sequence[Any],
         raise ValueError(f"episodes must be >= 1; got {episodes}.")
     first = policies[0]
     m = first.conditioning.low.shape[0]
+    if isinstance(thresholds, np.ndarray):
+        thresholds = thresholds.tolist()
     grid = threshold_array(thresholds, m, "thresholds")
     first.thresholds_for(grid, grid.shape[0])  # warns once if a threshold extrapolates
     info = first.info

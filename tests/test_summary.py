@@ -36,6 +36,30 @@ def test_no_finished_episode_leaves_the_verdict_unknown(capsys):
     assert "unknown" in capsys.readouterr().err
 
 
+def test_a_conditioned_run_is_judged_at_each_behaviour_threshold(capsys):
+    import numpy as np
+
+    spec = make_task("saferl/BallCircle-v0").spec
+    behaviour = np.array([[20.0], [40.0]])
+    history = rows(0, [30.0, 12.0, 8.0])
+    for row, (low, high) in zip(history, [(25.0, 50.0), (math.nan, 38.0), (15.0, 42.0)],
+                                strict=True):
+        row["rollout/behaviour_0/ep_cost_0"], row["rollout/behaviour_1/ep_cost_0"] = low, high
+    summary = summarize(history, (0,), spec, (10.0,), last=2, behaviour=behaviour)
+    # Per threshold, the last two iterations that finished an episode under it.
+    assert summary["per_seed"][0]["behaviour_0/ep_cost_0"] == 20.0  # (25 + 15) / 2
+    assert summary["per_seed"][0]["behaviour_1/ep_cost_0"] == 40.0  # (38 + 42) / 2
+    # Judged against 20 and 40, not the run's cost_limit (10): within both.
+    assert summary["constraints_satisfied"] is True
+    print_summary(summary, spec, (10.0,), Path("runs/x"))
+    err = capsys.readouterr().err
+    assert "at ε = 20" in err and "at ε = 40" in err and "(≤ 10)" not in err
+    assert "at every behaviour threshold the episode cost is within it" in err
+    history[-1]["rollout/behaviour_1/ep_cost_0"] = 50.0
+    assert summarize(history, (0,), spec, (10.0,), last=2,
+                     behaviour=behaviour)["constraints_satisfied"] is False
+
+
 def test_progress_line_keeps_every_figure_when_not_a_terminal():
     import io
 
