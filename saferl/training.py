@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferl import interrupts
-from saferl.algos.actor_critic import conditioning
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
+from saferl.engine.behaviour import conditioning
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.make import make
 from saferl.envs.native import NATIVE_TASKS, NativeTask

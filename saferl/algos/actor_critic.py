@@ -22,7 +22,6 @@ import optax
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
 from saferl.data.replay import SampledBatch
 from saferl.engine.config import SharedRunConfig, check_positive
-from saferl.engine.family import Conditioning
 from saferl.envs.core import EnvSpec
 
 
@@ -110,7 +109,8 @@ class OffPolicyConfig(SharedRunConfig):
 class OffPolicyAlgorithm(Protocol):
     """What an off-policy algorithm module provides to the engine.
 
-    **Threshold-conditioned algorithms** (CCPO; :func:`conditioning` finds them) also define
+    **Threshold-conditioned algorithms** (CCPO; found by
+    :func:`saferl.engine.behaviour.conditioning`) also define
     ``behaviour_thresholds(config) -> [N_b, m]`` (the behaviour set ``Ẽ``) and
     ``threshold_range(config) -> (low [m], high [m])`` (the range ``E``). The engine then
     draws one behaviour threshold per episode for every copy and passes the copies' thresholds
@@ -150,16 +150,6 @@ class OffPolicyAlgorithm(Protocol):
                            limits: Limits, fresh: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
         """Once per iteration: multipliers from the iteration's episode cost (if ``fresh``)."""
         ...
-
-
-def conditioning(algorithm: Any, config: Any) -> Conditioning | None:
-    """The behaviour set and range of a threshold-conditioned algorithm (see
-    :class:`OffPolicyAlgorithm`), ``None`` for every other."""
-    if not hasattr(algorithm, "behaviour_thresholds"):
-        return None
-    low, high = algorithm.threshold_range(config)
-    return Conditioning(np.asarray(algorithm.behaviour_thresholds(config), np.float64),
-                        np.asarray(low, np.float64), np.asarray(high, np.float64))
 
 
 def q_threshold(episode_limit: jax.Array, gamma: float, episode_length: int) -> jax.Array:

@@ -52,7 +52,6 @@ from saferl.algos.actor_critic import (
     MultiplierParams,
     OffPolicyAlgorithm,
     OffPolicyConfig,
-    conditioning,
     critic_step,
     episode_multipliers,
     init_actor_critics,
@@ -70,6 +69,13 @@ from saferl.data.replay import (
     replay_init,
     replay_resize,
     replay_sample,
+)
+from saferl.engine.behaviour import (
+    behaviour_groups,
+    behaviour_metrics,
+    behaviour_table,
+    conditioning,
+    draw_behaviour,
 )
 from saferl.engine.episodes import (
     EpisodeTracker,
@@ -141,36 +147,6 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
         has_cost_estimate=jnp.zeros((), bool),
         behaviour=behaviour,
     )
-
-
-def behaviour_table(algo: OffPolicyAlgorithm, config: Any) -> jax.Array | None:
-    """A conditioned algorithm's behaviour thresholds ``[N_b, m]`` (float32), else ``None``."""
-    conditioned = conditioning(algo, config)
-    return None if conditioned is None else jnp.asarray(conditioned.behaviour, jnp.float32)
-
-
-def draw_behaviour(key: jax.Array, table: jax.Array, count: int) -> jax.Array:
-    """``count`` indices into the behaviour table, uniform (one per copy and episode)."""
-    return jax.random.randint(key, (count,), 0, table.shape[0])
-
-
-def behaviour_groups(conditions: jax.Array, table: jax.Array) -> jax.Array:
-    """The index into ``table`` ``[N_b, m]`` of every stored condition ``[..., m]`` (exact:
-    they are copies of its rows)."""
-    return jnp.argmax(jnp.all(conditions[..., None, :] == table, axis=-1), axis=-1)
-
-
-def behaviour_metrics(table: jax.Array, episodes: jax.Array,
-                      cost: jax.Array) -> dict[str, jax.Array]:
-    """``rollout/behaviour_b/episodes`` and ``rollout/behaviour_b/ep_cost_i`` (NaN without a
-    finished episode) for every behaviour threshold ``b`` (its row of ``table``)."""
-    metrics = {}
-    for b in range(table.shape[0]):
-        metrics[f"rollout/behaviour_{b}/episodes"] = episodes[b]
-        for i in range(table.shape[1]):
-            metrics[f"rollout/behaviour_{b}/ep_cost_{i}"] = jnp.where(
-                episodes[b] > 0, cost[b, i], jnp.nan)
-    return metrics
 
 
 def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
