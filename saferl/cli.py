@@ -261,7 +261,7 @@ class EvalArgs:
     video: str | None = None
     """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
     .mp4 with saferl[video])."""
-    thresholds: tuple[float, ...] | None = None
+    thresholds: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="EPS [EPS ...]")] = None
     """A threshold-conditioned run (ccpo): evaluate the deterministic policy at each of these
     episode-cost thresholds (m numbers per threshold with m constraints); prints return and cost
     per threshold, Avg R, Avg CV, R-G and CV-G, and writes RUN/versatile.csv, .json and .png."""
@@ -315,9 +315,16 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     if opts.video:
         return _error("--video and --thresholds do not combine; record a video without "
                       "--thresholds.")
+    values = []
+    for text in opts.thresholds or ():
+        try:
+            values.append(float(text))
+        except ValueError:
+            return _error(f"--thresholds must be numbers (episode-cost thresholds); got "
+                          f"{text!r}.")
     try:
-        result = evaluate_versatile(policies, list(opts.thresholds or ()),
-                                    episodes=opts.episodes, seed=opts.env_seed)
+        result = evaluate_versatile(policies, values, episodes=opts.episodes,
+                                    seed=opts.env_seed)
     except ValueError as error:
         return _error(str(error).replace("thresholds must", "--thresholds must", 1))
     console = PipeSafeConsole()

@@ -110,6 +110,9 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
          "ccpo.threshold_range must have finite ends with 0 <= low < high; got (70.0, 10.0)"),
         (["eval", run, "--thresholds", "10"], "--thresholds evaluates threshold-conditioned "
                                               "runs (ccpo)"),
+        (["train", "vsac_lag", "--run-dir", str(tmp / "c6"), "--versatile.behaviour-thresholds",
+          "5", "20"], "versatile.behaviour_thresholds must lie inside versatile.threshold_range "
+                      "[10, 70]; got 5"),
         # run directories
         (["train", "ppo_lag", *small_flags(a_file)], "is an existing file, not a folder"),
         (["train", "ppo_lag", *small_flags("/proc/saferl-run")], "cannot write the run directory"),
@@ -153,7 +156,7 @@ def test_bad_input_table(existing, tmp_path, monkeypatch, capsys):
     assert not failures, "\n".join(f"{a}: {p}" for a, p in failures)
     assert snapshot(existing) == before  # nothing lost
     # A failed start leaves no half-made run folder behind.
-    for name in ("kw", "obs", "c1", "c2", "c3", "c4", "c5"):
+    for name in ("kw", "obs", "c1", "c2", "c3", "c4", "c5", "c6"):
         assert not (tmp_path / name).exists(), name
     assert (tmp_path / "a_file.txt").read_text() == "not a folder"
 

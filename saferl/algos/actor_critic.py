@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_update
+from saferl.core.conditioning import check_threshold_set, threshold_array, threshold_bounds
+from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_init, lagrange_update
 from saferl.data.replay import SampledBatch
+from saferl.engine.behaviour import behaviour_groups
 from saferl.engine.config import SharedRunConfig, check_positive
 from saferl.envs.core import EnvSpec
 
@@ -152,6 +154,109 @@ class OffPolicyAlgorithm(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class VersatileParams:
+    """The thresholds of a versatile baseline.
+
+    Attributes:
+        behaviour_thresholds: ``Ẽ`` in episode-cost units (as ``ccpo.behaviour_thresholds``:
+            flat, ``m`` numbers per vector, strictly increasing, inside ``threshold_range``).
+        threshold_range: ``E``: ``(low, high)``, or one pair per constraint; the networks see
+            the thresholds normalised over it to ``[−1, 1]``.
+        num_constraints: ``m``, the length of every threshold vector (the task's cost count).
+    """
+
+    behaviour_thresholds: tuple[float, ...] = (20.0, 40.0, 60.0)
+    threshold_range: tuple[float, ...] = (10.0, 70.0)
+    num_constraints: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_constraints < 1:
+            raise ValueError(
+                f"versatile.num_constraints must be >= 1; got {self.num_constraints}.")
+        behaviour = threshold_array(self.behaviour_thresholds, self.num_constraints,
+                                    "versatile.behaviour_thresholds")
+        object.__setattr__(self, "behaviour_thresholds", tuple(behaviour.reshape(-1).tolist()))
+        low, high = threshold_bounds(self.threshold_range, self.num_constraints,
+                                     "versatile.threshold_range")
+        check_threshold_set(behaviour, low, high, "versatile.behaviour_thresholds",
+                            "versatile.threshold_range")
+
+    @property
+    def behaviour(self) -> np.ndarray:
+        """``Ẽ`` as ``[N, m]``."""
+        return np.asarray(self.behaviour_thresholds, np.float64).reshape(
+            -1, self.num_constraints)
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """``E`` as ``(low [m], high [m])``."""
+        return threshold_bounds(self.threshold_range, self.num_constraints,
+                                "versatile.threshold_range")
+
+
+def versatile_bounds(params: VersatileParams, spec: EnvSpec
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``E``'s ends as the conditioned networks take them, after checking that the threshold
+    vectors have one entry per cost of ``spec``.
+
+    Raises:
+        ValueError: ``versatile.num_constraints`` differs from the task's cost count.
+    """
+    if params.num_constraints != spec.num_costs:
+        raise ValueError(f"versatile.num_constraints must equal the {spec.num_costs} cost(s) of "
+                         f"{spec.id}; got {params.num_constraints}.")
+    low, high = (tuple(float(x) for x in end) for end in params.bounds)
+    return low, high
+
+
+def init_conditioned_actor_critics(networks: Any, spec: EnvSpec,
+                                   key: jax.Array) -> tuple[Any, Any]:
+    """Initial parameters of a conditioned ``networks.actor`` and ``networks.critics`` (they
+    take a threshold ``[B, m]`` after the observations, and the actions for the critics)."""
+    actor_key, critic_key = jax.random.split(key)
+    obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
+    threshold = jnp.zeros((1, spec.num_costs))
+    return (networks.actor.init(actor_key, obs, threshold),
+            networks.critics.init(critic_key, obs, action, threshold))
+
+
+def behaviour_lagrange_init(config: LagrangeConfig, behaviour: np.ndarray) -> LagrangeState:
+    """One multiplier state per behaviour threshold (every leaf with a leading ``[N_b]`` axis),
+    each at ``config.init``: the versatile Lagrangian baselines."""
+    fresh = lagrange_init(config, behaviour.shape[1])
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (behaviour.shape[0], *x.shape)),
+                                  fresh)
+
+
+def behaviour_multiplier_step(config: LagrangeConfig, state: LagrangeState,
+                              episode_cost: jax.Array, behaviour: np.ndarray, fresh: jax.Array
+                              ) -> tuple[LagrangeState, dict[str, jax.Array]]:
+    """The multipliers of each behaviour threshold ``ε_b`` step on the mean cost of the
+    episodes collected under it (``episode_cost`` ``[N_b, m]``) against ``ε_b``, where
+    ``fresh`` ``[N_b]`` says such episodes finished; the others keep their state.
+
+    Returns:
+        The new states and ``lagrange/lambda_b_i`` for every threshold ``b`` and constraint.
+    """
+    limits = jnp.asarray(behaviour, jnp.float32)
+    stepped = jax.vmap(lambda s, cost, limit: lagrange_update(config, s, cost, limit))(
+        state, episode_cost, limits)
+    state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(fresh.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        stepped, state)
+    lam = state.multiplier
+    return state, {f"lagrange/lambda_{b}_{i}": lam[b, i]
+                   for b in range(lam.shape[0]) for i in range(lam.shape[1])}
+
+
+def sample_multipliers(state: LagrangeState, conditions: jax.Array,
+                       behaviour: np.ndarray) -> jax.Array:
+    """``[B, m]``: each sampled transition's multipliers, those of the behaviour threshold it
+    was collected under (its stored ``conditions`` ``[B, m]``)."""
+    return state.multiplier[behaviour_groups(conditions, jnp.asarray(behaviour, jnp.float32))]
+
+
 def q_threshold(episode_limit: jax.Array, gamma: float, episode_length: int) -> jax.Array:
     """``ε_Q = ε (1 − γ^T) / ((1 − γ) T)``: the per-step discounted value of an episode limit.
 
@@ -229,12 +334,14 @@ def td_targets(batch: SampledBatch, next_reward: jax.Array, next_costs: jax.Arra
 
 
 def critic_step(critics: Any, tx: optax.GradientTransformation, params: Any, opt_state: Any,
-                batch: SampledBatch, targets: jax.Array, num_reward: int
-                ) -> tuple[Any, Any, jax.Array]:
-    """One Adam step of every Q-critic towards its target (reward critics share column 0)."""
+                batch: SampledBatch, targets: jax.Array, num_reward: int,
+                conditions: jax.Array | None = None) -> tuple[Any, Any, jax.Array]:
+    """One Adam step of every Q-critic towards its target (reward critics share column 0);
+    conditioned critics also take each sample's threshold ``conditions`` ``[B, m]``."""
+    inputs = (batch.observations, batch.actions) + (() if conditions is None else (conditions,))
 
     def loss_fn(p: Any) -> jax.Array:
-        q = critics.apply(p, batch.observations, batch.actions)
+        q = critics.apply(p, *inputs)
         expanded = jnp.concatenate([jnp.repeat(targets[:, :1], num_reward, axis=1),
                                     targets[:, 1:]], axis=1)
         return jnp.mean(jnp.sum((q - expanded) ** 2, axis=-1))

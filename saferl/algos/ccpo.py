@@ -56,6 +56,7 @@ import numpy as np
 import optax
 import tyro
 
+from saferl.algos.actor_critic import init_conditioned_actor_critics
 from saferl.algos.cvpo import (
     Condition,
     CVPOParams,
@@ -281,11 +282,7 @@ def _optimizers(config: CCPOConfig) -> tuple[optax.GradientTransformation, ...]:
 def init_agent(config: CCPOConfig, spec: EnvSpec, networks: CCPONetworks,
                key: jax.Array) -> CCPOAgent:
     """Fresh networks with equal targets, Adam states, every ``η_i = dual_init_eta``, ``λ = 0``."""
-    actor_key, critic_key = jax.random.split(key)
-    obs, action = jnp.zeros((1, spec.obs_dim)), jnp.zeros((1, spec.action_dim))
-    threshold = jnp.zeros((1, spec.num_costs))
-    actor_params = networks.actor.init(actor_key, obs, threshold)
-    critic_params = networks.critics.init(critic_key, obs, action, threshold)
+    actor_params, critic_params = init_conditioned_actor_critics(networks, spec, key)
     actor_tx, critic_tx = _optimizers(config)
     n, m = config.ccpo.behaviour.shape
     duals = jnp.concatenate([jnp.full((n, 1), config.cvpo.dual_init_eta),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saferl.algos import ccpo, cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base
+from saferl.algos import ccpo, cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base, vddpg, vsac
 from saferl.algos.off_policy import OFF_POLICY
 from saferl.algos.on_policy import ON_POLICY, OnPolicyFunctions
 from saferl.engine.family import EngineFamily
@@ -88,6 +88,12 @@ ALGORITHMS: dict[str, Algorithm] = {
                            "TD3-Lagrangian: twin critics, target smoothing, delayed actor"),
     "cvpo": _off_policy("cvpo", cvpo, cvpo.CVPOConfig,
                         "CVPO: safe RL as inference, E-step convex dual + KL-bounded M-step"),
+    "vsac_lag": _off_policy("vsac_lag", vsac, vsac.VSACLagConfig,
+                            "V-SAC-Lag: SAC-Lagrangian with the threshold as an input, one "
+                            "multiplier per behaviour threshold (versatile baseline)"),
+    "vddpg_lag": _off_policy("vddpg_lag", vddpg, vddpg.VDDPGLagConfig,
+                             "V-DDPG-Lag: DDPG-Lagrangian with the threshold as an input, one "
+                             "multiplier per behaviour threshold (versatile baseline)"),
     "ccpo": _off_policy("ccpo", ccpo, ccpo.CCPOConfig,
                         "CCPO: one policy for every cost threshold in a range (versatile; "
                         "VVE critics + CVI)"),

@@ -100,7 +100,8 @@ class SACNetworks(NamedTuple):
 
 
 class SACAgent(NamedTuple):
-    """Parameters, target critics, optimiser states, temperature and multipliers."""
+    """Parameters, target critics, optimiser states, temperature and multipliers (``vsac_lag``:
+    one multiplier state per behaviour threshold, a leading ``[N]`` axis on every leaf)."""
 
     actor_params: Any
     critic_params: Any
@@ -149,6 +150,21 @@ def host_sample_action(config: SACConfig | SACLagConfig, networks: SACNetworks, 
     standard-normal ``noise`` ``[S, N, A]``; ``actor_params`` from ``host_params``."""
     mean, log_std = host_tanh_gaussian(networks.actor, actor_params, observations)
     return np.tanh(mean + np.exp(log_std) * noise)
+
+
+def temperature_step(params: SACParams, tx: optax.GradientTransformation, log_alpha: jax.Array,
+                     opt_state: Any, log_prob: jax.Array, action_dim: int
+                     ) -> tuple[jax.Array, Any]:
+    """One Adam step of ``log α`` towards the target entropy (``−action_dim`` by default), given
+    the batch's ``log π(a|s)``; unchanged when ``auto_alpha`` is off."""
+    if not params.auto_alpha:
+        return log_alpha, opt_state
+    target_entropy = (params.target_entropy if params.target_entropy is not None
+                      else -float(action_dim))
+    entropy_gap = jax.lax.stop_gradient(-log_prob - target_entropy).mean()
+    # d/d log α of  log α · (H − H_target)
+    step, opt_state = tx.update(entropy_gap, opt_state, log_alpha)
+    return optax.apply_updates(log_alpha, step), opt_state
 
 
 def update_multipliers(config: SACConfig | SACLagConfig, agent: SACAgent,
@@ -201,14 +217,9 @@ def update(config: SACConfig | SACLagConfig, networks: SACNetworks, agent: SACAg
     actor_params = optax.apply_updates(agent.actor_params, updates)
 
     # 3. Temperature: raise α when the entropy is below target, lower it when above.
-    log_alpha, alpha_opt = agent.log_alpha, agent.alpha_opt_state
-    if config.sac.auto_alpha:
-        target_entropy = (config.sac.target_entropy if config.sac.target_entropy is not None
-                          else -float(batch.actions.shape[-1]))
-        entropy_gap = jax.lax.stop_gradient(-log_prob - target_entropy).mean()
-        alpha_grad = entropy_gap  # d/d log α of  log α · (H − H_target)
-        step, alpha_opt = alpha_tx.update(alpha_grad, alpha_opt, log_alpha)
-        log_alpha = optax.apply_updates(log_alpha, step)
+    log_alpha, alpha_opt = temperature_step(config.sac, alpha_tx, agent.log_alpha,
+                                            agent.alpha_opt_state, log_prob,
+                                            batch.actions.shape[-1])
 
     lagrange = agent.lagrange
     if lagrangian:

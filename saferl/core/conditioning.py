@@ -37,8 +37,10 @@ import numpy as np
 from saferl.core.networks import (
     ACTIVATIONS,
     MLP,
+    DeterministicActor,
     QCritics,
     TanhGaussianActor,
+    host_deterministic,
     host_tanh_gaussian,
 )
 
@@ -127,6 +129,14 @@ def _actor_body(actor: ConditionedTanhGaussianActor, **kwargs: Any) -> TanhGauss
                              **kwargs)
 
 
+def _host_inputs(actor: Any, obs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """``[s, ε̃]`` in numpy float64 for a conditioned actor's host twin."""
+    low = np.asarray(actor.threshold_low, np.float64)
+    high = np.asarray(actor.threshold_high, np.float64)
+    normalized = 2.0 * (np.asarray(thresholds, np.float64) - low) / (high - low) - 1.0
+    return np.concatenate([np.asarray(obs, np.float64), normalized], axis=-1)
+
+
 def host_conditioned_tanh_gaussian(actor: ConditionedTanhGaussianActor, params: Any,
                                    obs: np.ndarray, thresholds: np.ndarray
                                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -141,12 +151,39 @@ def host_conditioned_tanh_gaussian(actor: ConditionedTanhGaussianActor, params: 
     Returns:
         ``(mean, log_std)``, each ``[S, N, action_dim]`` float64.
     """
-    low = np.asarray(actor.threshold_low, np.float64)
-    high = np.asarray(actor.threshold_high, np.float64)
-    normalized = 2.0 * (np.asarray(thresholds, np.float64) - low) / (high - low) - 1.0
-    inputs = np.concatenate([np.asarray(obs, np.float64), normalized], axis=-1)
+    inputs = _host_inputs(actor, obs, thresholds)
     body = _actor_body(actor, parent=None)
     return host_tanh_gaussian(body, {"params": params["params"]["actor"]}, inputs)
+
+
+class ConditionedDeterministicActor(nn.Module):
+    """``a = μ(s, ε)``: a :class:`~saferl.core.networks.DeterministicActor` of ``[s, ε̃]``
+    (V-DDPG-Lag), called with raw thresholds ``[..., m]`` as
+    :class:`ConditionedTanhGaussianActor` is."""
+
+    action_dim: int
+    threshold_low: tuple[float, ...]
+    threshold_high: tuple[float, ...]
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, threshold: jax.Array | ThresholdTable) -> jax.Array:
+        """Actions ``[..., action_dim]`` in ``[-1, 1]``."""
+        normalized = normalize_thresholds(_per_state(threshold), self.threshold_low,
+                                          self.threshold_high)
+        body = DeterministicActor(self.action_dim, self.hidden_sizes, self.activation,
+                                  name="actor")
+        return body(_broadcast_condition(obs, normalized))
+
+
+def host_conditioned_deterministic(actor: ConditionedDeterministicActor, params: Any,
+                                   obs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """numpy twin of ``actor.apply(params, obs, thresholds)`` with a leading seed axis
+    (``obs`` ``[S, N, obs_dim]``, ``thresholds`` ``[S, N, m]``; ``[S, N, A]`` out)."""
+    inputs = _host_inputs(actor, obs, thresholds)
+    body = DeterministicActor(actor.action_dim, actor.hidden_sizes, actor.activation)
+    return host_deterministic(body, {"params": params["params"]["actor"]}, inputs)
 
 
 class VVECritics(nn.Module):

@@ -41,6 +41,13 @@ def native_run(tmp_path_factory):
     return ccpo_train(tmp_path_factory.mktemp("ccpo") / "run", seeds=[0, 1])
 
 
+@pytest.fixture(scope="module")
+def fixed_limit_run(tmp_path_factory):
+    """A policy trained for fixed limits (sac_lag), two iterations."""
+    return saferl.train("sac_lag", overrides={"run": {**TINY, "steps": 80}},
+                        run_dir=tmp_path_factory.mktemp("sac") / "run", progress=False)
+
+
 def episodes_of(replay, seed, copy):
     """``(condition, cost, end row)`` of every whole episode of one copy in an unwrapped
     replay."""
@@ -118,8 +125,8 @@ def test_grouped_episode_sums_match_a_direct_loop():
 
 
 def test_same_seed_same_numbers_and_resume_equals_uninterrupted(tmp_path, native_run):
-    again = ccpo_train(tmp_path / "again", seeds=[0, 1])
-    assert_same_rows(rows_without_time(native_run.history), rows_without_time(again.history))
+    """A run killed at iteration 20 and resumed equals the uninterrupted one: its first 20
+    iterations (a fresh run of the same seeds) and the 28 after the resume."""
 
     class Crash(Exception):
         pass
@@ -168,8 +175,8 @@ def test_a_conditioned_policy_called_wrongly_is_one_sentence(native_run, thresho
         policy(np.zeros(7, np.float32), threshold=threshold)
 
 
-def test_a_threshold_outside_the_range_warns_once_and_fixed_policies_take_none(native_run,
-                                                                              tmp_path):
+def test_a_threshold_outside_the_range_warns_once_and_fixed_policies_take_none(
+        native_run, fixed_limit_run):
     policy = saferl.load(native_run.run_dir)
     with pytest.warns(UserWarning, match=r"threshold \[90.0\] lies outside the range the "
                                          r"policy was trained on \(E = \[10, 70\]\)"):
@@ -177,8 +184,7 @@ def test_a_threshold_outside_the_range_warns_once_and_fixed_policies_take_none(n
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         policy(np.zeros(7, np.float32), threshold=5.0)  # once per policy
-    fixed = saferl.train("sac_lag", overrides={"run": {**TINY, "steps": 80}},
-                         run_dir=tmp_path / "sac", progress=False).policy()
+    fixed = fixed_limit_run.policy()
     with pytest.raises(ValueError, match=r"trained for fixed cost limits .* takes no threshold"):
         fixed(np.zeros(7, np.float32), threshold=20.0)
 
@@ -223,12 +229,14 @@ def test_eval_with_thresholds_prints_the_table_and_writes_csv_json_and_plot(nati
     assert main(["eval", run_dir, "--thresholds", "10", "-4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["saferl: error: --thresholds must hold finite thresholds >= 0; got -4.0."]
+    assert main(["eval", run_dir, "--thresholds", "10", "abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["saferl: error: --thresholds must be numbers (episode-cost thresholds); got "
+                   "'abc'."]
 
 
-def test_eval_thresholds_on_a_fixed_limit_run_is_one_sentence(tmp_path, capsys):
-    run = saferl.train("sac_lag", overrides={"run": {**TINY, "steps": 80}},
-                       run_dir=tmp_path / "sac", progress=False)
-    assert main(["eval", str(run.run_dir), "--thresholds", "10", "20"]) == 2
+def test_eval_thresholds_on_a_fixed_limit_run_is_one_sentence(fixed_limit_run, capsys):
+    assert main(["eval", str(fixed_limit_run.run_dir), "--thresholds", "10", "20"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--thresholds evaluates threshold-conditioned runs (ccpo)" in err[0]
 
