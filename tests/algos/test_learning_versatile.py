@@ -1,4 +1,4 @@
-"""Learning test of versatile safe RL: one CCPO policy on native BallCircle, every threshold.
+"""Learning tests of versatile safe RL on native BallCircle: one policy for every threshold.
 
 CCPO trains on the behaviour thresholds Ẽ = {20, 40, 60} (range E = [10, 70]) for 100 000
 steps, with CVPO's small-budget settings of ``test_learning_off_policy`` (γ = 0.95, the last 20
@@ -11,7 +11,16 @@ thresholds of max(0, cost − ε), ≤ 6 (15 % of the mean threshold 40; measure
 sitting at 55–70 where the policy leaves the circle earlier than allowed; seed 1 0.0; the paper's
 Ball-Circle figure is 0.59 after 10× the budget). Return ≥ random + 100 at every threshold
 (measured ≥ 157 against random ≈ 21), and at ε = 60 at least that at ε = 20 (measured 549 vs
-190): a larger budget buys return, so the policy really is conditioned.
+190): a larger budget buys return, so the policy really is conditioned. Across 5 seeds at
+these settings Avg CV is 5.4 ± 3.4 (benchmarks/RESULTS.md, Issue 17), so the bound holds for
+seed 0, not for every seed.
+
+V-SAC-Lag (``vsac_lag``, 100 000 steps, multiplier step 0.1): its multipliers act on the
+training episodes of each behaviour threshold, so those are what it is held to: the training
+episode cost under each ε_b at most 1.1 ε_b (measured 17.1 / 35.9 / 61.3 at 20 / 40 / 60), and
+the deterministic policy's cost rising with the threshold (rank correlation ≥ 0.8; measured
+0.99). Its deterministic policy does not honour the low thresholds (cost ≈ 40 at ε = 10–35): the
+high constraint violation the paper reports for this baseline, which CCPO is built to remove.
 """
 
 import numpy as np
@@ -46,3 +55,20 @@ def test_ccpo_honours_thresholds_it_never_trained_on(tmp_path):
     assert min(returns) >= baseline + 100, (baseline, table)
     assert returns[THRESHOLDS.index(60)] >= returns[THRESHOLDS.index(20)], table
     assert np.isfinite(metrics["R-G"][0]) and metrics["R-G"][0] >= baseline + 100
+
+
+def test_vsac_lag_keeps_each_behaviour_thresholds_training_cost(tmp_path):
+    run = saferl.train(
+        "vsac_lag", "saferl/BallCircle-v0", cost_limit=40, steps=100_000, seed=0,
+        run_dir=tmp_path / "vsac", progress=False,
+        overrides={"run": {"warmup_steps": 2000, "hidden_sizes": [64, 64],
+                           "update_ratio": 0.25, "eval_episodes": 0},
+                   "lagrange": {"lr": 0.1},
+                   "versatile": {"behaviour_thresholds": [20, 40, 60]}})
+    figures = run.summary["per_seed"][0]
+    for b, threshold in enumerate((20.0, 40.0, 60.0)):
+        assert figures[f"behaviour_{b}/ep_cost_0"] <= 1.1 * threshold, (b, figures)
+    result = saferl.evaluate_versatile(run.policy(), THRESHOLDS, episodes=20)
+    costs = [r["cost_0_mean"] for r in result.table()]
+    assert spearmanr(THRESHOLDS, costs).statistic >= 0.8, costs
+    assert min(r["return_mean"] for r in result.table()) >= random_return() + 300
