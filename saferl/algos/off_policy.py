@@ -92,6 +92,7 @@ from saferl.engine.family import PolicyParts
 from saferl.engine.host import HostCollector, scale_action
 from saferl.engine.members import (
     abstract_placed,
+    member_sharding,
     over_members,
     place_members,
     stacked_initial_states,
@@ -321,6 +322,11 @@ class Engine:
                                                             t, limits, learning),
                               self.members)(states, transitions)
 
+        # States and metrics leave sharded over the members as the states came in (without
+        # this XLA replicates zero-size leaves, the replay conditions of unconditioned
+        # algorithms, and the next call would compile again for the new input sharding).
+        placed = (member_sharding(self.members), member_sharding(self.members))
+
         if task is not None:
             def iteration(states: OffPolicyState, cost_limit: jax.Array,
                           learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
@@ -329,11 +335,11 @@ class Engine:
                                              random=not learning), self.members)(states)
                 return finish(states, transitions, cost_limit, learning)
 
-            self._iterate = jax.jit(iteration, static_argnums=2)
+            self._iterate = jax.jit(iteration, static_argnums=2, out_shardings=placed)
         else:
             if envs is None or len(envs) != self.members:
                 raise ValueError("host environments need one VecEnv per member")
-            self._finish = jax.jit(finish, static_argnums=3)
+            self._finish = jax.jit(finish, static_argnums=3, out_shardings=placed)
             self._collector = HostCollector(envs, spec, run.seed_list)
             # Overlapped collection: the next iteration's transitions (or the error that
             # stopped them), collected while the current iteration's updates ran.
