@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from saferl.core.conditioning import check_threshold_set, threshold_array, threshold_bounds
+from saferl.core.conditioning import behaviour_set, threshold_bounds
 from saferl.core.lagrange import LagrangeConfig, LagrangeState, lagrange_init, lagrange_update
 from saferl.data.replay import SampledBatch
 from saferl.engine.behaviour import behaviour_groups
@@ -171,16 +171,8 @@ class VersatileParams:
     num_constraints: int = 1
 
     def __post_init__(self) -> None:
-        if self.num_constraints < 1:
-            raise ValueError(
-                f"versatile.num_constraints must be >= 1; got {self.num_constraints}.")
-        behaviour = threshold_array(self.behaviour_thresholds, self.num_constraints,
-                                    "versatile.behaviour_thresholds")
-        object.__setattr__(self, "behaviour_thresholds", tuple(behaviour.reshape(-1).tolist()))
-        low, high = threshold_bounds(self.threshold_range, self.num_constraints,
-                                     "versatile.threshold_range")
-        check_threshold_set(behaviour, low, high, "versatile.behaviour_thresholds",
-                            "versatile.threshold_range")
+        object.__setattr__(self, "behaviour_thresholds", behaviour_set(
+            self.behaviour_thresholds, self.threshold_range, self.num_constraints, "versatile"))
 
     @property
     def behaviour(self) -> np.ndarray:

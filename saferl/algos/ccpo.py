@@ -56,7 +56,7 @@ import numpy as np
 import optax
 import tyro
 
-from saferl.algos.actor_critic import init_conditioned_actor_critics
+from saferl.algos.actor_critic import VersatileParams, init_conditioned_actor_critics
 from saferl.algos.cvpo import (
     Condition,
     CVPOParams,
@@ -72,12 +72,10 @@ from saferl.core.conditioning import (
     ConditionedTanhGaussianActor,
     ThresholdTable,
     VVECritics,
-    check_threshold_set,
+    behaviour_set,
     host_conditioned_tanh_gaussian,
     interpolate_rows,
     normalize_thresholds,
-    threshold_array,
-    threshold_bounds,
 )
 from saferl.core.distributions import gaussian_sample, tanh_gaussian_sample_and_log_prob
 from saferl.data.replay import SampledBatch
@@ -90,8 +88,10 @@ DUAL_INITS = ("interpolate", "nearest")
 
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
-class CCPOParams:
-    """CCPO's own hyperparameters; every (R) choice of ALGORITHMS.md §6 is one of them.
+class CCPOParams(VersatileParams):
+    """CCPO's own hyperparameters; every (R) choice of ALGORITHMS.md §6 is one of them. The
+    thresholds (``Ẽ``, ``E``, ``m``; the ``behaviour`` and ``bounds`` views) are those of every
+    versatile algorithm (:class:`~saferl.algos.actor_critic.VersatileParams`).
 
     Attributes:
         behaviour_thresholds: The behaviour set ``Ẽ`` in episode-cost units: flat, ``m``
@@ -126,9 +126,6 @@ class CCPOParams:
         lagrangian_max: ``cvi=False``: upper bound of the multipliers.
     """
 
-    behaviour_thresholds: tuple[float, ...] = (20.0, 40.0, 60.0)
-    threshold_range: tuple[float, ...] = (10.0, 70.0)
-    num_constraints: int = 1
     vve: bool = True
     cvi: bool = True
     poly_degree: int = 2
@@ -144,16 +141,9 @@ class CCPOParams:
     lagrangian_max: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.num_constraints < 1:
-            raise ValueError(f"ccpo.num_constraints must be >= 1; got {self.num_constraints}.")
-        behaviour = threshold_array(self.behaviour_thresholds, self.num_constraints,
-                                    "ccpo.behaviour_thresholds")
         # Nested vectors given from Python are stored flat (one form for the CLI and JSON).
-        object.__setattr__(self, "behaviour_thresholds", tuple(behaviour.reshape(-1).tolist()))
-        low, high = threshold_bounds(self.threshold_range, self.num_constraints,
-                                     "ccpo.threshold_range")
-        check_threshold_set(behaviour, low, high, "ccpo.behaviour_thresholds",
-                            "ccpo.threshold_range")
+        object.__setattr__(self, "behaviour_thresholds", behaviour_set(
+            self.behaviour_thresholds, self.threshold_range, self.num_constraints, "ccpo"))
         for name in ("poly_degree", "feature_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ccpo.{name} must be >= 1; got {getattr(self, name)}.")
@@ -175,18 +165,6 @@ class CCPOParams:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"ccpo.{name} must be a finite number > 0; got {value}.")
-
-    @property
-    def behaviour(self) -> np.ndarray:
-        """``Ẽ`` as ``[N, m]``."""
-        return np.asarray(self.behaviour_thresholds, np.float64).reshape(
-            -1, self.num_constraints)
-
-    @property
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """``E`` as ``(low [m], high [m])``."""
-        return threshold_bounds(self.threshold_range, self.num_constraints,
-                                "ccpo.threshold_range")
 
     @property
     def has_fine_tuning(self) -> bool:

@@ -361,6 +361,24 @@ def check_threshold_set(thresholds: np.ndarray, low: np.ndarray, high: np.ndarra
                              f"{kind}: {_format(previous)} then {_format(current)}.")
 
 
+def behaviour_set(thresholds: Sequence[Any], threshold_range: Sequence[float],
+                  num_constraints: int, section: str) -> tuple[float, ...]:
+    """Check the ``{section}.behaviour_thresholds`` ``Ẽ`` of a configuration against its
+    ``{section}.threshold_range`` ``E`` (:func:`threshold_array`, :func:`threshold_bounds`,
+    :func:`check_threshold_set`); return ``Ẽ`` flat, the one form the CLI and JSON share.
+
+    Raises:
+        ValueError: ``num_constraints < 1``, or any error of those checks (one sentence).
+    """
+    if num_constraints < 1:
+        raise ValueError(f"{section}.num_constraints must be >= 1; got {num_constraints}.")
+    name, range_name = f"{section}.behaviour_thresholds", f"{section}.threshold_range"
+    behaviour = threshold_array(thresholds, num_constraints, name)
+    low, high = threshold_bounds(threshold_range, num_constraints, range_name)
+    check_threshold_set(behaviour, low, high, name, range_name)
+    return tuple(behaviour.reshape(-1).tolist())
+
+
 def _format(vector: np.ndarray) -> str:
     """``20`` for one constraint, ``(20, 5)`` for several."""
     numbers = [f"{x:g}" for x in np.atleast_1d(vector)]
