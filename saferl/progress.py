@@ -29,7 +29,7 @@ from rich.table import Table
 
 from saferl.envs.core import EnvSpec
 
-EPISODE_METRICS = ("rollout/ep_return", "rollout/ep_cost_")
+EPISODE_METRICS = ("rollout/ep_return", "rollout/ep_cost_", "rollout/behaviour_")
 
 
 class PipeSafeConsole(Console):

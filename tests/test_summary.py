@@ -85,3 +85,22 @@ def test_progress_line_keeps_every_figure_when_not_a_terminal():
     for figure in ("steps/s", "R 2.0", "C0 3.25/10", "C1 4.50/20", "λ1 0.125", "ETA"):
         assert figure in line, (figure, line)
     assert not line.endswith("…")
+
+
+def test_a_conditioned_runs_progress_line_carries_each_thresholds_latest_cost():
+    import numpy as np
+
+    from saferl.progress import ProgressDisplay
+
+    spec = make_task("saferl/BallCircle-v0").spec
+    display = ProgressDisplay(10_000, spec, (10.0,), enabled=False,
+                              behaviour=np.array([[20.0], [40.0]]))
+    first = display.stats({"rollout/ep_return": np.array([5.0]),
+                           "rollout/behaviour_0/ep_cost_0": np.array([12.5]),
+                           "rollout/behaviour_1/ep_cost_0": np.array([np.nan])})
+    assert "C0@20 12.50" in first and "C0@40 nan" in first and "/10" not in first
+    # An iteration that finished an episode only under 40 keeps showing 20's latest figure.
+    second = display.stats({"rollout/ep_return": np.array([6.0]),
+                            "rollout/behaviour_0/ep_cost_0": np.array([np.nan]),
+                            "rollout/behaviour_1/ep_cost_0": np.array([33.0])})
+    assert "C0@20 12.50" in second and "C0@40 33.00" in second
