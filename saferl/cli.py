@@ -84,7 +84,30 @@ def _registry() -> Any:
             is_instance=lambda value: isinstance(value, int) and not isinstance(value, bool),
             str_from_instance=lambda value: [str(value)])
 
+    @registry.primitive_rule
+    def limit_grids(type_info: Any) -> Any:
+        if type_info.type != tuple[tuple[float, ...], ...]:
+            return None
+        return PrimitiveConstructorSpec(
+            nargs="*", metavar="LIMIT [LIMIT ...]",
+            instance_from_str=lambda args: tuple(parse_limit(arg) for arg in args),
+            is_instance=lambda value: isinstance(value, tuple),
+            str_from_instance=lambda value: [",".join(f"{x:g}" for x in v) for v in value])
+
     return registry
+
+
+def parse_limit(text: str) -> tuple[float, ...]:
+    """One limit of ``--limits``: ``20``, or ``20,5`` with one value per constraint.
+
+    Raises:
+        ValueError: ``text`` is not such a list of numbers (the message shows the form).
+    """
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"each limit is a number, or one number per constraint joined by "
+                         f"commas (20 or 20,5); got {text!r}") from None
 
 
 _BORDER = "│|┃╭╮╰╯+ "
@@ -252,8 +275,11 @@ class EvalArgs:
     """The run directory."""
     episodes: int = 10
     """Episodes per mode and seed."""
+    member: str | None = None
+    """Which member to evaluate: its label (the seed, 3; in a grid of cost limits seed@limit,
+    3@20) or its index (default: all)."""
     seed_index: int | None = None
-    """Which of the run's seeds to evaluate (default: all)."""
+    """Which of the run's members to evaluate, by index (default: all; see --member)."""
     checkpoint: int | None = None
     """The iteration whose checkpoint to evaluate (default: the newest intact one)."""
     env_seed: int = 10_000
@@ -262,14 +288,15 @@ class EvalArgs:
     """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
     .mp4 with saferl[video])."""
     thresholds: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="EPS [EPS ...]")] = None
-    """A threshold-conditioned run (ccpo): evaluate the deterministic policy at each of these
-    episode-cost thresholds (m numbers per threshold with m constraints); prints return and cost
-    per threshold, Avg R, Avg CV, R-G and CV-G, and writes RUN/versatile.csv, .json and .png."""
+    """A threshold-conditioned run (ccpo, the versatile baselines): evaluate the deterministic
+    policy at each of these episode-cost thresholds (m numbers per threshold with m
+    constraints; default: its behaviour thresholds); prints return and cost per threshold, Avg
+    R, Avg CV, R-G and CV-G, and writes RUN/versatile.csv, .json and .png."""
 
 
 def _eval(args: list[str]) -> int:
     from saferl.evaluation import check_video_path, evaluate, evaluate_policies
-    from saferl.policy import Policy
+    from saferl.policy import Policy, deployed_members, member_index
     from saferl.progress import PipeSafeConsole, print_evaluation
     from saferl.runs import restore_states
 
@@ -284,12 +311,29 @@ def _eval(args: list[str]) -> int:
     _, entry, config, spec, states, meta = restore_states(
         opts.run_dir, opts.checkpoint,
         on_damaged=lambda m: _say(f"saferl: {m} Evaluating an older one."))
-    indices = range(len(config.run.seed_list)) if opts.seed_index is None else [opts.seed_index]
+    deployed = deployed_members(config)
+    if opts.member is not None and opts.seed_index is not None:
+        return _error("--member and --seed-index both choose a member; give one of them.")
+    if opts.member is not None:
+        chosen: Any = int(opts.member) if opts.member.isdigit() and not any(
+            label == opts.member for label, _ in deployed) else opts.member
+        try:
+            indices: Any = [member_index(config, chosen)]
+        except IndexError as error:
+            return _error(str(error).replace("member ", "--member ", 1))
+    elif opts.seed_index is not None:
+        if not 0 <= opts.seed_index < len(deployed):
+            return _error(f"--seed-index must be from 0 to {len(deployed) - 1} (this run has "
+                          f"{len(deployed)} member(s) {[label for label, _ in deployed]}); got "
+                          f"{opts.seed_index}.")
+        indices = [opts.seed_index]
+    else:
+        indices = range(len(deployed))
     info = {"run_dir": opts.run_dir, "iteration": int(meta["iteration"])}
     policies = [Policy.from_states(entry, config, spec, states, index, info)
                 for index in indices]
     first = policies[0]
-    if opts.thresholds is not None:
+    if opts.thresholds is not None or first.conditioning is not None:
         return _eval_versatile(opts, policies, f"{entry.name} on {spec.id}")
     record = evaluate_policies(policies, episodes=opts.episodes, seed=opts.env_seed)
     console = PipeSafeConsole()
@@ -313,9 +357,15 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
                       f"cost limits {policies[0].info['cost_limit']} (evaluate it without "
                       f"--thresholds).")
     if opts.video:
-        return _error("--video and --thresholds do not combine; record a video without "
-                      "--thresholds.")
-    values = []
+        return _error("--video records one fixed-limit policy and does not combine with "
+                      "--thresholds or a threshold-conditioned run; leave --video out." if
+                      opts.thresholds is None else "--video and --thresholds do not combine; "
+                      "record a video without --thresholds.")
+    if opts.thresholds is None:  # a conditioned run: at its behaviour thresholds
+        behaviour = policies[0].conditioning.behaviour
+        opts = dataclasses.replace(opts, thresholds=tuple(
+            f"{x:g}" for x in behaviour.ravel()))
+    values: list[Any] = []
     for text in opts.thresholds or ():
         try:
             values.append(float(text))

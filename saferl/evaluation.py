@@ -13,7 +13,7 @@ import numpy as np
 
 from saferl.envs.make import make, render_kwargs
 from saferl.envs.native import NATIVE_TASKS, batch_reset, batch_step, make_task
-from saferl.policy import Policy
+from saferl.policy import Policy, deployed_members
 from saferl.runs import checkpoint_name, restore_states
 
 
@@ -135,24 +135,27 @@ def evaluate(policy: Any, env: str | None = None, episodes: int = 10, determinis
 def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
                  checkpoint: str | None = None, seed_indices: Sequence[int] | None = None,
                  modes: Sequence[str] = ("deterministic", "stochastic")) -> dict[str, Any]:
-    """Evaluate the deployed policy of every seed of a run against the run's cost limits.
+    """Evaluate the deployed policy of every member of a run against its cost limits.
 
     Args:
         run_dir: The run directory.
-        episodes: Episodes per seed and mode.
+        episodes: Episodes per member and mode.
         seed: Seed of the evaluation environments.
         checkpoint: A checkpoint name (default: the newest intact one).
-        seed_indices: Which of the run's seeds (default: all).
+        seed_indices: Which of the run's members (default: all; their order is
+            :func:`saferl.policy.deployed_members`'s: the seeds, or in a grid of cost limits
+            every seed under every limit).
         modes: ``deterministic`` (the mean action, what ``policy(obs)`` returns) and/or
             ``stochastic``.
 
     Returns:
         A JSON-ready record: ``episodes``, ``env_seed``, ``cost_limit`` and ``per_seed``
-        (``{seed: {mode: EvalResult.summary(cost_limit)}}``).
+        (``{member label: {mode: EvalResult.summary(its cost limits)}}``); in a grid of cost
+        limits also ``member_limits`` (``{label: limits}``).
     """
 
     _, entry, config, spec, states, meta = restore_states(run_dir, checkpoint)
-    indices = range(len(config.run.seed_list)) if seed_indices is None else seed_indices
+    indices = range(len(deployed_members(config))) if seed_indices is None else seed_indices
     policies = [Policy.from_states(entry, config, spec, states, index) for index in indices]
     record = evaluate_policies(policies, episodes=episodes, seed=seed, modes=modes)
     record["checkpoint"] = checkpoint_name(int(meta["iteration"]))
@@ -161,16 +164,16 @@ def evaluate_run(run_dir: str | Path, episodes: int = 10, seed: int = 10_000,
 
 def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 10_000,
                       modes: Sequence[str] = ("deterministic", "stochastic")) -> dict[str, Any]:
-    """Evaluate several seeds' policies of one run against its limits (``policy.info``); a
-    threshold-conditioned policy acts with the run's cost limits as its threshold.
+    """Evaluate several members' policies of one run, each against its own cost limits
+    (``policy.info``); a threshold-conditioned policy acts with those limits as its threshold.
 
     Returns:
         The record :func:`evaluate_run` describes (without ``checkpoint``).
     """
 
     info = policies[0].info
-    limits = info["cost_limit"]
-    per_seed: dict[str, dict[str, Any]] = {str(p.info["seed"]): {} for p in policies}
+    label = lambda p: str(p.info.get("member", p.info["seed"]))  # noqa: E731
+    per_seed: dict[str, dict[str, Any]] = {label(p): {} for p in policies}
     for mode in modes:
         deterministic = mode == "deterministic"
         conditioned = getattr(policies[0], "conditioning", None) is not None
@@ -179,12 +182,16 @@ def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 1
             results = native_evaluate_many(policies, task, episodes, deterministic, seed)
         else:
             results = [evaluate(p, episodes=episodes, deterministic=deterministic, seed=seed,
-                                threshold=list(limits) if conditioned else None)
+                                threshold=list(p.info["cost_limit"]) if conditioned else None)
                        for p in policies]
         for policy, result in zip(policies, results, strict=True):
-            per_seed[str(policy.info["seed"])][mode] = result.summary(limits)
-    return {"episodes": episodes, "env_seed": seed, "cost_limit": list(limits),
-            "per_seed": per_seed}
+            per_seed[label(policy)][mode] = result.summary(policy.info["cost_limit"])
+    record = {"episodes": episodes, "env_seed": seed, "cost_limit": list(info["cost_limit"]),
+              "per_seed": per_seed}
+    limits = {label(p): list(p.info["cost_limit"]) for p in policies}
+    if len({tuple(x) for x in limits.values()}) > 1 or "@" in label(policies[0]):
+        record["member_limits"] = limits
+    return record
 
 
 def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:

@@ -12,10 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saferl.algos.combination import combined_parts
 from saferl.core.distributions import gaussian_sample
 from saferl.core.normalization import RunningStats, normalize
 from saferl.engine.family import Conditioning
 from saferl.engine.host import scale_to_bounds
+from saferl.engine.members import member_labels, members
 from saferl.runs import checkpoint_name, restore_states
 
 
@@ -61,6 +63,8 @@ class Policy:
                 module.apply(params, obs, thresholds)
             if not isinstance(out, tuple):  # deterministic actor (DDPG, TD3): tanh already
                 action = out
+            elif len(out) == 3:  # a linear combination of policies (cppo_lag, ctrpo_lag)
+                action = combined_action(out, key, deterministic)
             else:
                 mean, log_std = out
                 action = mean if deterministic else gaussian_sample(key, mean, log_std)
@@ -145,53 +149,69 @@ class Policy:
 
     @classmethod
     def load(cls, run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None,
-             on_damaged: Callable[[str], None] | None = None) -> Policy:
-        """Load the policy of one seed from a run directory's newest intact (or a given)
+             on_damaged: Callable[[str], None] | None = None,
+             member: int | str | None = None) -> Policy:
+        """Load the policy of one member from a run directory's newest intact (or a given)
         checkpoint.
 
         Args:
             run_dir: The run directory.
-            seed_index: Which of the run's seeds.
+            seed_index: Which of the run's deployed policies, in order (see ``member``).
             checkpoint: An iteration number or a checkpoint name (``iter_0000012``); default:
                 the newest intact checkpoint (damaged newer ones are skipped).
             on_damaged: Called with one sentence per damaged checkpoint skipped (default: a
                 ``UserWarning``).
+            member: Which member instead of ``seed_index``: its index or its label (``"3"``
+                for seed 3; in a grid of cost limits ``"3@20"``, seed 3 at limit 20). A
+                linear-combination baseline (``cppo_lag``) deploys one conditioned policy per
+                seed: its members are its seeds.
+
+        Raises:
+            IndexError: No such member (the message lists the run's members).
         """
         def warn(message: str) -> None:
             warnings.warn(f"{message} Loading an older checkpoint.", UserWarning, stacklevel=3)
 
         _config_record, entry, config, spec, states, meta = restore_states(
             run_dir, checkpoint, on_damaged=on_damaged or warn)
-        return cls.from_states(entry, config, spec, states, seed_index, {
+        index = seed_index if member is None else member_index(config, member)
+        return cls.from_states(entry, config, spec, states, index, {
             "run_dir": str(run_dir), "iteration": int(meta["iteration"]),
             "checkpoint": checkpoint_name(int(meta["iteration"]))})
 
     @classmethod
     def from_states(cls, entry: Any, config: Any, spec: Any, states: Any, seed_index: int = 0,
                     info: dict[str, Any] | None = None) -> Policy:
-        """The policy of one seed from seed-stacked training states held in memory.
+        """The deployed policy of one member from member-stacked training states in memory.
 
         Args:
             entry: The algorithm's registry entry.
             config: The run configuration.
             spec: The environment spec.
-            states: Training states with a leading seed axis (as the engines keep them).
-            seed_index: Which seed.
+            states: Training states with a leading member axis (as the engines keep them).
+            seed_index: Which of the deployed policies (:func:`deployed_members`): a member,
+                or for a linear-combination baseline a seed.
             info: Extra metadata (run directory, iteration, checkpoint).
         """
-        seeds = config.run.seed_list
-        if not 0 <= seed_index < len(seeds):
+        deployed = deployed_members(config)
+        if not 0 <= seed_index < len(deployed):
             raise IndexError(
-                f"seed_index {seed_index} is out of range: the run trained {len(seeds)} seed(s) "
-                f"{list(seeds)}.")
-        info = {"algo": entry.name, "env": spec.id, "seed": seeds[seed_index],
+                f"member {seed_index} is out of range: the run trained {len(deployed)} "
+                f"member(s) {[label for label, _ in deployed]}.")
+        label, indices = deployed[seed_index]
+        grid = members(config)
+        member = grid[indices[0]]
+        info = {"algo": entry.name, "env": spec.id, "seed": member.seed, "member": label,
                 "obs_dim": spec.obs_dim, "action_dim": spec.action_dim,
-                "cost_limit": list(config.run.cost_limit), "seeds": list(seeds),
+                "cost_limit": list(member.cost_limit), "seeds": list(config.run.seed_list),
                 "env_kwargs": dict(config.run.env_kwargs), **(info or {})}
-        parts = entry.engine.policy_parts(entry.module, config, spec, states, seed_index)
-        return cls(parts.module, parts.params, parts.obs_stats, spec.action_space.low,
-                   spec.action_space.high, seed=seeds[seed_index], info=info,
-                   squashed=parts.squashed, conditioning=parts.conditioning)
+        parts = [entry.engine.policy_parts(entry.module, config, spec, states, index)
+                 for index in indices]
+        part = combined_parts(config, parts) if len(indices) > 1 or combined(config) \
+            else parts[0]
+        return cls(part.module, part.params, part.obs_stats, spec.action_space.low,
+                   spec.action_space.high, seed=member.seed, info=info,
+                   squashed=part.squashed, conditioning=part.conditioning)
 
 
 def _range_text(conditioned: Conditioning) -> str:
@@ -203,7 +223,56 @@ def _range_text(conditioned: Conditioning) -> str:
             f"({', '.join(f'{x:g}' for x in high)})]")
 
 
-def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None
-         ) -> Policy:
+def load(run_dir: str | Path, seed_index: int = 0, checkpoint: str | int | None = None,
+         member: int | str | None = None) -> Policy:
     """Load a trained :class:`Policy` from ``run_dir`` (see :meth:`Policy.load`)."""
-    return Policy.load(run_dir, seed_index=seed_index, checkpoint=checkpoint)
+    return Policy.load(run_dir, seed_index=seed_index, checkpoint=checkpoint, member=member)
+
+
+def combined(config: Any) -> bool:
+    """Whether a run deploys linear combinations of its members (``cppo_lag``, ``ctrpo_lag``)."""
+    return getattr(config, "limit_grid", None) is not None
+
+
+def deployed_members(config: Any) -> list[tuple[str, list[int]]]:
+    """The policies a run deploys, in order: each one's label and the members it is made of.
+
+    Every member on its own (labelled as :func:`~saferl.engine.members.member_labels`), or
+    for a linear-combination baseline one policy per seed (label: the seed) combining that
+    seed's members, one per behaviour threshold.
+    """
+    if not combined(config):
+        return [(label, [i]) for i, label in enumerate(member_labels(config))]
+    grid = members(config)
+    return [(str(seed), [i for i, m in enumerate(grid) if m.seed == seed])
+            for seed in config.run.seed_list]
+
+
+def member_index(config: Any, member: int | str) -> int:
+    """The index among :func:`deployed_members` of a member given by index or label.
+
+    Raises:
+        IndexError: No such member (the message lists the labels).
+    """
+    labels = [label for label, _ in deployed_members(config)]
+    if isinstance(member, int) and not isinstance(member, bool):
+        if 0 <= member < len(labels):
+            return member
+    elif str(member) in labels:
+        return labels.index(str(member))
+    raise IndexError(f"member {member!r} is not in this run; its members are {labels} (give a "
+                     f"label or an index from 0 to {len(labels) - 1}).")
+
+
+def combined_action(out: tuple[jax.Array, jax.Array, jax.Array], key: jax.Array,
+                    deterministic: bool) -> jax.Array:
+    """The action of a linear combination of Gaussian policies (means and log-stds
+    ``[B, N, A]``, weights ``[B, N]``): the weighted mean of the means, or a draw from the
+    mixture (a policy with probability of its weight, then its Gaussian)."""
+    means, log_stds, weights = out
+    if deterministic:
+        return jnp.sum(weights[..., None] * means, axis=1)
+    pick_key, noise_key = jax.random.split(key)
+    chosen = jax.random.categorical(pick_key, jnp.log(weights), axis=-1)  # [B]
+    pick = lambda x: jnp.take_along_axis(x, chosen[:, None, None], axis=1)[:, 0]  # noqa: E731
+    return gaussian_sample(noise_key, pick(means), pick(log_stds))

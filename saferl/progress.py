@@ -107,7 +107,8 @@ class ProgressDisplay:
     def __init__(self, total_steps: int, spec: EnvSpec, cost_limit: tuple[float, ...],
                  enabled: bool = True, start_steps: int = 0,
                  console: Console | None = None, interval: float | None = None,
-                 behaviour: np.ndarray | None = None) -> None:
+                 behaviour: np.ndarray | None = None,
+                 member_limits: np.ndarray | None = None) -> None:
         """A display over ``total_steps`` starting at ``start_steps`` (on stderr by default).
 
         Args:
@@ -122,9 +123,13 @@ class ProgressDisplay:
             behaviour: A threshold-conditioned run's behaviour thresholds ``[N_b, m]``: each
                 cost is shown per behaviour threshold against it (``C0@20 12.3``), not
                 against ``cost_limit``.
+            member_limits: A grid of cost limits' members' limits ``[members, m]``: each cost
+                is shown per limit, the mean of that limit's members against it
+                (``C0 8.1/20 17.9/40``).
         """
         self.enabled = enabled
         self.behaviour = behaviour
+        self.member_limits = member_limits
         self.spec, self.cost_limit = spec, cost_limit
         self.console = console or stderr_console()
         self.total_steps = total_steps
@@ -182,9 +187,21 @@ class ProgressDisplay:
                           f"{_mean(metrics.get(f'rollout/behaviour_{b}/ep_cost_{i}', np.nan)):.2f}"
                           for b, threshold in enumerate(self.behaviour[:, i])]
                 continue
-            parts.append(f"C{i} {_mean(metrics.get(f'rollout/ep_cost_{i}', np.nan)):.2f}/{limit:g}")
-            if f"lagrange/lambda_{i}" in metrics:
-                parts.append(f"λ{i} {_mean(metrics[f'lagrange/lambda_{i}']):.3f}")
+            cost = np.atleast_1d(np.asarray(metrics.get(f"rollout/ep_cost_{i}", np.nan), float))
+            multiplier = metrics.get(f"lagrange/lambda_{i}")
+            if self.member_limits is not None and cost.shape[0] == len(self.member_limits):
+                grid = self.member_limits[:, i]  # per limit: its members' mean
+                values = list(dict.fromkeys(grid.tolist()))
+                parts.append(f"C{i} " + " ".join(f"{_mean(cost[grid == v]):.2f}/{v:g}"
+                                                 for v in values))
+                if multiplier is not None:
+                    multiplier = np.atleast_1d(np.asarray(multiplier, float))
+                    parts.append(f"λ{i} " + "/".join(f"{_mean(multiplier[grid == v]):.3f}"
+                                                     for v in values))
+                continue
+            parts.append(f"C{i} {_mean(cost):.2f}/{limit:g}")
+            if multiplier is not None:
+                parts.append(f"λ{i} {_mean(multiplier):.3f}")
         age = self.carry.carried_for()
         if age:
             parts.append(f"(latest episodes: {age} it. ago)")
@@ -240,13 +257,15 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     console.print(f"saferl: training figures of {run_dir} ({_window_text(windows)}; the "
                   f"stochastic policy's training batches)", highlight=False)
     table = Table()
-    table.add_column("seed")
+    member_limits = summary.get("member_limits")  # a grid of cost limits
+    table.add_column("seed" if member_limits is None else "seed@limit")
     table.add_column("return", justify="right")
     keys = ["rollout/ep_return"]
     behaviour = summary.get("behaviour_thresholds")
     for i, name in enumerate(spec.cost_names):
         if behaviour is None:
-            table.add_column(f"{name} (≤ {cost_limit[i]:g})", justify="right")
+            table.add_column(f"{name} (≤ {cost_limit[i]:g})" if member_limits is None else
+                             f"{name} (≤ its limit)", justify="right")
             keys.append(f"rollout/ep_cost_{i}")
         for b, thresholds in enumerate(behaviour or []):  # conditioned: per threshold
             table.add_column(f"{name} at ε = {thresholds[i]:g}", justify="right")
@@ -256,9 +275,15 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     for seed, figures in summary["per_seed"].items():
         table.add_row(str(seed), *(f"{figures[k]:.3f}" if "rate" in k else f"{figures[k]:.2f}"
                                    for k in keys))
-    if len(summary["per_seed"]) > 1:
-        table.add_row("mean ± std", *(f"{summary['mean_std'][k][0]:.2f} ± "
-                                      f"{summary['mean_std'][k][1]:.2f}" for k in keys))
+    groups = {"": list(summary["per_seed"].values())} if member_limits is None else {
+        f" @{label.split('@', 1)[1]}": [summary["per_seed"][m] for m in summary["per_seed"]
+                                        if m.split("@", 1)[1] == label.split("@", 1)[1]]
+        for label in summary["per_seed"]}
+    for group, rows in groups.items():  # mean ± std over the seeds (of each limit)
+        if len(rows) > 1:
+            table.add_row(f"mean ± std{group}", *(
+                f"{np.mean([r[k] for r in rows]):.2f} ± {np.std([r[k] for r in rows]):.2f}"
+                for k in keys))
     console.print(table)
     verdict = {True: "every constraint satisfied", False: "a constraint is violated",
                None: "no episode finished, so constraint satisfaction is unknown"}[
@@ -279,26 +304,39 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     timing = summary.get("timing")
     if timing:
         console.print(
-            f"{timing['env_steps']:,} steps per seed × {timing['seeds']} seed"
-            f"{'s' if timing['seeds'] > 1 else ''} in {_clock(timing['wall_time'])} "
+            f"{timing['env_steps']:,} steps per {_count_text(timing)} in "
+            f"{_clock(timing['wall_time'])} "
             f"({timing['steps_per_second']:,.0f} environment steps/s in all); curves: "
             f"{run_dir / 'curves.png'}", highlight=False)
     else:
         console.print(f"curves: {run_dir / 'curves.png'}", highlight=False)
 
 
+def _count_text(timing: dict[str, Any]) -> str:
+    """``seed × 2 seeds``, or in a grid of cost limits ``member × 6 members (2 seeds × 3
+    limits)``."""
+    seeds, count = timing["seeds"], timing.get("members", timing["seeds"])
+    text = f"{seeds} seed{'s' if seeds > 1 else ''}"
+    if count == seeds:
+        return f"seed × {text}"
+    return f"member × {count} members ({text} × {count // seeds} limits)"
+
+
 def print_evaluation(evaluation: dict[str, Any], cost_names: tuple[str, ...],
                      cost_limit: tuple[float, ...], console: Console | None = None) -> None:
     """Print a deployed-policy evaluation record (see :func:`saferl.evaluation.evaluate_run`)."""
     console = console or stderr_console()
+    member_limits = evaluation.get("member_limits")  # a grid of cost limits
     console.print(f"deployed policy: {evaluation['episodes']} evaluation episodes per mode and "
-                  f"seed (environment seed {evaluation['env_seed']})", highlight=False)
+                  f"{'seed' if member_limits is None else 'member'} (environment seed "
+                  f"{evaluation['env_seed']})", highlight=False)
     table = Table()
-    table.add_column("seed")
+    table.add_column("seed" if member_limits is None else "seed@limit")
     table.add_column("mode")
     table.add_column("return", justify="right")
     for i, name in enumerate(cost_names):
-        table.add_column(f"{name} (≤ {cost_limit[i]:g})", justify="right")
+        table.add_column(f"{name} (≤ {cost_limit[i]:g})" if member_limits is None else
+                         f"{name} (≤ its limit)", justify="right")
         table.add_column("episodes over", justify="right")
         table.add_column("verdict")
     for seed, modes in evaluation["per_seed"].items():
@@ -318,7 +356,10 @@ def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
     """One sentence per mode: is every constraint's mean episode cost within its limit?"""
     sentences = []
     for mode in ("deterministic", "stochastic"):
-        over = [f"{name} of seed {seed} ({modes[mode][f'cost_{i}_mean']:.2f} > {cost_limit[i]:g})"
+        limits = evaluation.get("member_limits", {})
+        over = [f"{name} of {'member' if seed in limits else 'seed'} {seed} "
+                f"({modes[mode][f'cost_{i}_mean']:.2f} > "
+                f"{limits.get(seed, cost_limit)[i]:g})"
                 for seed, modes in evaluation["per_seed"].items() if mode in modes
                 for i, name in enumerate(cost_names) if not modes[mode][f"cost_{i}_within"]]
         if not any(mode in modes for modes in evaluation["per_seed"].values()):

@@ -25,7 +25,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import numpy as np
 import saferl
 from saferl.algos.registry import get_algorithm
 from saferl.config import config_from_dict
+from saferl.engine.members import Member, limit_text, member_label
 from saferl.envs.core import EnvSpec
 from saferl.envs.native import NATIVE_TASKS
 from saferl.envs.wrappers import build_task
@@ -51,6 +52,7 @@ KEEP_CHECKPOINTS = 3
 ADDED_STATE_FIELDS: tuple[tuple[str, ...], ...] = (
     ("behaviour",),  # off-policy: each copy's behaviour threshold (conditioned algorithms)
     ("replay", "conditions"),  # off-policy replay: the threshold stored with each transition
+    ("cost_limit",),  # each member's cost limits (a grid of limits; before: run.cost_limit)
 )
 
 
@@ -158,11 +160,19 @@ class RunDirectory:
         return record
 
     # -- metrics -----------------------------------------------------------------------------
-    def log(self, iteration: int, env_steps: int, wall_time: float, seeds: tuple[int, ...],
-            metrics: dict[str, np.ndarray]) -> None:
-        """Append one row per seed to ``progress.csv`` and write TensorBoard scalars."""
+    def log(self, iteration: int, env_steps: int, wall_time: float, seeds: Sequence[int],
+            metrics: dict[str, np.ndarray],
+            limits: Sequence[Sequence[float]] | None = None) -> None:
+        """Append one row per member to ``progress.csv`` and write TensorBoard scalars.
+
+        ``seeds`` are the members' seeds; in a grid of cost limits ``limits`` holds each
+        member's limit vector, written as the columns ``limit_0 … limit_{m-1}`` beside
+        ``seed`` (TensorBoard: ``tb/seed_<s>_limit_<l>``).
+        """
         names = sorted(metrics)
-        columns = ["iteration", "env_steps", "wall_time", "seed", *names]
+        m = 0 if limits is None else len(limits[0])
+        columns = ["iteration", "env_steps", "wall_time", "seed",
+                   *(f"limit_{i}" for i in range(m)), *names]
         path = self.path / "progress.csv"
         if self._csv_columns is None:
             if path.is_file() and path.stat().st_size > 0:
@@ -177,12 +187,14 @@ class RunDirectory:
             for index, seed in enumerate(seeds):
                 values = {"iteration": iteration, "env_steps": env_steps,
                           "wall_time": round(wall_time, 3), "seed": seed}
+                if limits is not None:
+                    values.update({f"limit_{i}": x for i, x in enumerate(limits[index])})
                 values.update({k: float(np.asarray(v)[index]) for k, v in metrics.items()})
                 writer.writerow([_format(values.get(c, "")) for c in self._csv_columns])
         from tensorboardX.proto.summary_pb2 import Summary
 
         for index, seed in enumerate(seeds):
-            tb = self._writer(seed)
+            tb = self._writer(_tb_name(seed, None if limits is None else limits[index]))
             if tb is None:
                 continue
             # One event holding every metric of the iteration instead of one `add_scalar`
@@ -192,21 +204,21 @@ class RunDirectory:
                 Summary.Value(tag=name, simple_value=value)
                 for name, value in values if math.isfinite(value)]), env_steps)
 
-    def _writer(self, seed: int, purge_step: int | None = None) -> Any:
-        if seed not in self._writers:
+    def _writer(self, name: str, purge_step: int | None = None) -> Any:
+        if name not in self._writers:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:  # pragma: no cover - tensorboardX is a dependency
-                self._writers[seed] = None
+                self._writers[name] = None
             else:
                 # tensorboardX names event files by the second and opens them with "wb": a
                 # resumed session starting in the same second as the last one would overwrite
                 # its events. A nanosecond suffix keeps every session's file, and name order
                 # (which TensorBoard reads in) stays chronological.
-                self._writers[seed] = SummaryWriter(
-                    str(self.path / "tb" / f"seed_{seed}"), purge_step=purge_step,
+                self._writers[name] = SummaryWriter(
+                    str(self.path / "tb" / name), purge_step=purge_step,
                     flush_secs=10, filename_suffix=f".{time.time_ns()}")
-        return self._writers[seed]
+        return self._writers[name]
 
     def read_progress(self) -> list[dict[str, float]]:
         """All rows of ``progress.csv`` as dicts of floats (NaN where empty)."""
@@ -217,8 +229,10 @@ class RunDirectory:
             return [{k: float(v) if v not in ("", "nan") else math.nan for k, v in row.items()}
                     for row in csv.DictReader(handle)]
 
-    def truncate_progress(self, iteration: int, env_steps: int, seeds: tuple[int, ...]) -> None:
-        """Drop rows after ``iteration`` (resume) and purge later TensorBoard events."""
+    def truncate_progress(self, iteration: int, env_steps: int, seeds: Sequence[int],
+                          limits: Sequence[Sequence[float]] | None = None) -> None:
+        """Drop rows after ``iteration`` (resume) and purge later TensorBoard events (the
+        members as :meth:`log` names them)."""
         path = self.path / "progress.csv"
         if path.is_file():
             with path.open() as handle:
@@ -226,8 +240,9 @@ class RunDirectory:
             kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
             with path.open("w", newline="") as handle:
                 csv.writer(handle).writerows(kept)
-        for seed in seeds:
-            self._writer(seed, purge_step=env_steps + 1)
+        for index, seed in enumerate(seeds):
+            self._writer(_tb_name(seed, None if limits is None else limits[index]),
+                         purge_step=env_steps + 1)
 
     def close(self) -> None:
         """Flush and close the TensorBoard writers."""
@@ -469,6 +484,25 @@ def _format(value: Any) -> Any:
     return value
 
 
+def _tb_name(seed: int, limit: Sequence[float] | None) -> str:
+    """A member's TensorBoard folder: ``seed_3``, or in a grid of limits ``seed_3_limit_20``."""
+    return f"seed_{seed}" if limit is None else f"seed_{seed}_limit_{limit_text(limit)}"
+
+
+def row_limit(row: dict[str, float]) -> tuple[float, ...] | None:
+    """The limit vector of a ``progress.csv`` row of a grid of limits (``None`` otherwise)."""
+    count = sum(1 for key in row if key.startswith("limit_"))
+    return tuple(row[f"limit_{i}"] for i in range(count)) if count else None
+
+
+def row_label(row: dict[str, float]) -> str:
+    """The member a ``progress.csv`` row belongs to, labelled as
+    :func:`~saferl.engine.members.member_label` labels it (``3``, ``3@20``)."""
+    limit = row_limit(row)
+    member = Member(int(row["seed"]), limit or ())
+    return member_label(member, grid=limit is not None)
+
+
 def carried_series(rows: list[dict[str, float]], name: str
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One metric per (iteration, seed), carried forward over iterations that finished no episode.
@@ -480,16 +514,18 @@ def carried_series(rows: list[dict[str, float]], name: str
 
     Returns:
         ``(steps [T], values [T, S], fresh [T, S])``: the environment steps of each iteration,
-        the value per seed (NaN before that seed's first finished episode), and whether the
-        value was measured in that iteration (``False``: carried forward).
+        the value per member (NaN before its first finished episode; members ordered by
+        limit, then seed), and whether the value was measured in that iteration (``False``:
+        carried forward).
     """
     steps = np.array(sorted({r["env_steps"] for r in rows}))
-    seeds = sorted({r["seed"] for r in rows})
-    raw = np.full((len(steps), len(seeds)), np.nan)
+    keys = sorted({(row_limit(r) or (), r["seed"]) for r in rows})  # limit major, then seed
+    raw = np.full((len(steps), len(keys)), np.nan)
     index = {s: i for i, s in enumerate(steps)}
-    column = {s: j for j, s in enumerate(seeds)}
+    column = {key: j for j, key in enumerate(keys)}
     for r in rows:
-        raw[index[r["env_steps"]], column[r["seed"]]] = r.get(name, math.nan)
+        raw[index[r["env_steps"]], column[(row_limit(r) or (), r["seed"])]] = r.get(name,
+                                                                                    math.nan)
     fresh = np.isfinite(raw)
     values = raw.copy()
     for t in range(1, len(steps)):
@@ -512,7 +548,8 @@ def draw_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tu
     The line is the mean over seeds of the latest finished episodes (carried forward over
     iterations that finished none: :func:`carried_series`), the band its min–max over seeds;
     dots mark the iterations where every seed finished an episode when some did not. The title
-    names the algorithm, the task and the seeds.
+    names the algorithm, the task and the seeds. A grid of cost limits draws one line and band
+    per limit, each limit dashed in its line's colour (``cost_limit`` is then not used).
 
     Returns:
         A matplotlib ``Figure`` (``None`` when ``progress.csv`` is empty).
@@ -535,30 +572,45 @@ def draw_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tu
         title = run.path.name
     seeds = sorted({int(r["seed"]) for r in rows})
     title += f" — seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    grid = sorted({row_limit(r) for r in rows if row_limit(r) is not None})
+    if grid:  # a grid of limits: one line (and band over seeds) per limit, in its colour
+        title += f" × limits {' '.join(limit_text(x) for x in grid)}"
+        groups = [(f"limit {limit_text(limit)}", f"C{k % 10}", limit,
+                   [r for r in rows if row_limit(r) == limit]) for k, limit in enumerate(grid)]
+    else:
+        groups = [("", "", tuple(cost_limit), rows)]
     panels = [("rollout/ep_return", "episode return", None)]
-    panels += [(f"rollout/ep_cost_{i}", f"episode cost: {n}", cost_limit[i])
+    panels += [(f"rollout/ep_cost_{i}", f"episode cost: {n}", i)
                for i, n in enumerate(cost_names)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
-    for ax, (name, ylabel, limit) in zip(axes[0], panels, strict=True):
-        steps, values, fresh = carried_series(rows, name)
-        color = "C0" if limit is None else "C3"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before any episode
-            mean = np.nanmean(values, axis=1)
-            low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
-        carried = not fresh[np.isfinite(values)].all()
-        label = "mean of the latest episodes" if carried else "mean"
-        ax.plot(steps, mean, color=color, label=label if len(seeds) > 1 else
-                ("latest episodes" if carried else None))
-        if len(seeds) > 1:
-            ax.fill_between(steps, low, high, alpha=0.2, color=color,
-                            label=f"min–max over {len(seeds)} seeds")
-        if carried:
-            every = fresh.all(axis=1)
-            ax.plot(steps[every], mean[every], "o", color=color, markersize=2.5,
-                    label="episodes finished this iteration")
-        if limit is not None:
-            ax.axhline(limit, color="k", linestyle="--", linewidth=1, label=f"limit {limit:g}")
+    for ax, (name, ylabel, constraint) in zip(axes[0], panels, strict=True):
+        for group, group_color, limits, group_rows in groups:
+            color = group_color or ("C0" if constraint is None else "C3")
+            prefix = f"{group}: " if group else ""
+            steps, values, fresh = carried_series(group_rows, name)
+            members = values.shape[1]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before episodes
+                mean = np.nanmean(values, axis=1)
+                low, high = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+            carried = not fresh[np.isfinite(values)].all()
+            label = "mean of the latest episodes" if carried else "mean"
+            if members > 1:
+                line_label = f"{prefix}{label}"
+            else:
+                line_label = group or ("latest episodes" if carried else None)
+            ax.plot(steps, mean, color=color, label=line_label)
+            if members > 1:
+                ax.fill_between(steps, low, high, alpha=0.2, color=color,
+                                label=None if group else f"min–max over {members} seeds")
+            if carried:
+                every = fresh.all(axis=1)
+                ax.plot(steps[every], mean[every], "o", color=color, markersize=2.5,
+                        label=None if group else "episodes finished this iteration")
+            if constraint is not None:
+                limit = limits[constraint]
+                ax.axhline(limit, color="k" if not group else color, linestyle="--",
+                           linewidth=1, label=None if group else f"limit {limit:g}")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize=7)
         ax.set_ylabel(ylabel)

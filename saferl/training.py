@@ -10,24 +10,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from saferl import interrupts
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.engine.behaviour import conditioning
+from saferl.engine.members import Member, has_limit_grid, member_label, member_labels, members
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.make import make
 from saferl.envs.native import NATIVE_TASKS, NativeTask
 from saferl.envs.wrappers import build_task
 from saferl.evaluation import evaluate_policies, write_evaluation
-from saferl.policy import Policy
+from saferl.policy import Policy, combined, deployed_members
 from saferl.progress import ProgressDisplay, print_summary
 from saferl.runs import (
     RunDirectory,
@@ -37,6 +37,7 @@ from saferl.runs import (
     plot_curves,
     read_run_config,
     restore_states,
+    row_label,
     spec_from_record,
     spec_record,
 )
@@ -105,11 +106,25 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
                 f"tasks expose; for {run.env!r} wrap the env in "
                 f"saferl.envs.wrappers.SafetyMarginCost(env, margin_fn) and register it.")
         task = None
-        envs = [make(run.env, num_envs=run.num_envs, seed=seed, workers=run.env_workers,
-                     **run.env_kwargs) for seed in run.seed_list]
+        envs = [make(run.env, num_envs=run.num_envs, seed=member.seed, workers=run.env_workers,
+                     **run.env_kwargs) for member in members(config)]
         spec = envs[0].spec
-    if len(run.cost_limit) != spec.num_costs:
-        names = ", ".join(spec.cost_names)
+    names = ", ".join(spec.cost_names)
+    if getattr(config, "limit_grid", None) is not None:  # cppo_lag, ctrpo_lag
+        given = len(config.limit_grid[0])
+        if given != spec.num_costs:
+            raise ValueError(
+                f"versatile.num_constraints is {given} but {spec.id!r} has {spec.num_costs} "
+                f"cost(s) ({names}); set --versatile.num-constraints {spec.num_costs} and give "
+                f"{spec.num_costs} number(s) per behaviour threshold.")
+    elif run.limits:
+        if len(run.limits[0]) != spec.num_costs:
+            example = ",".join(["20"] * spec.num_costs)
+            raise ValueError(
+                f"limits has limits of {len(run.limits[0])} value(s) {list(run.limits[0])} but "
+                f"{spec.id!r} has {spec.num_costs} cost(s) ({names}); give one value per cost "
+                f"in every limit, e.g. --limits {example}.")
+    elif len(run.cost_limit) != spec.num_costs:
         example = " ".join(["10"] * spec.num_costs)
         raise ValueError(
             f"cost_limit has {len(run.cost_limit)} value(s) {list(run.cost_limit)} but "
@@ -148,9 +163,9 @@ class TrainResult:
     summary: dict[str, Any]
     history: list[dict[str, float]]
 
-    def policy(self, seed_index: int = 0) -> Any:
-        """The trained policy of one seed (see :class:`saferl.policy.Policy`)."""
-        return Policy.load(self.run_dir, seed_index=seed_index)
+    def policy(self, seed_index: int = 0, member: int | str | None = None) -> Any:
+        """The trained policy of one member (see :meth:`saferl.policy.Policy.load`)."""
+        return Policy.load(self.run_dir, seed_index=seed_index, member=member)
 
 
 def train(algo: str | None = None, env: str | None = None, *,
@@ -217,6 +232,11 @@ def train(algo: str | None = None, env: str | None = None, *,
     if not isinstance(config, entry.config_class):
         raise TypeError(f"config is a {type(config).__name__}, but {algo!r} needs a "
                         f"{entry.config_class.__name__}.")
+    if config.run.limits and conditioning(entry.module, config) is not None:
+        raise ValueError(
+            f"limits trains one policy per cost limit, but {algo} trains one policy for every "
+            f"threshold (its behaviour thresholds are its ccpo.behaviour_thresholds or "
+            f"versatile.behaviour_thresholds); leave limits out.")
     path = Path(config.run.run_dir) if config.run.run_dir else new_run_dir(algo, config.run.env)
     if (path / "config.json").exists():
         raise FileExistsError(
@@ -260,7 +280,7 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
             directory.write_config({**{k: v for k, v in record.items() if k != "saferl_version"},
                               "spec": spec_record(spec)})
         notes.append(f"{path} has no checkpoint yet: training from scratch.")
-        directory.truncate_progress(0, 0, config.run.seed_list)
+        directory.truncate_progress(0, 0, *member_columns(config))
         return _loop(entry, config, spec, task, envs, directory, None, progress, callback, notes)
     damaged: list[str] = []
     record, entry, config, spec, states, meta = restore_states(
@@ -305,18 +325,30 @@ def _extend(path: Path, config: Any, steps: int | None, iteration: int) -> Any:
     return config
 
 
+def member_columns(config: Any) -> tuple[tuple[int, ...], list[tuple[float, ...]] | None]:
+    """How ``progress.csv`` and TensorBoard name the members: their seeds, and in a grid of
+    cost limits their limits (``None`` otherwise; see :meth:`RunDirectory.log`)."""
+    grid = members(config)
+    return (tuple(m.seed for m in grid),
+            [m.cost_limit for m in grid] if has_limit_grid(config) else None)
+
+
 def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
           envs: list[VecEnv] | None, directory: RunDirectory, resumed: tuple[Any, dict] | None,
           progress: bool, callback: Callback | None, notes: list[str] | None = None
           ) -> TrainResult:
     seeds = config.run.seed_list
+    columns = member_columns(config)
+    grid = members(config)
     batch = config.run.steps_per_iteration
     total = config.run.iterations
     start = int(resumed[1]["iteration"]) if resumed is not None else 0
     conditioned = conditioning(entry.module, config)
     behaviour = None if conditioned is None else conditioned.behaviour
-    display = ProgressDisplay(total * batch, spec, config.run.cost_limit, enabled=progress,
-                              start_steps=start * batch, behaviour=behaviour)
+    limits = np.asarray([m.cost_limit for m in grid], np.float64)
+    display = ProgressDisplay(total * batch, spec, tuple(limits[0]), enabled=progress,
+                              start_steps=start * batch, behaviour=behaviour,
+                              member_limits=limits if has_limit_grid(config) else None)
     for note in notes or []:
         display.note(note)
     if resumed is None and config.run.steps % batch:
@@ -332,7 +364,7 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
     def checkpoint(iteration: int) -> None:
         directory.save_checkpoint(states, iteration, {
             "env_steps": iteration * batch, "wall_time": elapsed + time.time() - began,
-            "seeds": list(seeds), "algo": entry.name})
+            "seeds": list(seeds), "members": list(member_labels(config)), "algo": entry.name})
 
     try:
         engine = make_engine(entry, config, spec, task, envs)
@@ -340,15 +372,15 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
             states = engine.init_states()
         else:
             states = engine.place(resumed[0])
-            directory.truncate_progress(start, start * batch, seeds)
-        cost_limit = jnp.asarray(config.run.cost_limit, jnp.float32)
+            directory.truncate_progress(start, start * batch, *columns)
         interrupts.check()
         with display:
             for iteration in range(start + 1, total + 1):
-                states, metrics = engine.iterate(states, cost_limit)
+                states, metrics = engine.iterate(states)
                 completed = iteration
                 wall = elapsed + time.time() - began
-                directory.log(iteration, iteration * batch, wall, seeds, metrics)
+                directory.log(iteration, iteration * batch, wall, *columns[:1], metrics,
+                              limits=columns[1])
                 display.update(iteration * batch, metrics)
                 if iteration % config.run.checkpoint_every == 0 or iteration == total:
                     checkpoint(iteration)
@@ -369,21 +401,26 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         if envs:
             for env in envs:
                 env.close()
-    plot_curves(directory, config.run.cost_limit, spec.cost_names)
+    plot_curves(directory, tuple(limits[0]), spec.cost_names)
     history = directory.read_progress()
-    summary = summarize(history, seeds, spec, config.run.cost_limit, behaviour=behaviour)
+    summary = summarize(history, seeds, spec, tuple(limits[0]), behaviour=behaviour,
+                        members=grid if has_limit_grid(config) else None)
     last = [r for r in history if int(r["iteration"]) == total]
     if last:
         wall_time = float(last[0]["wall_time"])
         summary["timing"] = {"env_steps": total * batch, "seeds": len(seeds),
-                             "wall_time": wall_time,
-                             "steps_per_second": total * batch * len(seeds) / max(wall_time,
-                                                                                  1e-9)}
+                             "members": len(grid), "wall_time": wall_time,
+                             "steps_per_second": total * batch * len(grid) / max(wall_time,
+                                                                                 1e-9)}
     if config.run.eval_episodes > 0:
+        unit = ("behaviour threshold and seed" if combined(config) or behaviour is not None
+                else "mode and member" if has_limit_grid(config) else "mode and seed")
         display.note(f"evaluating the deployed policy ({config.run.eval_episodes} episodes per "
-                     f"mode and seed)…")
+                     f"{unit})…")
         policies = [Policy.from_states(entry, config, spec, states, index)
-                    for index in range(len(seeds))]
+                    for index in range(len(deployed_members(config)))]
+        if combined(config):  # one conditioned policy per seed, at the behaviour thresholds
+            behaviour = config.versatile.behaviour
         if behaviour is None:
             summary["evaluation"] = {**evaluate_policies(policies,
                                                          episodes=config.run.eval_episodes),
@@ -394,35 +431,43 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
             write_versatile(directory.path, result, f"{entry.name} on {spec.id}")
             summary["versatile"] = result.record()
     if progress:
-        print_summary(summary, spec, config.run.cost_limit, directory.path)
+        print_summary(summary, spec, tuple(limits[0]), directory.path)
     return TrainResult(directory.path, entry.name, config, summary, history)
 
 
 def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: EnvSpec,
               cost_limit: tuple[float, ...], last: int = 5,
-              behaviour: np.ndarray | None = None) -> dict[str, Any]:
-    """Final figures per seed: mean over the last ``last`` iterations with finished episodes.
+              behaviour: np.ndarray | None = None,
+              members: Sequence[Member] | None = None) -> dict[str, Any]:
+    """Final figures per member: mean over the last ``last`` iterations with finished episodes.
 
-    ``windows`` gives, per seed, how many iterations that mean really covers (fewer than
-    ``last`` when fewer iterations finished an episode). ``constraints_satisfied`` is ``True``
-    or ``False``, or ``None`` when a seed finished no episode (its costs are NaN and nothing can
-    be said).
+    The members are the ``seeds`` under ``cost_limit``, or for a grid of cost limits
+    ``members`` (each judged against its own limit; ``per_seed`` is then keyed by member
+    label, ``3@20``). ``windows`` gives, per member, how many iterations that mean really
+    covers (fewer than ``last`` when fewer iterations finished an episode).
+    ``constraints_satisfied`` is ``True`` or ``False``, or ``None`` when a member finished no
+    episode (its costs are NaN and nothing can be said).
 
     A threshold-conditioned run (``behaviour`` ``[N_b, m]``, its behaviour thresholds) is
     judged per behaviour threshold instead of against ``cost_limit``: the figures gain
     ``behaviour_b/ep_cost_i``, the mean over the last ``last`` iterations that finished an
     episode under threshold ``b``, and each must be at most that threshold.
     """
+    grid = members is not None
+    listed = list(members) if grid else [Member(s, tuple(cost_limit)) for s in seeds]
     names = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(spec.num_costs)]
-    per_seed: dict[int, dict[str, float]] = {}
-    windows: dict[int, int] = {}
-    for seed in seeds:
-        rows = [r for r in history if int(r["seed"]) == seed and
-                math.isfinite(r.get("rollout/ep_return", math.nan))]
+    per_seed: dict[Any, dict[str, float]] = {}
+    windows: dict[Any, int] = {}
+    limit_of: dict[Any, tuple[float, ...]] = {}
+    for member in listed:
+        key: Any = member_label(member, grid) if grid else member.seed
+        label = member_label(member, grid)
+        own = [r for r in history if row_label(r) == label]
+        rows = [r for r in own if math.isfinite(r.get("rollout/ep_return", math.nan))]
         tail = rows[-last:]
-        windows[seed] = len(tail)
+        windows[key] = len(tail)
         figures = {n: float(np.mean([r[n] for r in tail])) if tail else math.nan for n in names}
-        final = [r for r in history if int(r["seed"]) == seed]
+        final = own
         for b in range(0 if behaviour is None else behaviour.shape[0]):
             for i in range(spec.num_costs):
                 name = f"rollout/behaviour_{b}/ep_cost_{i}"
@@ -430,18 +475,19 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
                 figures[f"behaviour_{b}/ep_cost_{i}"] = (float(np.mean(values)) if values
                                                          else math.nan)
         for i in range(spec.num_costs):
-            key = f"train/cost_rate_{i}"
-            figures[key] = final[-1].get(key, math.nan) if final else math.nan
-        per_seed[seed] = figures
+            key_rate = f"train/cost_rate_{i}"
+            figures[key_rate] = final[-1].get(key_rate, math.nan) if final else math.nan
+        per_seed[key] = figures
+        limit_of[key] = member.cost_limit
     keys = list(next(iter(per_seed.values())).keys()) if per_seed else []
     aggregate = {k: (float(np.mean([v[k] for v in per_seed.values()])),
                      float(np.std([v[k] for v in per_seed.values()]))) for k in keys}
     if behaviour is None:
-        costs = [(per_seed[s][f"rollout/ep_cost_{i}"], cost_limit[i])
-                 for s in seeds for i in range(spec.num_costs)]
+        costs = [(per_seed[k][f"rollout/ep_cost_{i}"], limit_of[k][i])
+                 for k in per_seed for i in range(spec.num_costs)]
     else:
-        costs = [(per_seed[s][f"behaviour_{b}/ep_cost_{i}"], float(behaviour[b, i]))
-                 for s in seeds for b in range(behaviour.shape[0])
+        costs = [(per_seed[k][f"behaviour_{b}/ep_cost_{i}"], float(behaviour[b, i]))
+                 for k in per_seed for b in range(behaviour.shape[0])
                  for i in range(spec.num_costs)]
     # None: some seed finished no episode, so whether its constraints hold is unknown.
     satisfied: bool | None = (None if any(math.isnan(c) for c, _ in costs)
@@ -450,4 +496,6 @@ def summarize(history: list[dict[str, float]], seeds: tuple[int, ...], spec: Env
            "window": last, "windows": windows}
     if behaviour is not None:
         out["behaviour_thresholds"] = behaviour.tolist()
+    if grid:
+        out["member_limits"] = {k: list(v) for k, v in limit_of.items()}
     return out

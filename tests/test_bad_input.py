@@ -127,7 +127,16 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
         # eval
         (["eval", "no/such/run"], "not a saferl run directory"),
         (["eval", run, "--episodes", "0"], "--episodes must be >= 1"),
-        (["eval", run, "--seed-index", "3"], "seed_index 3 is out of range"),
+        (["eval", run, "--seed-index", "3"], "--seed-index must be from 0 to 0"),
+        (["eval", run, "--member", "0@20"], "--member '0@20' is not in this run; its members "
+                                            "are ['0']"),
+        (["eval", run, "--member", "0", "--seed-index", "0"], "--member and --seed-index"),
+        (["train", "ppo_lag", "--limits", "20", "4x"], "got '4x'"),
+        (["train", "ppo_lag", "--limits", "20", "20"], "limits must be distinct"),
+        (["train", "ppo_lag", "--limits", "20,5", "40"], "the same number of constraints"),
+        (["train", "ppo_lag", "--limits", "20,5", "40,5"], "give one value per cost"),
+        (["train", "ccpo", "--limits", "20", "40"], "leave limits out"),
+        (["train", "cppo_lag", "--limits", "20", "40"], "not as limits"),
         (["eval", run, "--checkpoint", "9"], "has no checkpoint 'iter_0000009'"),
         (["eval", run, "--video", str(tmp / "episode.avi")], "must end in .gif"),
     ]

@@ -154,3 +154,46 @@ def test_run_folder_names_are_path_safe(tmp_path):
     assert ":" not in path.name and path.name.startswith("ppo_lag_myenv-MyPoint-v0_")
     assert new_run_dir("cpo", "saferl/BallCircle-v0", root=tmp_path).name.startswith(
         "cpo_saferl-BallCircle-v0_")
+
+
+def test_a_grid_of_limits_is_shown_per_limit(tmp_path):
+    """Progress per limit (mean of its members), curves per limit with that limit drawn in its
+    colour, and a summary judging each member against its own limit, by hand."""
+    from saferl.engine.members import Member
+    from saferl.training import summarize
+
+    spec = make_task("saferl/BallCircle-v0").spec
+    limits = np.array([[20.0], [20.0], [40.0], [40.0]])  # seeds 0, 1 × limits 20, 40
+    display = ProgressDisplay(100, spec, (20.0,), console=Console(file=io.StringIO()),
+                              member_limits=limits)
+    text = display.stats({"rollout/ep_return": np.array([1.0, 3.0, 5.0, 7.0]),
+                          "rollout/ep_cost_0": np.array([10.0, 30.0, 36.0, 38.0]),
+                          "lagrange/lambda_0": np.array([0.5, 0.7, 0.0, 0.2])})
+    assert text == "R 4.0 C0 20.00/20 37.00/40 λ0 0.600/0.100"
+
+    run = RunDirectory(tmp_path / "grid")
+    run.write_config({"algo": "ppo_lag", "config": {"run": {"env": "saferl/BallCircle-v0"}}})
+    for t in (1, 2):
+        run.log(t, 100 * t, float(t), (0, 1, 0, 1), {
+            "rollout/ep_return": np.array([1.0, 3.0, 5.0, 7.0]) * t,
+            "rollout/ep_cost_0": np.array([10.0, 30.0, 36.0, 38.0]),
+            "train/cost_rate_0": np.full(4, 0.1)}, limits=[(20.0,), (20.0,), (40.0,), (40.0,)])
+    run.close()
+    assert sorted(p.name for p in (tmp_path / "grid" / "tb").iterdir()) == [
+        "seed_0_limit_20", "seed_0_limit_40", "seed_1_limit_20", "seed_1_limit_40"]
+    fig = draw_curves(run, (20.0,), ("cost",))
+    ret_ax, cost_ax = fig.axes
+    lines = {line.get_label(): line for line in ret_ax.lines}
+    np.testing.assert_allclose(lines["limit 20: mean"].get_ydata(), [2.0, 4.0])
+    np.testing.assert_allclose(lines["limit 40: mean"].get_ydata(), [6.0, 12.0])
+    dashed = [line for line in cost_ax.lines if line.get_linestyle() == "--"]
+    assert sorted(line.get_ydata()[0] for line in dashed) == [20.0, 40.0]
+    assert {line.get_color() for line in dashed} == {"C0", "C1"}
+    assert fig._suptitle.get_text().endswith("seeds 0, 1 × limits 20 40")
+
+    grid = [Member(0, (20.0,)), Member(1, (20.0,)), Member(0, (40.0,)), Member(1, (40.0,))]
+    summary = summarize(run.read_progress(), (0, 1), spec, (20.0,), members=grid)
+    assert list(summary["per_seed"]) == ["0@20", "1@20", "0@40", "1@40"]
+    assert summary["per_seed"]["1@20"]["rollout/ep_return"] == pytest.approx((3 + 6) / 2)
+    assert summary["constraints_satisfied"] is False  # seed 1 at 20: cost 30 > 20
+    assert summary["member_limits"]["0@40"] == [40.0]

@@ -92,7 +92,9 @@ from saferl.engine.family import PolicyParts
 from saferl.engine.host import HostCollector, scale_action
 from saferl.engine.members import (
     abstract_placed,
+    member_labels,
     member_sharding,
+    members,
     over_members,
     place_members,
     stacked_initial_states,
@@ -121,11 +123,14 @@ class OffPolicyState(NamedTuple):
     cost_estimate: jax.Array  # [m] the latest episode-cost estimate
     has_cost_estimate: jax.Array  # bool
     behaviour: jax.Array  # [N] int32: each copy's behaviour threshold (conditioned, native)
+    cost_limit: jax.Array  # [m] this member's cost limits (a grid of limits: its own)
 
 
 def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: Any,
-               seed: int | jax.Array, task: NativeTask | None) -> OffPolicyState:
-    """The initial state of one seed (native tasks also reset their environments here)."""
+               seed: int | jax.Array, cost_limit: jax.Array,
+               task: NativeTask | None) -> OffPolicyState:
+    """The initial state of one member: its seed and cost limits ``[m]`` (native tasks also
+    reset their environments here)."""
     run: OffPolicyConfig = config.run
     key = jax.random.PRNGKey(seed)
     key, agent_key, env_key = jax.random.split(key, 3)
@@ -147,16 +152,19 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
         cost_estimate=jnp.zeros(m),
         has_cost_estimate=jnp.zeros((), bool),
         behaviour=behaviour,
+        cost_limit=jnp.asarray(cost_limit, jnp.float32).reshape(m),
     )
 
 
 def initial_states(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec,
                    task: NativeTask | None) -> OffPolicyState:
-    """Initial states of every seed of ``config``, stacked along a leading seed axis (built
-    by one quickly compiled program, :func:`~saferl.engine.members.stacked_initial_states`)."""
+    """Initial states of every member of ``config`` (:func:`~saferl.engine.members.members`),
+    stacked along a leading member axis (built by one quickly compiled program,
+    :func:`~saferl.engine.members.stacked_initial_states`)."""
     networks = algo.make_networks(config, spec)
     return stacked_initial_states(
-        lambda seed: init_state(algo, config, spec, networks, seed, task), config.run.seed_list)
+        lambda seed, limit: init_state(algo, config, spec, networks, seed, limit, task),
+        members(config))
 
 
 def needs_q_threshold(config: Any) -> bool:
@@ -194,9 +202,11 @@ def learn(algo: OffPolicyAlgorithm, config: Any, networks: Any, agent: Any, repl
 
 
 def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec: EnvSpec,
-                     state: OffPolicyState, transitions: Transitions, limits: Limits,
+                     state: OffPolicyState, transitions: Transitions,
                      learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
-    """Store the iteration's transitions, update the multipliers, learn (one seed; pure)."""
+    """Store the iteration's transitions, update the multipliers against the member's own
+    cost limits, learn (one member; pure)."""
+    limits = limits_for(config, spec, state.cost_limit)
     steps, num_envs = transitions.rewards.shape
     replay = replay_add(state.replay, transitions)
     table = behaviour_table(algo, config)
@@ -237,7 +247,8 @@ def finish_iteration(algo: OffPolicyAlgorithm, config: Any, networks: Any, spec:
     total_cost = state.total_cost + transitions.costs.sum(axis=(0, 1))
     iteration = state.iteration + 1
     new_state = OffPolicyState(agent, replay, tracker, state.env_state, key, iteration,
-                               total_cost, cost_estimate, has_estimate, state.behaviour)
+                               total_cost, cost_estimate, has_estimate, state.behaviour,
+                               state.cost_limit)
     metrics.update(episode_metrics(means, transitions.rewards, total_cost,
                                    iteration.astype(jnp.float32) * steps * num_envs))
     metrics["train/learning"] = jnp.asarray(float(learning))
@@ -288,8 +299,9 @@ def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: N
 class Engine:
     """Compiled iteration functions for one off-policy algorithm, config and environment.
 
-    ``iterate(states, cost_limit)`` runs one iteration of every seed (leading seed axis) and
-    returns the new states and per-seed metrics as numpy arrays. Warm-up iterations (random
+    ``iterate(states)`` runs one iteration of every member (leading member axis; each member's
+    cost limits are in its state) and returns the new states and per-member metrics as numpy
+    arrays. Warm-up iterations (random
     actions, no learning) and learning iterations are two compiled functions; which one runs is
     decided on the host from the iteration count, which all seeds share.
     """
@@ -299,7 +311,8 @@ class Engine:
         self.algo, self.config, self.spec, self.task, self.envs = algo, config, spec, task, envs
         run: OffPolicyConfig = config.run
         self.networks = algo.make_networks(config, spec)
-        self.members = len(run.seed_list)
+        self.labels = member_labels(config)
+        self.members = len(self.labels)
         self._iteration = 0
         self.conditioning = conditioning(algo, config)
         # Host environments: each copy's behaviour threshold (drawn on the host, per episode).
@@ -315,11 +328,10 @@ class Engine:
                 f"episode cost limit into a Q threshold is unknown; set episode_length "
                 f"(e.g. --episode-length 1000).")
 
-        def finish(states: OffPolicyState, transitions: Transitions, cost_limit: jax.Array,
+        def finish(states: OffPolicyState, transitions: Transitions,
                    learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
-            limits = limits_for(config, spec, cost_limit)
             return over_members(lambda s, t: finish_iteration(algo, config, self.networks, spec, s,
-                                                            t, limits, learning),
+                                                            t, learning),
                               self.members)(states, transitions)
 
         # States and metrics leave sharded over the members as the states came in (without
@@ -328,19 +340,20 @@ class Engine:
         placed = (member_sharding(self.members), member_sharding(self.members))
 
         if task is not None:
-            def iteration(states: OffPolicyState, cost_limit: jax.Array,
+            def iteration(states: OffPolicyState,
                           learning: bool) -> tuple[OffPolicyState, dict[str, jax.Array]]:
                 states, transitions = over_members(
                     lambda s: native_collect(algo, config, self.networks, task, s,
                                              random=not learning), self.members)(states)
-                return finish(states, transitions, cost_limit, learning)
+                return finish(states, transitions, learning)
 
-            self._iterate = jax.jit(iteration, static_argnums=2, out_shardings=placed)
+            self._iterate = jax.jit(iteration, static_argnums=1, out_shardings=placed)
         else:
             if envs is None or len(envs) != self.members:
                 raise ValueError("host environments need one VecEnv per member")
-            self._finish = jax.jit(finish, static_argnums=3, out_shardings=placed)
-            self._collector = HostCollector(envs, spec, run.seed_list)
+            self._finish = jax.jit(finish, static_argnums=2, out_shardings=placed)
+            self._collector = HostCollector(envs, spec,
+                                            tuple(m.seed for m in members(config)))
             # Overlapped collection: the next iteration's transitions (or the error that
             # stopped them), collected while the current iteration's updates ran.
             self._ahead: Transitions | None = None
@@ -388,20 +401,18 @@ class Engine:
                     self.algo, self.config, self.spec, self.task), self.members))
             return memo[0]
 
-        limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)
         self._compiling = BackgroundCompile([
-            (learning, lambda flag=learning: self._iterate.lower(placed(), limit, flag).compile())
+            (learning, lambda flag=learning: self._iterate.lower(placed(), flag).compile())
             for learning in flags])
 
-    def iterate(self, states: OffPolicyState,
-                cost_limit: jax.Array) -> tuple[OffPolicyState, dict[str, np.ndarray]]:
-        """One iteration of every seed; metrics come back as numpy ``[num_seeds]`` arrays."""
+    def iterate(self, states: OffPolicyState) -> tuple[OffPolicyState, dict[str, np.ndarray]]:
+        """One iteration of every member; metrics come back as numpy ``[members]`` arrays."""
         run: OffPolicyConfig = self.config.run
         learning = self._iteration >= run.warmup_iterations
         if self.task is not None:
             if self._compiling is not None:
                 self._compiling.wait(learning)
-            states, metrics = self._iterate(states, cost_limit, learning)
+            states, metrics = self._iterate(states, learning)
         else:
             if self._ahead_error is not None:  # the overlapped collection failed
                 error, self._ahead_error = self._ahead_error, None
@@ -412,7 +423,7 @@ class Engine:
             ahead = run.overlap_collection and self._iteration + 1 < run.iterations
             if ahead:  # the key and actor of the next collection, before the updates
                 states, collect = self._collection_inputs(states)
-            states, metrics = self._finish(states, transitions, cost_limit, learning)
+            states, metrics = self._finish(states, transitions, learning)
             if ahead:  # runs while XLA computes the updates dispatched above
                 next_random = self._iteration + 1 < run.warmup_iterations
                 try:
@@ -421,7 +432,7 @@ class Engine:
                     self._ahead_error = error  # iteration is logged and checkpointed
         self._iteration += 1
         metrics = jax.device_get(metrics)
-        raise_if_nonfinite(metrics, self.spec.id, self._iteration, self.config.run.seed_list)
+        raise_if_nonfinite(metrics, self.spec.id, self._iteration, self.labels)
         return states, {k: np.asarray(v) for k, v in metrics.items() if not k.startswith("_")}
 
     def _host_collect(self, states: OffPolicyState,
@@ -532,5 +543,4 @@ class OffPolicyFamily:
 OFF_POLICY = OffPolicyFamily()
 
 
-OffPolicyIterate = Callable[[OffPolicyState, jax.Array],
-                            tuple[OffPolicyState, dict[str, np.ndarray]]]
+OffPolicyIterate = Callable[[OffPolicyState], tuple[OffPolicyState, dict[str, np.ndarray]]]

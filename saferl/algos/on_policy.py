@@ -66,6 +66,8 @@ from saferl.engine.family import PolicyParts
 from saferl.engine.host import HostCollector
 from saferl.engine.members import (
     abstract_placed,
+    member_labels,
+    members,
     over_members,
     place_members,
     stacked_initial_states,
@@ -93,6 +95,7 @@ class TrainState(NamedTuple):
     total_cost: jax.Array  # [m] all cost incurred so far (for the cost rate)
     cost_estimate: jax.Array  # [m] latest episode-cost estimate
     has_cost_estimate: jax.Array  # bool: an episode has finished at least once
+    cost_limit: jax.Array  # [m] this member's cost limits (a grid of limits: its own)
 
 
 class Rollout(NamedTuple):
@@ -109,9 +112,10 @@ class Rollout(NamedTuple):
 
 
 def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec,
-                     networks: OnPolicyNetworks, seed: int | jax.Array,
+                     networks: OnPolicyNetworks, seed: int | jax.Array, cost_limit: jax.Array,
                      task: NativeTask | None) -> TrainState:
-    """The initial state of one seed (native tasks also reset their environments here)."""
+    """The initial state of one member: its seed and cost limits ``[m]`` (native tasks also
+    reset their environments here)."""
     run: OnPolicyConfig = config.run
     key = jax.random.PRNGKey(seed)
     key, agent_key, env_key, predictor_key = jax.random.split(key, 4)
@@ -129,16 +133,18 @@ def init_train_state(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec,
         total_cost=jnp.zeros(m),
         cost_estimate=jnp.zeros(m),
         has_cost_estimate=jnp.zeros((), bool),
+        cost_limit=jnp.asarray(cost_limit, jnp.float32).reshape(m),
     )
 
 
 def initial_states(algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec, networks: OnPolicyNetworks,
                    task: NativeTask | None) -> TrainState:
-    """Initial states of every seed of ``config``, stacked along a leading seed axis (built
-    by one quickly compiled program, :func:`~saferl.engine.members.stacked_initial_states`)."""
+    """Initial states of every member of ``config`` (:func:`~saferl.engine.members.members`),
+    stacked along a leading member axis (built by one quickly compiled program,
+    :func:`~saferl.engine.members.stacked_initial_states`)."""
     return stacked_initial_states(
-        lambda seed: init_train_state(algo, config, spec, networks, seed, task),
-        config.run.seed_list)
+        lambda seed, limit: init_train_state(algo, config, spec, networks, seed, limit, task),
+        members(config))
 
 
 def act(networks: OnPolicyNetworks, policy_params: Any, obs_stats: RunningStats,
@@ -260,10 +266,10 @@ def episode_statistics(run: OnPolicyConfig, spec: EnvSpec, state: TrainState, ro
 
 
 def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: OnPolicyNetworks,
-                       spec: EnvSpec, state: TrainState, rollout: Rollout,
-                       cost_limit: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+                       spec: EnvSpec, state: TrainState, rollout: Rollout
+                       ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One member's batch: the constraint's cost, GAE, episode statistics, the algorithm's
-    update, the new state and the metrics (pure)."""
+    update under the member's own cost limits, the new state and the metrics (pure)."""
     run: OnPolicyConfig = config.run
     steps, num_envs = rollout.rewards.shape
 
@@ -283,7 +289,7 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: OnPolicyN
     old_mean, old_log_std = networks.policy.apply(state.agent.policy_params, flat(observations))
     batch = Batch(flat(observations), flat(rollout.actions), flat(rollout.log_probs), old_mean,
                   old_log_std, flat(advantages), flat(returns), cost_estimate, has_estimate,
-                  episode_length, cost_limit)
+                  episode_length, state.cost_limit)
     key, update_key = jax.random.split(state.key)
     agent, update_metrics = algo.update(config, networks, state.agent, batch, update_key)
 
@@ -292,7 +298,7 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: OnPolicyN
     total_cost = state.total_cost + rollout.costs.sum(axis=(0, 1))
     iteration = state.iteration + 1
     new_state = TrainState(agent, obs_stats, tracker, state.env_state, key, iteration, predictor,
-                           total_cost, cost_estimate, has_estimate)
+                           total_cost, cost_estimate, has_estimate, state.cost_limit)
 
     metrics = episode_metrics(means, rollout.rewards, total_cost,
                               iteration.astype(jnp.float32) * steps * num_envs)
@@ -312,8 +318,9 @@ def process_and_update(algo: OnPolicyAlgorithm, config: Any, networks: OnPolicyN
 class Engine:
     """Compiled iteration functions for one algorithm, config and environment.
 
-    ``iterate(states, cost_limit)`` runs one full iteration of every member (``states`` carries
-    a leading member axis) and returns the new states and per-member metrics as numpy arrays.
+    ``iterate(states)`` runs one full iteration of every member (``states`` carries a leading
+    member axis; each member's cost limits are in its state) and returns the new states and
+    per-member metrics as numpy arrays.
     """
 
     def __init__(self, algo: OnPolicyAlgorithm, config: Any, spec: EnvSpec,
@@ -321,22 +328,24 @@ class Engine:
         self.algo, self.config, self.spec, self.task = algo, config, spec, task
         self.networks = make_networks(config.run, spec)
         run: OnPolicyConfig = config.run
-        self.members = len(run.seed_list)
+        self.labels = member_labels(config)
+        self.members = len(self.labels)
         process = over_members(
-            lambda s, r, d: process_and_update(algo, config, self.networks, spec, s, r, d),
-            self.members, in_axes=(0, 0, None))
+            lambda s, r: process_and_update(algo, config, self.networks, spec, s, r),
+            self.members)
         if task is not None:
-            def iteration(states: TrainState, cost_limit: jax.Array) -> tuple[TrainState, dict]:
+            def iteration(states: TrainState) -> tuple[TrainState, dict]:
                 states, rollouts = over_members(
                     lambda s: native_rollout(run, self.networks, task, s), self.members)(states)
-                return process(states, rollouts, cost_limit)
+                return process(states, rollouts)
             self._iterate = jax.jit(iteration)
         else:
             if envs is None or len(envs) != self.members:
                 raise ValueError("host environments need one VecEnv per member")
             self._process = jax.jit(process)
             self._actor = HostActor(run)
-            self._collector = HostCollector(envs, spec, run.seed_list)
+            self._collector = HostCollector(envs, spec,
+                                            tuple(m.seed for m in members(config)))
         self._compiling: BackgroundCompile | None = None
 
     def init_states(self) -> TrainState:
@@ -367,28 +376,25 @@ class Engine:
         compile the update on first call (benchmarks/RESULTS.md D6)."""
         if self._compiling is not None or self.task is None:
             return
-        limit = jax.ShapeDtypeStruct((self.spec.num_costs,), jnp.float32)
-
         def compile_iteration() -> None:
             placed = abstract_placed(states, lambda: initial_states(
                 self.algo, self.config, self.spec, self.networks, self.task), self.members)
-            self._iterate.lower(placed, limit).compile()
+            self._iterate.lower(placed).compile()
 
         self._compiling = BackgroundCompile([("iteration", compile_iteration)])
 
-    def iterate(self, states: TrainState,
-                cost_limit: jax.Array) -> tuple[TrainState, dict[str, np.ndarray]]:
+    def iterate(self, states: TrainState) -> tuple[TrainState, dict[str, np.ndarray]]:
         """One iteration of every member; metrics come back as numpy ``[members]`` arrays."""
         if self.task is not None:
             if self._compiling is not None:
                 self._compiling.wait("iteration")
-            states, metrics = self._iterate(states, cost_limit)
+            states, metrics = self._iterate(states)
         else:
             states, rollout = self._host_rollout(states)
-            states, metrics = self._process(states, rollout, cost_limit)
+            states, metrics = self._process(states, rollout)
         metrics = jax.device_get(metrics)
         raise_if_nonfinite(metrics, self.spec.id, int(np.asarray(states.iteration)[0]),
-                           self.config.run.seed_list)
+                           self.labels)
         return states, {k: np.asarray(v) for k, v in metrics.items() if not k.startswith("_")}
 
     def _host_rollout(self, states: TrainState) -> tuple[TrainState, Rollout]:
@@ -446,4 +452,4 @@ def metric_names(spec: EnvSpec) -> list[str]:
     return names
 
 
-OnPolicyIterate = Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, np.ndarray]]]
+OnPolicyIterate = Callable[[TrainState], tuple[TrainState, dict[str, np.ndarray]]]

@@ -14,7 +14,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from saferl.algos import ccpo, cpo, cvpo, ddpg, pcpo, ppo, sac, trpo, trust_region_base, vddpg, vsac
+from saferl.algos import (
+    ccpo,
+    combination,
+    cpo,
+    cvpo,
+    ddpg,
+    pcpo,
+    ppo,
+    sac,
+    trpo,
+    trust_region_base,
+    vddpg,
+    vsac,
+)
 from saferl.algos.off_policy import OFF_POLICY
 from saferl.algos.on_policy import ON_POLICY, OnPolicyFunctions
 from saferl.engine.family import EngineFamily
@@ -94,6 +107,13 @@ ALGORITHMS: dict[str, Algorithm] = {
     "vddpg_lag": _off_policy("vddpg_lag", vddpg, vddpg.VDDPGLagConfig,
                              "V-DDPG-Lag: DDPG-Lagrangian with the threshold as an input, one "
                              "multiplier per behaviour threshold (versatile baseline)"),
+    "cppo_lag": _on_policy("cppo_lag", combination.CPPOLagConfig, ppo.init_agent, ppo.update,
+                           "C-PPO-Lag: a PPO-Lagrangian policy per behaviour threshold, "
+                           "deployed as their linear combination (versatile baseline)"),
+    "ctrpo_lag": _on_policy("ctrpo_lag", combination.CTRPOLagConfig,
+                            trust_region_base.init_agent, trpo.update,
+                            "C-TRPO-Lag: a TRPO-Lagrangian policy per behaviour threshold, "
+                            "deployed as their linear combination (versatile baseline)"),
     "ccpo": _off_policy("ccpo", ccpo, ccpo.CCPOConfig,
                         "CCPO: one policy for every cost threshold in a range (versatile; "
                         "VVE critics + CVI)"),

@@ -24,6 +24,10 @@ class SharedRunConfig:
         env_workers: Worker processes that step the copies of a host environment (Bullet,
             gymnasium) in parallel; 1 steps them in the learner's process. Native tasks: 1.
         cost_limit: One limit per constraint, in episode-cost units (undiscounted by default).
+        limits: A grid of cost limits trained at once, each one limit per constraint: every
+            seed is trained under every limit, all in one process (``--limits 20 40 60``
+            trains three members per seed; with two constraints ``--limits 20,5 40,5``).
+            Given, it replaces ``cost_limit``.
         steps: Environment steps to train for, per seed.
         seed: Random seed (ignored when ``seeds`` is given).
         seeds: Several seeds trained at once in one process (vectorised).
@@ -46,6 +50,7 @@ class SharedRunConfig:
     env_kwargs: dict[str, float | int | bool | str] = field(default_factory=dict)
     env_workers: int = 1
     cost_limit: tuple[float, ...] = (10.0,)
+    limits: tuple[tuple[float, ...], ...] = ()
     steps: int = 2_000_000
     seed: int = 0
     seeds: tuple[int, ...] = ()
@@ -67,6 +72,7 @@ class SharedRunConfig:
             if not (math.isfinite(limit) and limit >= 0):
                 raise ValueError(
                     f"cost_limit values must be finite and >= 0; got {list(self.cost_limit)}.")
+        check_limits(self.limits, "limits")
         for name in ("steps", "num_envs", "rollout_steps", "checkpoint_every"):
             check_positive(self, name)
         if self.activation not in ACTIVATIONS:
@@ -105,6 +111,21 @@ class SharedRunConfig:
     def iterations(self) -> int:
         """Iterations needed to reach ``steps`` (the last one may overshoot)."""
         return max(1, math.ceil(self.steps / self.steps_per_iteration))
+
+
+def check_limits(limits: tuple[tuple[float, ...], ...], name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``limits`` is a grid of distinct limit
+    vectors of one length with finite values >= 0 (empty is allowed: no grid)."""
+    shown = [list(limit) for limit in limits]
+    for limit in limits:
+        if not limit or not all(math.isfinite(x) and x >= 0 for x in limit):
+            raise ValueError(f"{name} values must be finite and >= 0, one per constraint; got "
+                             f"{shown}.")
+    if len({len(limit) for limit in limits}) > 1:
+        raise ValueError(f"{name} must give every limit the same number of constraints (write "
+                         f"a limit of two constraints as 20,5); got {shown}.")
+    if len(set(limits)) != len(limits):
+        raise ValueError(f"{name} must be distinct; got {shown}.")
 
 
 def check_positive(config: object, name: str) -> None:

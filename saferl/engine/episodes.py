@@ -180,15 +180,17 @@ def nonfinite_location(rewards: jax.Array, costs: jax.Array,
 
 
 def raise_if_nonfinite(metrics: dict[str, np.ndarray], env_id: str, iteration: int,
-                       seeds: tuple[int, ...]) -> None:
+                       labels: tuple[str, ...]) -> None:
     """Raise :class:`~saferl.envs.core.NonFiniteError` if a member's batch had a non-finite
-    step (the ``_nonfinite_*`` metrics of :func:`nonfinite_location`)."""
+    step (the ``_nonfinite_*`` metrics of :func:`nonfinite_location`); ``labels`` name the
+    members (:func:`~saferl.engine.members.member_labels`)."""
     steps = np.asarray(metrics["_nonfinite_step"])
     if not (steps >= 0).any():
         return
     member = int(np.argmax(steps >= 0))
+    name = f"{'member' if '@' in str(labels[member]) else 'seed'} {labels[member]}"
     raise NonFiniteError(
         f"Environment {env_id!r} returned a non-finite observation, reward or cost at step "
         f"{int(steps[member])} of iteration {iteration} in env index "
-        f"{int(np.asarray(metrics['_nonfinite_env'])[member])} (seed {seeds[member]}); the run "
+        f"{int(np.asarray(metrics['_nonfinite_env'])[member])} ({name}); the run "
         f"stopped and the last checkpoint is intact.")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
-import jax
 import numpy as np
 
 from saferl.envs.core import EnvSpec, VecEnv
@@ -27,8 +26,9 @@ class Engine(Protocol):
         """Place restored member-stacked states on the devices."""
         ...
 
-    def iterate(self, states: Any, cost_limit: jax.Array) -> tuple[Any, dict[str, np.ndarray]]:
-        """One iteration of every member; per-member metrics as numpy arrays."""
+    def iterate(self, states: Any) -> tuple[Any, dict[str, np.ndarray]]:
+        """One iteration of every member (each under the cost limits in its state); per-member
+        metrics as numpy arrays."""
         ...
 
     def close(self) -> None:

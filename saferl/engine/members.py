@@ -1,7 +1,8 @@
 """The member axis: several independent training runs in one process, one compiled program.
 
-A *member* is one trained policy with its own state. Today a member is a seed; every leaf of
-an engine's state carries a leading member axis. The engines
+A *member* is one trained policy with its own state: a seed and, in a grid of cost limits
+(``--limits 20 40 60``, :func:`members`), a limit, held in the member's state. Every leaf of an
+engine's state carries a leading member axis. The engines
 
 - map their per-member functions over it (:func:`over_members`: ``vmap``, or the plain
   function for a single member),
@@ -15,7 +16,7 @@ an engine's state carries a leading member axis. The engines
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -71,8 +72,9 @@ def abstract_placed(states: Any | None, initial: Callable[[], Any], count: int) 
     return abstract(jax.eval_shape(initial), member_sharding(count))
 
 
-def stacked_initial_states(init_one: Callable[[jax.Array], Any], seeds: Sequence[int]) -> Any:
-    """``init_one(seed)`` for every member's seed, stacked along a leading member axis.
+def stacked_initial_states(init_one: Callable[[jax.Array, jax.Array], Any],
+                           grid: Sequence[Member]) -> Any:
+    """``init_one(seed, cost_limit)`` for every member, stacked along a leading member axis.
 
     ``init_one`` runs as one compiled program (the same for every member) built with
     :data:`~saferl.core.precompile.QUICK_COMPILE`, which also adds the member axis: run
@@ -81,17 +83,69 @@ def stacked_initial_states(init_one: Callable[[jax.Array], Any], seeds: Sequence
     members are joined on the host. The values equal eager execution's up to float rounding
     (≈ 1e-6 in the orthogonal initialisers' QR).
     """
-    def one(seed: jax.Array) -> Any:
-        return jax.tree_util.tree_map(lambda x: x[None], init_one(seed))
+    def one(seed: jax.Array, cost_limit: jax.Array) -> Any:
+        return jax.tree_util.tree_map(lambda x: x[None], init_one(seed, cost_limit))
 
     # Traced inside another function (jax.eval_shape for ahead-of-time compilation), a jit is
     # nested and takes no compiler options; only shapes matter there.
     traced = isinstance(jax.numpy.zeros(()), jax.core.Tracer)
     build = jax.jit(one) if traced else jax.jit(one, compiler_options=QUICK_COMPILE)
-    states = [build(jax.numpy.asarray(seed, jax.numpy.uint32)) for seed in seeds]
+    states = [build(jax.numpy.asarray(m.seed, jax.numpy.uint32),
+                    jax.numpy.asarray(m.cost_limit, jax.numpy.float32)) for m in grid]
     if len(states) == 1:
         return states[0]
     if traced:
         return jax.tree_util.tree_map(lambda *xs: jax.numpy.concatenate(xs), *states)
     return jax.device_put(jax.tree_util.tree_map(
         lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *states))
+
+
+class Member(NamedTuple):
+    """One member of a run: the seed it trains with and its cost limits (one per constraint)."""
+
+    seed: int
+    cost_limit: tuple[float, ...]
+
+
+def limit_text(limit: Sequence[float]) -> str:
+    """A limit vector as the CLI writes it: ``20``, or ``20,5`` for two constraints."""
+    return ",".join(f"{float(x):g}" for x in limit)
+
+
+def member_limits(config: Any) -> tuple[tuple[float, ...], ...]:
+    """The cost limits a run trains under, one vector per limit of its grid.
+
+    A linear-combination baseline (``cppo_lag``, ``ctrpo_lag``: its configuration has
+    ``limit_grid``) trains one policy per behaviour threshold; any other run its
+    ``run.limits``, or ``(run.cost_limit,)`` when none are given.
+    """
+    grid = getattr(config, "limit_grid", None)
+    if grid is not None:
+        return tuple(tuple(float(x) for x in limit) for limit in grid)
+    run = config.run
+    return tuple(run.limits) if run.limits else (tuple(run.cost_limit),)
+
+
+def has_limit_grid(config: Any) -> bool:
+    """Whether the members of a run are labelled by their limit too (a grid of limits was
+    asked for: ``run.limits`` or a combination baseline), not by their seed alone."""
+    return getattr(config, "limit_grid", None) is not None or bool(config.run.limits)
+
+
+def members(config: Any) -> tuple[Member, ...]:
+    """Every member of a run, limits major and seeds minor: ``--limits 20 40 --seeds 0 1``
+    trains ``(0, 20), (1, 20), (0, 40), (1, 40)``."""
+    return tuple(Member(seed, limit) for limit in member_limits(config)
+                 for seed in config.run.seed_list)
+
+
+def member_label(member: Member, grid: bool) -> str:
+    """How files and tables name a member: its seed (``3``), or in a grid of limits its seed
+    and limit (``3@20``; ``3@20,5`` with two constraints)."""
+    return f"{member.seed}@{limit_text(member.cost_limit)}" if grid else str(member.seed)
+
+
+def member_labels(config: Any) -> tuple[str, ...]:
+    """:func:`member_label` of every member of ``config``, in member order."""
+    grid = has_limit_grid(config)
+    return tuple(member_label(m, grid) for m in members(config))

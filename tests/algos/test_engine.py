@@ -17,6 +17,8 @@ from tests.conftest import SMALL, SMALL_PPO
 def small_train(tmp_path, name, **kwargs):
     overrides = {"run": dict(SMALL), "ppo": dict(SMALL_PPO)}
     overrides["run"].update(kwargs.pop("run", {}))
+    if "versatile" in kwargs:
+        overrides["versatile"] = kwargs.pop("versatile")
     return saferl.train(kwargs.pop("algo", "ppo_lag"), overrides=overrides,
                         run_dir=tmp_path / name, progress=False, **kwargs)
 
@@ -25,7 +27,7 @@ def rows_without_time(history):
     return [{k: v for k, v in row.items() if k != "wall_time"} for row in history]
 
 
-def assert_same_rows(a, b, rtol=0.0):
+def assert_same_rows(a, b, rtol=0.0, atol=None):
     assert len(a) == len(b)
     for row_a, row_b in zip(a, b, strict=True):
         assert row_a.keys() == row_b.keys()
@@ -34,7 +36,8 @@ def assert_same_rows(a, b, rtol=0.0):
             if math.isnan(x):
                 assert math.isnan(y), key
             else:
-                assert y == pytest.approx(x, rel=rtol, abs=1e-6 if rtol else 0.0), key
+                tolerance = atol if atol is not None else 1e-6 if rtol else 0.0
+                assert y == pytest.approx(x, rel=rtol, abs=tolerance), key
 
 
 def test_same_seed_same_numbers_and_different_seed_different(tmp_path):
@@ -176,11 +179,11 @@ def test_interrupt_inside_an_iteration_saves_the_last_completed_one(tmp_path, mo
     calls = []
     iterate = Engine.iterate
 
-    def interrupted(self, states, cost_limit):
+    def interrupted(self, states):
         calls.append(1)
         if len(calls) == 5:  # Ctrl-C while iteration 5 runs: iterations 1-4 are complete
             raise KeyboardInterrupt
-        return iterate(self, states, cost_limit)
+        return iterate(self, states)
 
     monkeypatch.setattr(Engine, "iterate", interrupted)
     with pytest.raises(KeyboardInterrupt):

@@ -323,7 +323,7 @@ def test_overlapped_collection_acts_one_iteration_behind_on_the_same_budget(over
     states = engine.init_states()
     actors = [states.agent.actor_params]  # actors[j]: after j iterations
     for _ in range(config.run.iterations):
-        states, _ = engine.iterate(states, jnp.asarray([10.0]))
+        states, _ = engine.iterate(states)
         actors.append(states.agent.actor_params)
     assert config.run.iterations == 6 and CountingLineEnv.steps_taken == 120
     replay = states.replay

@@ -29,10 +29,9 @@ def test_the_first_iteration_runs_what_the_background_thread_compiled(algo, seed
     engine = make_engine(get_algorithm(algo), config, task.spec, task, None)
     states = engine.init_states()
     engine._compiling.wait_all()
-    cost_limit = jax.numpy.asarray(config.run.cost_limit, jax.numpy.float32)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
         for _ in range(2 if algo == "sac_lag" else 1):  # sac_lag: warm-up, then learning
-            states, metrics = engine.iterate(states, cost_limit)
+            states, metrics = engine.iterate(states)
     lowered = [r.getMessage() for r in caplog.records if "jit(iteration)" in r.getMessage()]
     assert lowered == [], lowered
     assert metrics["rollout/ep_return"].shape == (len(seeds),)
@@ -78,7 +77,8 @@ def test_stacked_initial_states_equal_eager_ones_and_trace_to_the_same_shapes():
     stacked = off_policy.initial_states(algo, config, task.spec, task)
     networks = algo.make_networks(config, task.spec)
     for index, seed in enumerate((3, 8)):
-        eager = off_policy.init_state(algo, config, task.spec, networks, seed, task)
+        eager = off_policy.init_state(algo, config, task.spec, networks, seed,
+                                       jax.numpy.asarray([10.0]), task)
         for x, y in zip(jax.tree_util.tree_leaves(stacked), jax.tree_util.tree_leaves(eager),
                         strict=True):
             np.testing.assert_allclose(np.asarray(x[index]), np.asarray(y), rtol=1e-5,
