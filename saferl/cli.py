@@ -29,11 +29,12 @@ commands:
       train (default: cpo + safety predictor on native BallCircle)
   eval RUN_DIR [--episodes N] [--video out.gif]              evaluate a trained run
   eval RUN_DIR --thresholds 10 20 ... 70 [--episodes N]      a ccpo run at each threshold
+  sweep SPEC.toml [--jobs K] [--retry-failed] [--backend ray] a grid of runs, restartable
   list                                                       algorithms and environments
 
 `saferl COMMAND --help` shows every flag."""
 
-COMMANDS = ("train", "eval", "list")
+COMMANDS = ("train", "eval", "sweep", "list")
 
 
 def _error(message: str) -> int:
@@ -387,6 +388,64 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class SweepArgs:
+    """Run every pending run of a sweep spec (a TOML grid of algorithms, environments, seeds,
+    limits and any configuration field): finished runs are skipped, interrupted ones resume
+    from their last checkpoint, failed ones are retried only with --retry-failed. Each run gets
+    its own directory under the spec's out folder, named by a hash of its configuration;
+    OUT/sweep.json indexes them."""
+
+    spec: Annotated[str, tyro.conf.Positional]
+    """The sweep spec (.toml)."""
+    jobs: int = 1
+    """Local backend: runs at once, each in its own process with cores // jobs cores."""
+    retry_failed: bool = False
+    """Run the runs that failed before again."""
+    backend: str = "local"
+    """local (subprocesses, nothing to install) or ray (pip install 'saferl[ray]')."""
+    address: str | None = None
+    """Ray: the address of a running cluster (default: start a local Ray instance)."""
+    cpus_per_run: int = 1
+    """Ray: CPUs each run asks for."""
+    gpus_per_run: float = 0.0
+    """Ray: GPUs each run asks for."""
+    dry_run: bool = False
+    """Check and expand the spec, list its runs and their states, run nothing."""
+
+
+def _sweep(args: list[str]) -> int:
+    from saferl.experiments.spec import SpecError, load_spec
+    from saferl.experiments.sweep import prepare, run_sweep
+
+    opts = _parse(SweepArgs, args, "saferl sweep", SweepArgs.__doc__ or "")
+    if opts.backend not in ("local", "ray"):
+        return _error(f"--backend must be local or ray; got {opts.backend!r}.")
+    if opts.jobs < 1:
+        return _error(f"--jobs must be >= 1; got {opts.jobs}.")
+    try:
+        sweep = load_spec(opts.spec)
+    except SpecError as error:
+        return _error(f"{opts.spec}: {error}")
+    if opts.dry_run:
+        for state in prepare(sweep):
+            print(f"{state.state:8s} {'(resumes) ' if state.resumed else ''}{state.label}  "
+                  f"{state.directory}")
+        print(f"{len(sweep.runs)} runs in {sweep.out}")
+        return 0
+    try:
+        result = run_sweep(sweep, jobs=opts.jobs, retry_failed=opts.retry_failed,
+                           backend=opts.backend, address=opts.address,
+                           cpus_per_run=opts.cpus_per_run, gpus_per_run=opts.gpus_per_run)
+    except RuntimeError as error:
+        return _error(str(error))
+    except KeyboardInterrupt:
+        _say(f"\ninterrupted; every run under way was checkpointed. Continue with: saferl "
+             f"sweep {opts.spec}")
+        return INTERRUPTED
+    return 1 if result.failed else 0
+
+
 def _list(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -456,7 +515,7 @@ def _main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    handlers = {"train": _train, "eval": _eval, "list": _list}
+    handlers = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list}
     if command not in handlers:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

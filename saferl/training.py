@@ -90,6 +90,19 @@ def build_config(algo: str, config_file: str | Path | None = None,
     return config_from_dict(entry.config_class, data)
 
 
+def check_grid(entry: Algorithm, config: Any) -> None:
+    """Refuse a grid of cost limits for a threshold-conditioned algorithm.
+
+    Raises:
+        ValueError: ``run.limits`` given to ``ccpo``, ``vsac_lag`` or ``vddpg_lag``.
+    """
+    if config.run.limits and conditioning(entry.module, config) is not None:
+        raise ValueError(
+            f"limits trains one policy per cost limit, but {entry.name} trains one policy for "
+            f"every threshold (its behaviour thresholds are its ccpo.behaviour_thresholds or "
+            f"versatile.behaviour_thresholds); leave limits out.")
+
+
 def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
     """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
     run = config.run
@@ -232,11 +245,7 @@ def train(algo: str | None = None, env: str | None = None, *,
     if not isinstance(config, entry.config_class):
         raise TypeError(f"config is a {type(config).__name__}, but {algo!r} needs a "
                         f"{entry.config_class.__name__}.")
-    if config.run.limits and conditioning(entry.module, config) is not None:
-        raise ValueError(
-            f"limits trains one policy per cost limit, but {algo} trains one policy for every "
-            f"threshold (its behaviour thresholds are its ccpo.behaviour_thresholds or "
-            f"versatile.behaviour_thresholds); leave limits out.")
+    check_grid(entry, config)
     path = Path(config.run.run_dir) if config.run.run_dir else new_run_dir(algo, config.run.env)
     if (path / "config.json").exists():
         raise FileExistsError(

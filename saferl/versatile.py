@@ -79,7 +79,16 @@ class VersatileResult:
                 "behaviour_thresholds": self.behaviour.tolist(),
                 "cost_names": list(self.cost_names), "table": self.table(),
                 "metrics": {name: {"mean": mean, "std": std}
-                            for name, (mean, std) in self.metrics().summary().items()}}
+                            for name, (mean, std) in self.metrics().summary().items()},
+                "per_seed": self.per_seed()}
+
+    def per_seed(self) -> dict[str, dict[str, float]]:
+        """Each seed's ``Avg R``, ``Avg CV``, ``R-G`` and ``CV-G`` (``{seed: {name: value}}``)."""
+        metrics = self.metrics()
+        columns = {"Avg R": metrics.avg_return, "Avg CV": metrics.avg_violation,
+                   "R-G": metrics.generalized_return, "CV-G": metrics.generalized_violation}
+        return {str(seed): {name: float(values[index]) for name, values in columns.items()}
+                for index, seed in enumerate(self.seeds)}
 
     def write_csv(self, path: str | Path) -> Path:
         """Write :meth:`table` as CSV (one row per threshold)."""

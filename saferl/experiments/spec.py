@@ -1,0 +1,362 @@
+"""Sweep specifications: a TOML file naming axes and their grid, checked and expanded into runs.
+
+A spec (``saferl sweep SPEC.toml``)::
+
+    name = "limits"                    # optional: default the file's stem
+    out = "sweeps/limits"              # optional: default sweeps/<name>, beside the spec
+
+    [axes]                             # every combination of these values is one run
+    algo = ["ppo_lag", "cpo"]
+    env = ["saferl/BallCircle-v0"]
+    seed = [0, 1, 2]
+    cost_limit = [10, 20]              # a number, or one per constraint: [[10, 5], [20, 5]]
+    "lagrange.lr" = [0.01, 0.05]       # any configuration field, by its dotted path
+
+    [config]                           # fixed fields of every run (as in a --config file)
+    steps = 200000
+    [config.ppo]
+    epochs = 10
+
+    [evaluation]                       # after training, written into each run directory
+    episodes = 10                      # per mode (or per threshold) and run; 0: none
+    modes = ["deterministic", "stochastic"]
+    thresholds = [10, 20, 30, 40]      # conditioned policies: evaluated at these
+
+A run's identity is a short hash of its resolved configuration and algorithm
+(:func:`run_hash`), never of resources, worker counts or the backend, so the same spec names
+the same run directories wherever and however it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saferl.config import ConfigError, config_to_dict
+
+TOP_LEVEL = ("name", "out", "axes", "config", "evaluation")
+EVALUATION_KEYS = ("episodes", "modes", "thresholds", "env_seed")
+MODES = ("deterministic", "stochastic")
+#: Shared settings that say how a run is executed, not what it computes: left out of its hash.
+RESOURCE_FIELDS = ("run_dir", "env_workers", "overlap_collection", "checkpoint_every")
+
+
+class SpecError(ValueError):
+    """A sweep specification that cannot run (one sentence: which key, which value, why)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The evaluation stage run after training (see the module docstring)."""
+
+    episodes: int = 10
+    modes: tuple[str, ...] = MODES
+    thresholds: tuple[float, ...] = ()
+    env_seed: int = 10_000
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its algorithm, resolved configuration, label and identity."""
+
+    algo: str
+    config: Any
+    values: dict[str, Any]  # the axis values that made it, by axis name
+    label: str
+    run_id: str  # label-hash: the run directory's name
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: what ``sweep.json`` and the worker need to (re)build the run."""
+        return {"algo": self.algo, "config": config_to_dict(self.config),
+                "values": self.values, "label": self.label, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A checked, expanded sweep specification."""
+
+    name: str
+    out: Path
+    axes: dict[str, list[Any]]
+    runs: list[PlannedRun]
+    evaluation: Evaluation = field(default_factory=Evaluation)
+
+
+def load_spec(path: str | Path) -> Sweep:
+    """Read, check and expand a sweep specification (nothing runs).
+
+    Raises:
+        SpecError: One sentence naming the problem: an unknown key (with the nearest valid
+            one), an empty axis, a value of the wrong type, two axes that set the same field,
+            or a combination the algorithm's configuration refuses.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"sweep spec {str(path)!r} does not exist.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise SpecError(f"sweep spec {str(path)!r} is not valid TOML: {error}.") from None
+    return parse_spec(data, path.stem, path.parent)
+
+
+def parse_spec(data: dict[str, Any], default_name: str, base: Path) -> Sweep:
+    """:func:`load_spec` on an already parsed table (``base``: where relative paths start)."""
+    _check_keys(data, TOP_LEVEL, "sweep spec")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"name must be a non-empty string; got {name!r}.")
+    out = base / data.get("out", f"sweeps/{name}")
+    axes = data.get("axes")
+    if not isinstance(axes, dict) or not axes:
+        raise SpecError("the spec has no [axes] table: name at least one axis, e.g. "
+                        "algo = [\"ppo_lag\"].")
+    fixed = data.get("config", {})
+    if not isinstance(fixed, dict):
+        raise SpecError(f"[config] must be a table of configuration fields; got {fixed!r}.")
+    axes = {key: _axis_values(key, values) for key, values in axes.items()}
+    algos = axes.get("algo", [fixed.get("algo")] if "algo" in fixed else [])
+    if not algos:
+        raise SpecError("no algorithm: add an axis algo = [\"ppo_lag\", ...].")
+    for algo in algos:
+        _check_algorithm(algo)
+    _check_axis_names(axes, algos, _flatten(fixed))
+    evaluation = _evaluation(data.get("evaluation", {}))
+    names = list(axes)
+    runs = []
+    seen: dict[str, dict[str, Any]] = {}
+    for combination in itertools.product(*(axes[n] for n in names)):
+        values = dict(zip(names, combination, strict=True))
+        run = plan_run(values, fixed)
+        if run.run_id in seen:
+            raise SpecError(f"axis values {seen[run.run_id]} and {values} give the same run "
+                            f"(the same resolved configuration): drop one of them.")
+        seen[run.run_id] = values
+        runs.append(run)
+    return Sweep(name, out, axes, runs, evaluation)
+
+
+def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:
+    """The run of one combination of axis values on top of the fixed fields.
+
+    Raises:
+        SpecError: The algorithm's configuration refuses the values (its own sentence, with
+            the axis values that led to it).
+    """
+    from saferl.algos.registry import get_algorithm
+    from saferl.training import build_config, check_grid
+
+    algo = values.get("algo", fixed.get("algo"))
+    overrides: dict[str, Any] = {}
+    for source in ({k: v for k, v in fixed.items() if k != "algo"}, _nest(values)):
+        for key, value in source.items():
+            if isinstance(value, dict) and isinstance(overrides.get(key), dict):
+                overrides[key] = {**overrides[key], **value}
+            else:
+                overrides[key] = value
+    overrides.pop("algo", None)
+    try:
+        config = build_config(algo, overrides=overrides)
+        check_grid(get_algorithm(algo), config)
+    except (ConfigError, ValueError, TypeError) as error:
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        raise SpecError(f"the run {shown} is not a valid {algo} configuration: "
+                        f"{str(error).rstrip('.')}.") from None
+    digest = run_hash(algo, config)
+    label = run_label(algo, values)
+    return PlannedRun(algo, config, dict(values), label, f"{label}-{digest}")
+
+
+def run_hash(algo: str, config: Any) -> str:
+    """A short stable hash of what a run computes: its algorithm and resolved configuration,
+    without the fields that only say how it runs (:data:`RESOURCE_FIELDS`)."""
+    data = config_to_dict(config)
+    data["run"] = {k: v for k, v in data["run"].items() if k not in RESOURCE_FIELDS}
+    text = json.dumps({"algo": algo, "config": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def run_label(algo: str, values: dict[str, Any]) -> str:
+    """A readable, path-safe name from the axis values (``ppo_lag_BallCircle_seed0_cost20``)."""
+    parts = [algo]
+    for key, value in values.items():
+        if key == "algo":
+            continue
+        if key == "env":
+            parts.append(str(value).split("/")[-1].removesuffix("-v0"))
+            continue
+        short = key.split(".")[-1].replace("cost_limit", "cost").replace("_", "")
+        shown = "-".join(f"{x:g}" if isinstance(x, float) else str(x) for x in
+                         (value if isinstance(value, list) else [value]))
+        parts.append(f"{short}{shown}")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(parts))
+
+
+def _axis_values(key: str, values: Any) -> list[Any]:
+    if not isinstance(values, list):
+        raise SpecError(f"axis {key!r} must be a list of values; got {values!r} (write "
+                        f"{key} = [{json.dumps(values)}] for one value).")
+    if not values:
+        raise SpecError(f"axis {key!r} is empty, so the grid has no run: give it at least one "
+                        f"value.")
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1 and not kinds <= {int, float}:
+        raise SpecError(f"axis {key!r} mixes values of different types "
+                        f"{sorted(t.__name__ for t in kinds)}: {values!r}.")
+    return list(values)
+
+
+def _check_keys(table: dict[str, Any], valid: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"unknown key {key!r} in the {where}.{hint} Valid keys: "
+                            f"{', '.join(valid)}.")
+
+
+def _check_algorithm(algo: Any) -> None:
+    from saferl.algos.registry import UnknownAlgorithmError, get_algorithm
+
+    if not isinstance(algo, str):
+        raise SpecError(f"axis 'algo' holds names of algorithms; got {algo!r}.")
+    try:
+        get_algorithm(algo)
+    except UnknownAlgorithmError as error:
+        raise SpecError(f"axis 'algo': {error}") from None
+
+
+def _field_path(key: str, algo: str) -> str | None:
+    """The dotted path of configuration field ``key`` in ``algo``'s configuration, or
+    ``None``: a shared setting (``steps``) lives under ``run``."""
+    from saferl.algos.registry import get_algorithm
+
+    if key == "algo":
+        return key
+    cls = get_algorithm(algo).config_class
+    parts = key.split(".")
+    top = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    run_type = _field_type(cls, "run")
+    if len(parts) == 1 and parts[0] not in top and run_type is not None and \
+            parts[0] in _names(run_type):
+        parts = ["run", parts[0]]
+    current: Any = cls
+    for part in parts:
+        if not dataclasses.is_dataclass(current) or part not in _names(current):
+            return None
+        current = _field_type(current, part)
+    return ".".join(parts)
+
+
+def _names(cls: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def _field_type(cls: Any, name: str) -> Any:
+    import typing
+
+    hint = typing.get_type_hints(cls, include_extras=True).get(name)
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    return hint
+
+
+def _all_paths(algos: list[str]) -> list[str]:
+    """Every dotted field path of the algorithms' configurations (for suggestions)."""
+    from saferl.algos.registry import get_algorithm
+
+    paths: set[str] = {"algo"}
+
+    def walk(cls: Any, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            kind = _field_type(cls, f.name)
+            if dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{f.name}.")
+            else:
+                paths.add(f"{prefix}{f.name}")
+                if prefix == "run.":
+                    paths.add(f.name)
+
+    for algo in algos:
+        walk(get_algorithm(algo).config_class, "")
+    return sorted(paths)
+
+
+def _check_axis_names(axes: dict[str, list[Any]], algos: list[str],
+                      fixed: dict[str, Any]) -> None:
+    owners: dict[str, str] = {}
+    for key in list(axes) + [f"config.{k}" for k in fixed]:
+        name = key.removeprefix("config.")
+        paths = {p for p in (_field_path(name, a) for a in algos) if p is not None}
+        if name == "algo":
+            paths = {"algo"}
+        if not paths:
+            close = difflib.get_close_matches(name, _all_paths(algos), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            where = "axis" if not key.startswith("config.") else "[config] field"
+            raise SpecError(f"unknown {where} {name!r}: no configuration field of "
+                            f"{', '.join(algos)} has that name.{hint}")
+        for path in paths:
+            if path in owners and owners[path] != key:
+                raise SpecError(f"{_shown(owners[path])} and {_shown(key)} both set "
+                                f"{path}; keep one of them.")
+            owners[path] = key
+
+
+def _shown(key: str) -> str:
+    return f"[config] field {key.removeprefix('config.')!r}" if key.startswith("config.") \
+        else f"axis {key!r}"
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys (``{"ppo": {"epochs": 5}}`` → ``{"ppo.epochs": 5}``)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and key != "env_kwargs":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as nested tables; ``seed`` is the run's seed (one per run directory)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        target = out
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return out
+
+
+def _evaluation(table: Any) -> Evaluation:
+    if not isinstance(table, dict):
+        raise SpecError(f"[evaluation] must be a table; got {table!r}.")
+    _check_keys(table, EVALUATION_KEYS, "[evaluation] table")
+    episodes = table.get("episodes", 10)
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 0:
+        raise SpecError(f"evaluation.episodes must be an integer >= 0; got {episodes!r}.")
+    modes = table.get("modes", list(MODES))
+    if not isinstance(modes, list) or not modes or any(m not in MODES for m in modes):
+        raise SpecError(f"evaluation.modes must be a list of {list(MODES)}; got {modes!r}.")
+    thresholds = table.get("thresholds", [])
+    if not isinstance(thresholds, list) or any(
+            isinstance(t, bool) or not isinstance(t, int | float) or t < 0 for t in thresholds):
+        raise SpecError(f"evaluation.thresholds must be a list of numbers >= 0; got "
+                        f"{thresholds!r}.")
+    env_seed = table.get("env_seed", 10_000)
+    if isinstance(env_seed, bool) or not isinstance(env_seed, int) or env_seed < 0:
+        raise SpecError(f"evaluation.env_seed must be an integer >= 0; got {env_seed!r}.")
+    return Evaluation(episodes, tuple(modes), tuple(float(t) for t in thresholds), env_seed)

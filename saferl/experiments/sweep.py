@@ -1,0 +1,361 @@
+"""The sweep driver: run every pending run of a spec, locally (default) or on Ray.
+
+``OUT/sweep.json`` indexes the runs and their states; each run has its own directory
+``OUT/runs/<label>-<hash>/`` holding ``sweep_run.json`` (what to run), ``status.json`` (``done``
+or ``failed``, written by the worker), ``worker.log`` (its output) and ``run/`` (the saferl run
+directory). Re-running a spec skips finished runs, resumes interrupted ones from their last
+checkpoint, and retries failed ones only with ``retry_failed``. Runs are independent
+processes: one that raises or is killed marks itself failed (or, killed, stays resumable) and
+the others go on.
+
+**Local backend**: up to ``jobs`` worker subprocesses (:mod:`saferl.experiments.worker`), each
+started with its share of the cores fixed in the environment before JAX starts (XLA CPU devices
+and thread counts); on Linux every worker dies with the driver (``PR_SET_PDEATHSIG``), so a
+driver killed with SIGKILL leaves no orphan training behind, and a lock file keeps two workers
+off one run. **Ray backend**: the same worker command as one Ray task per pending run, with its
+CPU (and GPU) needs, on a running cluster (``address``) or a local Ray instance; the run
+directories must be on storage every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saferl.experiments.spec import Sweep
+
+STATES = ("done", "running", "pending", "failed")
+
+
+@dataclass
+class RunState:
+    """Where one run of a sweep stands."""
+
+    run_id: str
+    label: str
+    directory: Path
+    state: str  # pending, running, done, failed
+    resumed: bool = False  # pending with a checkpoint: it resumes
+    error: str | None = None
+    wall_time: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready form for ``sweep.json``."""
+        return {"label": self.label, "directory": str(self.directory), "state": self.state,
+                "resumes": self.resumed, "error": self.error, "wall_time": self.wall_time}
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns: every run's final state."""
+
+    out: Path
+    runs: list[RunState] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        """How many runs are in ``state``."""
+        return sum(1 for r in self.runs if r.state == state)
+
+    @property
+    def failed(self) -> list[RunState]:
+        """The runs that failed (with their errors)."""
+        return [r for r in self.runs if r.state == "failed"]
+
+
+def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
+    """Write each run's ``sweep_run.json`` and read its state from its directory.
+
+    ``done`` and ``failed`` come from the worker's ``status.json``; a failed run is made
+    pending again (its status set aside as ``status.failed.json``) only with ``retry_failed``;
+    every other run is pending, resuming when its run directory already holds a configuration.
+    """
+    states = []
+    for planned in sweep.runs:
+        directory = sweep.out / "runs" / planned.run_id
+        directory.mkdir(parents=True, exist_ok=True)
+        plan = {**planned.record(), "evaluation": {
+            "episodes": sweep.evaluation.episodes, "modes": list(sweep.evaluation.modes),
+            "thresholds": list(sweep.evaluation.thresholds),
+            "env_seed": sweep.evaluation.env_seed}}
+        _write_json(directory / "sweep_run.json", plan)
+        status = _read_status(directory)
+        state = status.get("state", "pending")
+        if state == "failed" and retry_failed:
+            (directory / "status.json").replace(directory / "status.failed.json")
+            state = "pending"
+        if state not in ("done", "failed"):
+            state = "pending"
+        states.append(RunState(planned.run_id, planned.label, directory, state,
+                               resumed=(directory / "run" / "config.json").is_file(),
+                               error=status.get("error") if state == "failed" else None,
+                               wall_time=status.get("wall_time")))
+    return states
+
+
+def write_index(sweep: Sweep, states: list[RunState]) -> Path:
+    """Write ``OUT/sweep.json``: the spec's axes and every run's state."""
+    path = sweep.out / "sweep.json"
+    counts = {s: sum(1 for r in states if r.state == s) for s in STATES}
+    _write_json(path, {"name": sweep.name, "axes": sweep.axes, "counts": counts,
+                       "runs": {r.run_id: r.record() for r in states}})
+    return path
+
+
+def worker_environment(cores: int) -> dict[str, str]:
+    """The environment of a worker given ``cores`` CPU cores: XLA CPU devices and thread pools
+    sized to them, fixed before the worker's JAX starts."""
+    env = dict(os.environ)
+    threads = str(max(1, cores))
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={threads}"])
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = threads
+    env["SAFERL_PROGRESS_INTERVAL"] = env.get("SAFERL_PROGRESS_INTERVAL", "30")
+    return env
+
+
+def worker_command(directory: Path) -> list[str]:
+    """The command that runs one run (:mod:`saferl.experiments.worker`)."""
+    return [sys.executable, "-m", "saferl.experiments.worker", str(directory)]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: ask the kernel to SIGKILL this process when the driver dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_local(states: list[RunState], jobs: int, on_change: Callable[[], None]) -> None:
+    """Run the pending runs in up to ``jobs`` worker subprocesses; ``on_change`` after every
+    start and finish. Ctrl-C interrupts every worker (each checkpoints) and re-raises."""
+    cores = max(1, (os.cpu_count() or 1) // jobs)
+    pending = [s for s in states if s.state == "pending"]
+    running: dict[int, tuple[subprocess.Popen, RunState, Any]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                state = pending.pop(0)
+                log = (state.directory / "worker.log").open("ab")
+                process = subprocess.Popen(
+                    worker_command(state.directory), stdout=log, stderr=subprocess.STDOUT,
+                    env=worker_environment(cores), preexec_fn=_die_with_parent)
+                state.state = "running"
+                running[process.pid] = (process, state, log)
+                on_change()
+            time.sleep(0.2)
+            for pid, (process, state, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[pid]
+                _finish(state, process.returncode)
+                on_change()
+    except KeyboardInterrupt:
+        for process, _, _ in running.values():
+            process.send_signal(signal.SIGINT)
+        for process, state, log in running.values():
+            process.wait()
+            log.close()
+            state.state = "pending"
+        raise
+
+
+def run_ray(states: list[RunState], address: str | None, cpus_per_run: int,
+            gpus_per_run: float, on_change: Callable[[], None]) -> None:
+    """Run the pending runs as Ray tasks (each the worker command) on ``address`` or a local
+    Ray instance.
+
+    Raises:
+        RuntimeError: Ray is not installed (``saferl[ray]``) or the cluster cannot be reached
+            (one sentence each).
+    """
+    ray = ray_module(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        raise RuntimeError(f"could not connect to {where}: {error}") from None
+
+    @ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=0)
+    def one(directory: str, cores: int) -> int:
+        with open(Path(directory) / "worker.log", "ab") as log:
+            return subprocess.run(worker_command(Path(directory)), stdout=log,
+                                  stderr=subprocess.STDOUT, env=worker_environment(cores),
+                                  check=False).returncode
+
+    try:
+        futures = {}
+        for state in states:
+            if state.state == "pending":
+                futures[one.remote(str(state.directory), cpus_per_run)] = state
+                state.state = "running"
+        on_change()
+        remaining = list(futures)
+        while remaining:
+            finished, remaining = ray.wait(remaining, num_returns=1)
+            for ref in finished:
+                _finish(futures[ref], ray.get(ref))
+            on_change()
+    finally:
+        ray.shutdown()
+
+
+def ray_module(address: str | None) -> Any:
+    """The ``ray`` module, after checking that a given cluster address answers.
+
+    Raises:
+        RuntimeError: Ray is not installed, or ``address`` does not answer (one sentence).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("the Ray backend needs Ray: pip install 'saferl[ray]' (or run "
+                           "without --backend ray for local subprocesses).") from None
+    if address:
+        _check_reachable(address)
+    return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, in one sentence, when a ``HOST:PORT`` cluster address does not answer (Ray
+    itself retries for minutes); other forms (``auto``, ``ray://…``) are left to Ray."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "//" in address:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RuntimeError(f"could not connect to the Ray cluster at {address!r}: "
+                           f"{error.strerror or error}; start it with `ray start --head` "
+                           f"or check the address.") from None
+
+
+def _finish(state: RunState, returncode: int) -> None:
+    """A worker ended: its status file says done or failed; without one it was interrupted
+    (killed) and stays pending, resumable."""
+    status = _read_status(state.directory)
+    if status.get("state") == "done":
+        state.state, state.wall_time = "done", status.get("wall_time")
+    elif status.get("state") == "failed":
+        state.state, state.error = "failed", status.get("error")
+    elif returncode == 75:  # locked by another worker: it is running elsewhere
+        state.state = "running"
+    else:
+        state.state = "failed"
+        state.error = (f"the worker exited with status {returncode} and wrote no status "
+                       f"(killed?); see {state.directory / 'worker.log'}")
+        state.resumed = True
+
+
+def _read_status(directory: Path) -> dict[str, Any]:
+    try:
+        status = json.loads((directory / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return status if isinstance(status, dict) else {}
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    temporary.replace(path)
+
+
+class SweepProgress:
+    """Plain progress lines: runs done / running / pending / failed, and an ETA from the mean
+    wall time of the runs finished so far."""
+
+    def __init__(self, states: list[RunState], jobs: int, enabled: bool = True) -> None:
+        self.states, self.jobs, self.enabled = states, jobs, enabled
+        self.began = time.time()
+        self.last = ""
+
+    def line(self) -> str:
+        """The current counts and ETA."""
+        counts = {s: sum(1 for r in self.states if r.state == s) for s in STATES}
+        times = [r.wall_time for r in self.states if r.state == "done" and r.wall_time]
+        left = counts["pending"] + counts["running"]
+        eta = ""
+        if times and left:
+            seconds = sum(times) / len(times) * left / max(1, min(self.jobs, left))
+            eta = f", ETA {int(seconds // 60)}:{int(seconds % 60):02d}"
+        return (f"sweep: {counts['done']} done, {counts['running']} running, "
+                f"{counts['pending']} pending, {counts['failed']} failed "
+                f"({len(self.states)} runs{eta})")
+
+    def update(self) -> None:
+        """Print the line if it changed."""
+        line = self.line()
+        if self.enabled and line != self.last:
+            print(line, file=sys.stderr, flush=True)
+        self.last = line
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
+              backend: str = "local", address: str | None = None, cpus_per_run: int = 1,
+              gpus_per_run: float = 0.0, progress: bool = True) -> SweepResult:
+    """Run every pending run of ``sweep`` (see the module docstring).
+
+    Args:
+        sweep: The checked, expanded spec (:func:`~saferl.experiments.spec.load_spec`).
+        jobs: Local backend: runs at once (each gets ``cores // jobs`` cores).
+        retry_failed: Run failed runs again (otherwise they are listed and skipped).
+        backend: ``"local"`` (subprocesses) or ``"ray"``.
+        address: Ray: the cluster's address (default: a local Ray instance).
+        cpus_per_run: Ray: CPUs each run asks for.
+        gpus_per_run: Ray: GPUs each run asks for.
+        progress: Print progress lines and the final summary to stderr.
+
+    Returns:
+        Every run's final state.
+    """
+    if backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}.")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1; got {jobs}.")
+    if backend == "ray":
+        ray_module(address)  # before anything is written or shown
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    states = prepare(sweep, retry_failed)
+    display = SweepProgress(states, jobs if backend == "local" else len(states), progress)
+    skipped = sum(1 for s in states if s.state == "failed")
+
+    def changed() -> None:
+        write_index(sweep, states)
+        display.update()
+
+    changed()
+    if progress and skipped:
+        print(f"sweep: skipping {skipped} failed run(s) (--retry-failed runs them again)",
+              file=sys.stderr, flush=True)
+    try:
+        if backend == "local":
+            run_local(states, jobs, changed)
+        else:
+            run_ray(states, address, cpus_per_run, gpus_per_run, changed)
+    finally:
+        write_index(sweep, states)
+    result = SweepResult(sweep.out, states)
+    if progress:
+        print(f"sweep: {result.count('done')} of {len(states)} runs done; index "
+              f"{sweep.out / 'sweep.json'}", file=sys.stderr, flush=True)
+        for run in result.failed:
+            print(f"  failed: {run.label} ({run.directory}): {run.error}", file=sys.stderr,
+                  flush=True)
+    return result

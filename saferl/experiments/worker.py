@@ -1,0 +1,118 @@
+"""One run of a sweep, in its own process: ``python -m saferl.experiments.worker RUN_DIR``.
+
+The sweep driver writes ``RUN_DIR/sweep_run.json`` (the run's algorithm, resolved configuration
+and evaluation stage) and starts this module with the thread and XLA settings of its slot
+already in the environment, before JAX starts; nothing forks after JAX is initialised. The
+worker
+
+1. takes an exclusive lock on ``RUN_DIR/.lock`` (a second worker on the same run exits: the
+   run is already running elsewhere);
+2. trains the run, or resumes it from its newest intact checkpoint when ``RUN_DIR/run`` holds
+   an interrupted one;
+3. runs the evaluation stage (``eval.json``, or ``versatile.*`` for a conditioned policy at the
+   spec's thresholds);
+4. writes ``RUN_DIR/status.json``: ``done``, or ``failed`` with the error and the log's tail.
+
+A worker killed mid-run (SIGKILL, a lost node) leaves no status: the next ``saferl sweep``
+resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+LOCKED_EXIT = 75  # EX_TEMPFAIL: the run is locked by another worker
+
+
+def write_status(run_dir: Path, state: str, **fields: Any) -> None:
+    """Atomically write ``RUN_DIR/status.json``."""
+    path = run_dir / "status.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"state": state, "time": time.time(), **fields}, indent=2))
+    temporary.replace(path)
+
+
+def evaluate_stage(run_dir: Path, stage: dict[str, Any]) -> None:
+    """The spec's evaluation stage on a finished run, written into its run directory."""
+    from saferl.evaluation import evaluate_run, write_evaluation
+    from saferl.policy import Policy, deployed_members
+    from saferl.runs import restore_states
+    from saferl.versatile import evaluate_versatile, write_versatile
+
+    episodes = int(stage["episodes"])
+    if episodes == 0:
+        return
+    _, entry, config, spec, states, meta = restore_states(run_dir)
+    policies = [Policy.from_states(entry, config, spec, states, index)
+                for index in range(len(deployed_members(config)))]
+    if policies[0].conditioning is not None:
+        thresholds = stage["thresholds"] or policies[0].conditioning.behaviour.ravel().tolist()
+        result = evaluate_versatile(policies, thresholds, episodes=episodes,
+                                    seed=int(stage["env_seed"]))
+        write_versatile(run_dir, result, f"{entry.name} on {spec.id}")
+        return
+    record = evaluate_run(run_dir, episodes=episodes, seed=int(stage["env_seed"]),
+                          modes=tuple(stage["modes"]))
+    record["stage"] = "sweep evaluation"
+    write_evaluation(run_dir, record)
+    del meta
+
+
+def run(run_dir: Path) -> int:
+    """Train (or resume) and evaluate the run in ``run_dir``; the process's exit status."""
+    lock = (run_dir / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"saferl sweep: {run_dir} is already running in another worker.", file=sys.stderr)
+        return LOCKED_EXIT
+    began = time.time()
+    try:
+        import saferl
+        from saferl.algos.registry import get_algorithm
+        from saferl.config import config_from_dict
+
+        plan = json.loads((run_dir / "sweep_run.json").read_text())
+        training = run_dir / "run"
+        if (training / "config.json").is_file():
+            print(f"saferl sweep worker: resuming {training} from its newest intact "
+                  f"checkpoint", flush=True)
+            result = saferl.train(resume=training, progress=False)
+        else:
+            print(f"saferl sweep worker: training {plan['label']} in {training}", flush=True)
+            entry = get_algorithm(plan["algo"])
+            config = config_from_dict(entry.config_class, plan["config"])
+            result = saferl.train(plan["algo"], config=config, run_dir=training,
+                                  progress=False)
+        evaluate_stage(training, plan["evaluation"])
+        print(f"saferl sweep worker: {plan['label']} done", flush=True)
+        write_status(run_dir, "done", wall_time=time.time() - began,
+                     summary_file=str(training / "config.json"),
+                     constraints_satisfied=result.summary.get("constraints_satisfied"))
+        return 0
+    except KeyboardInterrupt:
+        return 130  # interrupted: no status, the next sweep resumes it
+    except BaseException as error:
+        write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}",
+                     traceback=traceback.format_exc(), wall_time=time.time() - began)
+        return 1
+    finally:
+        lock.close()
+
+
+def main() -> None:
+    """Entry point: ``python -m saferl.experiments.worker RUN_DIR``."""
+    if len(sys.argv) != 2:
+        print("usage: python -m saferl.experiments.worker RUN_DIR", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(run(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

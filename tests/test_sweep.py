@@ -1,0 +1,218 @@
+"""`saferl sweep`: spec checks, run identity, skip / resume / retry, failure isolation, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from saferl.cli import main
+from saferl.experiments.spec import SpecError, load_spec, parse_spec, run_hash
+from saferl.experiments.sweep import run_sweep
+from saferl.training import build_config
+
+TINY = {"env": "saferl/BallRun-v0", "num_envs": 4, "rollout_steps": 100, "steps": 800,
+        "checkpoint_every": 1, "hidden_sizes": [16, 16], "eval_episodes": 0}
+
+
+def without_wall_time(text: str) -> list[str]:
+    """``progress.csv`` rows without the wall-clock column (the third)."""
+    return [",".join(v for i, v in enumerate(row.split(",")) if i != 2)
+            for row in text.splitlines()]
+
+
+def write_spec(folder: Path, text: str, name: str = "spec.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+SPEC = f"""
+out = "out"
+[axes]
+algo = ["ppo_lag"]
+seed = [0, 1]
+cost_limit = [5, 50]
+[config]
+{chr(10).join(f"{k} = {json.dumps(v)}" for k, v in TINY.items())}
+[config.ppo]
+epochs = 1
+minibatches = 2
+[evaluation]
+episodes = 2
+modes = ["deterministic"]
+"""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[axis]\nalgo = ['ppo_lag']", "unknown key 'axis' in the sweep spec. Did you mean 'axes'?"),
+    ("[axes]\nalgo = ['ppo_lag']\nseeds_ = [0]", "unknown axis 'seeds_'"),
+    ("[axes]\nalgo = ['ppo_lag']\n'lagrange.lrr' = [0.1]", "Did you mean 'lagrange.lr'?"),
+    ("[axes]\nalgo = ['ppo_lag']\nseed = []", "axis 'seed' is empty"),
+    ("[axes]\nalgo = ['ppo_lag']\nseed = 3", "axis 'seed' must be a list of values"),
+    ("[axes]\nalgo = ['ppo_lag']\nseed = [0, 'one']", "mixes values of different types"),
+    ("[axes]\nalgo = ['ppo_lag']\nsteps = [800]\n'run.steps' = [1600]",
+     "axis 'steps' and axis 'run.steps' both set run.steps"),
+    ("[axes]\nalgo = ['ppo_lag']\nseed = [0]\n[config]\nseed = 1",
+     "axis 'seed' and [config] field 'seed' both set run.seed"),
+    ("[axes]\nalgo = ['ppo_lagg']", "Did you mean 'ppo_lag'?"),
+    ("[axes]\nalgo = ['ppo_lag']\n'ppo.epochs' = ['ten']", "ppo.epochs must be an integer"),
+    ("[axes]\nalgo = ['ccpo']\nlimits = [[20, 40]]", "leave limits out"),
+    ("[axes]\nalgo = ['ppo_lag']\n[evaluation]\nmodes = ['greedy']", "evaluation.modes must"),
+    ("[axes]\nseed = [0]", "no algorithm"),
+])
+def test_bad_specs_are_one_sentence_before_anything_runs(tmp_path, text, message):
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_the_grid_expands_to_every_combination_with_stable_identities(tmp_path):
+    sweep = load_spec(write_spec(tmp_path, SPEC))
+    assert len(sweep.runs) == 4
+    assert [r.values for r in sweep.runs] == [
+        {"algo": "ppo_lag", "seed": s, "cost_limit": c} for s in (0, 1) for c in (5, 50)]
+    assert sweep.runs[0].label == "ppo_lag_seed0_cost5"
+    assert sweep.runs[0].config.run.cost_limit == (5.0,) and sweep.runs[0].config.ppo.epochs == 1
+    again = load_spec(write_spec(tmp_path, SPEC, "again.toml"))
+    assert [r.run_id for r in again.runs] == [r.run_id for r in sweep.runs]
+    assert len({r.run_id for r in sweep.runs}) == 4
+
+
+def test_the_run_hash_ignores_resources_and_nothing_else():
+    base = build_config("ppo_lag", overrides={"run": TINY})
+    same = build_config("ppo_lag", overrides={"run": {**TINY, "run_dir": "elsewhere",
+                                                      "checkpoint_every": 7}})
+    other = build_config("ppo_lag", overrides={"run": {**TINY, "steps": 1600}})
+    assert run_hash("ppo_lag", base) == run_hash("ppo_lag", same)
+    assert run_hash("ppo_lag", base) != run_hash("ppo_lag", other)
+    assert run_hash("ppo_lag", base) != run_hash("trpo_lag", build_config(
+        "trpo_lag", overrides={"run": TINY}))
+    # Pinned: a change of the hash renames every sweep's run directories.
+    assert len(run_hash("ppo_lag", base)) == 10
+
+
+def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
+    text = SPEC.replace('env = "saferl/BallRun-v0"\n', '').replace(
+        'cost_limit = [5, 50]', 'cost_limit = [5, 50]\nenv = '
+        '["saferl/BallRun-v0", "saferl/NoSuchTask-v0"]')
+    sweep = load_spec(write_spec(tmp_path, text))
+    assert len(sweep.runs) == 8
+    result = run_sweep(sweep, jobs=2, progress=False)
+    assert result.count("done") == 4 and result.count("failed") == 4
+    failed = result.failed[0]
+    assert "NoSuchTask" in failed.label and "NoSuchTask" in failed.error
+    index = json.loads((sweep.out / "sweep.json").read_text())
+    assert index["counts"] == {"done": 4, "running": 0, "pending": 0, "failed": 4}
+    done = [r for r in result.runs if r.state == "done"]
+    for run in done:
+        run_dir = run.directory / "run"
+        assert (run_dir / "eval.json").is_file() and (run_dir / "progress.csv").is_file()
+        record = json.loads((run_dir / "eval.json").read_text())
+        assert list(next(iter(record["per_seed"].values()))) == ["deterministic"]
+
+    # Interrupted: forget one run's status and its newest checkpoints; it resumes from the
+    # oldest one left and ends with the same numbers.
+    target = done[0].directory
+    before = (target / "run" / "progress.csv").read_text()
+    (target / "status.json").unlink()
+    checkpoints = sorted((target / "run" / "checkpoints").glob("iter_*.msgpack"))
+    for path in checkpoints[1:]:
+        path.unlink()
+        path.with_suffix(".json").unlink()
+    (target / "run" / "checkpoints" / "latest.json").unlink()
+    stamps = {r.run_id: (r.directory / "status.json").stat().st_mtime_ns for r in done[1:]}
+    again = run_sweep(load_spec(tmp_path / "spec.toml"), jobs=1, progress=False)
+    assert again.count("done") == 4 and again.count("failed") == 4  # failed ones skipped
+    assert without_wall_time((target / "run" / "progress.csv").read_text()) == \
+        without_wall_time(before)
+    assert {r.run_id: (r.directory / "status.json").stat().st_mtime_ns
+            for r in done[1:]} == stamps  # finished runs were not redone
+    assert "failed" in json.loads((failed.directory / "status.json").read_text())["state"]
+
+    retried = run_sweep(load_spec(tmp_path / "spec.toml"), retry_failed=True, progress=False)
+    assert retried.count("failed") == 4 and (failed.directory / "status.failed.json").is_file()
+
+
+def test_killing_the_driver_leaves_nothing_running_and_the_rerun_finishes(tmp_path):
+    spec = write_spec(tmp_path, SPEC.replace('"steps": 800', '"steps": 800')
+                      .replace("steps = 800", "steps = 40000").replace("seed = [0, 1]",
+                                                                        "seed = [0]"))
+    command = [str(Path(sys.executable).parent / "saferl"), "sweep", str(spec)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    sweep = load_spec(spec)
+    first = sweep.out / "runs" / sweep.runs[0].run_id / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(first.glob("iter_*.msgpack")):
+        time.sleep(0.5)
+    assert list(first.glob("iter_*.msgpack")), "the first run never checkpointed"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+    lock = first.parent.parent / ".lock"
+    import fcntl
+
+    with lock.open("w") as handle:  # the worker died with the driver: the lock is free
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert not (first.parent.parent / "status.json").exists()
+    assert main(["sweep", str(spec)]) == 0
+    index = json.loads((sweep.out / "sweep.json").read_text())
+    assert index["counts"]["done"] == 2
+    log = (first.parent.parent / "worker.log").read_text()
+    assert "resuming" in log or "has no checkpoint yet" in log
+
+
+def test_sweep_command_bad_input_and_dry_run(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    spec = write_spec(tmp_path, SPEC)
+    assert main(["sweep", str(spec), "--jobs", "0"]) == 2
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pending") == 4 and "4 runs in" in out
+
+
+def test_parse_spec_names_the_sweep_after_its_file(tmp_path):
+    sweep = parse_spec({"axes": {"algo": ["ppo_lag"]}, "config": {"steps": 800}}, "study",
+                       tmp_path)
+    assert sweep.name == "study" and sweep.out == tmp_path / "sweeps" / "study"
+
+
+def test_a_sweep_on_a_local_ray_instance_equals_the_local_backend(tmp_path):
+    pytest.importorskip("ray")
+    text = SPEC.replace("seed = [0, 1]", "seed = [0]").replace("cost_limit = [5, 50]",
+                                                                "cost_limit = [5, 50]")
+    local = load_spec(write_spec(tmp_path, text.replace('out = "out"', 'out = "local"'),
+                                 "local.toml"))
+    remote = load_spec(write_spec(tmp_path, text.replace('out = "out"', 'out = "ray"'),
+                                  "ray.toml"))
+    assert run_sweep(local, progress=False).count("done") == 2
+    result = run_sweep(remote, backend="ray", cpus_per_run=1, progress=False)
+    assert result.count("done") == 2, [(r.label, r.error) for r in result.runs]
+    names = sorted(p.name for p in (local.out / "runs").iterdir())
+    assert names == sorted(p.name for p in (remote.out / "runs").iterdir())
+    for name in names:
+        a = (local.out / "runs" / name / "run" / "progress.csv").read_text()
+        b = (remote.out / "runs" / name / "run" / "progress.csv").read_text()
+        assert without_wall_time(a) == without_wall_time(b)
+        assert json.loads((local.out / "runs" / name / "run" / "eval.json").read_text())[
+            "per_seed"] == json.loads((remote.out / "runs" / name / "run" / "eval.json")
+                                      .read_text())["per_seed"]
+
+
+def test_the_ray_backend_without_a_cluster_is_one_sentence(tmp_path, capsys):
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path, SPEC)
+    assert main(["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not connect to the Ray cluster at '127.0.0.1:1'" in err[0]
