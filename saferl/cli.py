@@ -30,11 +30,12 @@ commands:
   eval RUN_DIR [--episodes N] [--video out.gif]              evaluate a trained run
   eval RUN_DIR --thresholds 10 20 ... 70 [--episodes N]      a ccpo run at each threshold
   sweep SPEC.toml [--jobs K] [--retry-failed] [--backend ray] a grid of runs, restartable
+  report DIR [DIR ...] [--out FOLDER]                        tables and figures across runs
   list                                                       algorithms and environments
 
 `saferl COMMAND --help` shows every flag."""
 
-COMMANDS = ("train", "eval", "sweep", "list")
+COMMANDS = ("train", "eval", "sweep", "report", "list")
 
 
 def _error(message: str) -> int:
@@ -446,6 +447,29 @@ def _sweep(args: list[str]) -> int:
     return 1 if result.failed else 0
 
 
+@dataclass(frozen=True)
+class ReportArgs:
+    """Write report.md (tables of final return and cost per task, algorithm and limit, the
+    aggregates with confidence intervals, the versatile metrics of conditioned policies, and
+    curves), with each table as CSV and LaTeX, from run directories or sweep folders."""
+
+    dirs: Annotated[tuple[str, ...], tyro.conf.Positional]
+    """Run directories, or folders holding them (a sweep's out folder)."""
+    out: str = "report"
+    """Where to write report.md, tables/ and figures/."""
+
+
+def _report(args: list[str]) -> int:
+    from saferl.experiments.report import write_report
+
+    opts = _parse(ReportArgs, args, "saferl report", ReportArgs.__doc__ or "")
+    if not opts.dirs:
+        return _error("report needs at least one run directory or sweep folder.")
+    path = write_report(list(opts.dirs), opts.out)
+    print(f"report: {path}")
+    return 0
+
+
 def _list(args: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -515,7 +539,8 @@ def _main(argv: list[str]) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    handlers = {"train": _train, "eval": _eval, "sweep": _sweep, "list": _list}
+    handlers = {"train": _train, "eval": _eval, "sweep": _sweep, "report": _report,
+                "list": _list}
     if command not in handlers:
         close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -533,7 +533,8 @@ def carried_series(rows: list[dict[str, float]], name: str
     return steps, values, fresh
 
 
-def _steps_formatter(value: float, _position: int) -> str:
+def steps_formatter(value: float, _position: int) -> str:
+    """An axis tick in environment steps: ``200k``, ``1.5M``."""
     if abs(value) >= 1e6:
         return f"{value / 1e6:g}M"
     if abs(value) >= 1e3:
@@ -616,7 +617,7 @@ def draw_curves(run: RunDirectory, cost_limit: tuple[float, ...], cost_names: tu
         ax.set_ylabel(ylabel)
         ax.set_xlabel("environment steps (per seed)")
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
+        ax.xaxis.set_major_formatter(FuncFormatter(steps_formatter))
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

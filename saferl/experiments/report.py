@@ -1,0 +1,479 @@
+"""``saferl report DIR [DIR ...]``: tables and figures across run directories.
+
+Reads saferl run directories (a sweep's ``OUT`` folder, whose runs are ``OUT/runs/*/run``, or
+run directories given one by one) and writes into ``--out``:
+
+- ``report.md`` with every table and figure, and each table as ``tables/<name>.csv`` and
+  ``tables/<name>.tex``;
+- **final figures** per task × algorithm × cost limit (× settings): the training return, each
+  episode cost and the cost rate (the stochastic policy's training batches, mean of the last
+  5 iterations with finished episodes), the deployed policy's evaluation (``eval.json``:
+  deterministic and stochastic) when present, mean ± std over seeds, the number of seeds and
+  the share of seeds within the limit;
+- **aggregates**: the interquartile mean over seeds with a 95 % stratified-bootstrap
+  confidence interval, computed by ``rliable`` (``pip install 'saferl[report]'``; without it
+  the table says so);
+- for threshold-conditioned policies (``versatile.json``): Avg R, Avg CV, R-G and CV-G in the
+  paper's layout, and cost and return against the threshold;
+- **curves** per task: return and each cost against environment steps, one line per
+  algorithm (× limit) with a mean ± std band over seeds and the limit drawn.
+
+Runs whose settings differ in anything but the seed and the cost limit are never averaged
+together: each set of settings is its own row, labelled by the fields that differ.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Fields that differ between the members of one row (or only say how a run ran).
+IGNORED = ("seed", "seeds", "cost_limit", "limits", "run_dir", "env_workers",
+           "overlap_collection", "checkpoint_every", "eval_episodes")
+LAST = 5  # iterations averaged for the final training figures (as the run summary)
+
+
+@dataclass
+class MemberFigures:
+    """One trained policy's figures (a member of a run: a seed, or a seed at a limit)."""
+
+    run_dir: Path
+    env: str
+    algo: str
+    seed: int
+    limit: tuple[float, ...]
+    settings: dict[str, Any]  # the flattened configuration without :data:`IGNORED`
+    train: dict[str, float]  # return, cost_i, cost_rate_i
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> figures
+    versatile: dict[str, float] | None = None  # Avg R, Avg CV, R-G, CV-G (this seed)
+    versatile_table: list[dict[str, float]] | None = None
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """The saferl run directories under ``paths``: each path itself if it is one, else every
+    ``config.json`` folder below it (a sweep's ``runs/*/run``).
+
+    Raises:
+        FileNotFoundError: A path does not exist, or holds no run directory.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{str(path)!r} does not exist.")
+        if (path / "config.json").is_file():
+            found.append(path)
+            continue
+        below = sorted(p.parent for p in path.rglob("config.json"))
+        if not below:
+            raise FileNotFoundError(f"{str(path)!r} holds no saferl run directory (no "
+                                    f"config.json below it).")
+        found += below
+    return list(dict.fromkeys(found))
+
+
+def read_members(run_dir: Path) -> list[MemberFigures]:
+    """Every member's figures of one run directory."""
+    from saferl.engine.members import has_limit_grid, member_label, members
+    from saferl.runs import RunDirectory, read_run_config, spec_from_record
+    from saferl.training import summarize
+
+    record, entry, config = read_run_config(run_dir)
+    spec = spec_from_record(record)
+    directory = RunDirectory(run_dir)
+    history = directory.read_progress()
+    grid = members(config)
+    labelled = has_limit_grid(config)
+    summary = summarize(history, config.run.seed_list, spec, grid[0].cost_limit,
+                        members=grid if labelled else None, last=LAST)
+    settings = _settings(record["config"])
+    evaluation = _read_json(run_dir / "eval.json")
+    versatile = _read_json(run_dir / "versatile.json")
+    out = []
+    for member in grid:
+        label = member_label(member, labelled)
+        key: Any = label if labelled else member.seed
+        figures = summary["per_seed"].get(key, {})
+        train = {"return": figures.get("rollout/ep_return", math.nan)}
+        for i in range(spec.num_costs):
+            train[f"cost_{i}"] = figures.get(f"rollout/ep_cost_{i}", math.nan)
+            train[f"cost_rate_{i}"] = figures.get(f"train/cost_rate_{i}", math.nan)
+        modes = (evaluation or {}).get("per_seed", {}).get(label, {})
+        out.append(MemberFigures(run_dir, config.run.env, entry.name, member.seed,
+                                 member.cost_limit, settings, train,
+                                 {mode: dict(f) for mode, f in modes.items()}))
+    if versatile:  # per seed: the metrics come from the saved table of every seed
+        _attach_versatile(out, versatile)
+    return out
+
+
+def _attach_versatile(members: list[MemberFigures], record: dict[str, Any]) -> None:
+    """Each seed's Avg R / Avg CV / R-G / CV-G from a ``versatile.json`` record
+    (:meth:`~saferl.versatile.VersatileResult.record`)."""
+    for seed, figures in record.get("per_seed", {}).items():
+        for member in members:
+            if str(member.seed) == seed:
+                member.versatile = {k: float(v) for k, v in figures.items()}
+                member.versatile_table = record.get("table")
+
+
+def _settings(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "env_kwargs":
+            out.update(_settings(value, f"{prefix}{key}."))
+        elif key not in IGNORED:
+            out[f"{prefix}{key}"] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass
+class Row:
+    """One line of the final-figures table: the members of one task × algorithm × limit ×
+    settings."""
+
+    env: str
+    algo: str
+    limit: tuple[float, ...]
+    differs: str  # the settings that tell this row from others of its task × algorithm
+    members: list[MemberFigures]
+
+
+def group(members: list[MemberFigures]) -> list[Row]:
+    """Rows of members that share task, algorithm, limit and every other setting."""
+    keyed: dict[tuple, list[MemberFigures]] = {}
+    for member in members:
+        key = (member.env, member.algo, member.limit,
+               tuple(sorted(member.settings.items())))
+        keyed.setdefault(key, []).append(member)
+    rows = []
+    for (env, algo, limit, settings), group_members in keyed.items():
+        siblings = [dict(k[3]) for k in keyed if k[0] == env and k[1] == algo]
+        mine = dict(settings)
+        differing = sorted(name for name in mine
+                           if any(other.get(name) != mine[name] for other in siblings))
+        differs = ", ".join(f"{name}={mine[name]}" for name in differing)
+        rows.append(Row(env, algo, limit, differs, sorted(group_members, key=lambda m: m.seed)))
+    return sorted(rows, key=lambda r: (r.env, r.algo, r.limit, r.differs))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation over the finite values (NaN if none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return float(np.mean(finite)), float(np.std(finite))
+
+
+def final_table(rows: list[Row], num_costs: int) -> list[dict[str, Any]]:
+    """The final-figures table: one dict per row (see the module docstring)."""
+    table = []
+    for row in rows:
+        out: dict[str, Any] = {"task": row.env, "algorithm": row.algo,
+                               "limit": ",".join(f"{x:g}" for x in row.limit),
+                               "settings": row.differs, "seeds": len(row.members)}
+        returns = [m.train["return"] for m in row.members]
+        out["train_return_mean"], out["train_return_std"] = mean_std(returns)
+        for i in range(num_costs):
+            costs = [m.train.get(f"cost_{i}", math.nan) for m in row.members]
+            out[f"train_cost_{i}_mean"], out[f"train_cost_{i}_std"] = mean_std(costs)
+            rates = [m.train.get(f"cost_rate_{i}", math.nan) for m in row.members]
+            out[f"cost_rate_{i}_mean"], out[f"cost_rate_{i}_std"] = mean_std(rates)
+        within = [all(m.train.get(f"cost_{i}", math.nan) <= m.limit[i] for i in range(num_costs))
+                  for m in row.members]
+        out["train_within_share"] = float(np.mean(within)) if within else math.nan
+        for mode in ("deterministic", "stochastic"):
+            evaluated = [m for m in row.members if mode in m.evaluation]
+            if not evaluated:
+                continue
+            short = "det" if mode == "deterministic" else "sto"
+            out[f"eval_{short}_return_mean"], out[f"eval_{short}_return_std"] = mean_std(
+                [m.evaluation[mode]["return_mean"] for m in evaluated])
+            for i in range(num_costs):
+                out[f"eval_{short}_cost_{i}_mean"], out[f"eval_{short}_cost_{i}_std"] = \
+                    mean_std([m.evaluation[mode][f"cost_{i}_mean"] for m in evaluated])
+            out[f"eval_{short}_within_share"] = float(np.mean([
+                all(m.evaluation[mode][f"cost_{i}_mean"] <= m.limit[i]
+                    for i in range(num_costs)) for m in evaluated]))
+        table.append(out)
+    return table
+
+
+def versatile_table(rows: list[Row]) -> list[dict[str, Any]]:
+    """Avg R, Avg CV, R-G, CV-G (mean ± std over seeds) of the conditioned rows."""
+    table = []
+    for row in rows:
+        seeds = {m.seed: m for m in row.members if m.versatile is not None}
+        if not seeds:
+            continue
+        out: dict[str, Any] = {"task": row.env, "algorithm": row.algo, "settings": row.differs,
+                               "seeds": len(seeds)}
+        for name in ("Avg R", "Avg CV", "R-G", "CV-G"):
+            key = name.replace(" ", "_").replace("-", "_")
+            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(
+                [m.versatile[name] for m in seeds.values()])
+        table.append(out)
+    return table
+
+
+def bootstrap_iqm(scores: np.ndarray, repetitions: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """rliable's interquartile mean of ``scores`` ``[runs, tasks]`` and its 95 %
+    stratified-bootstrap interval, reproducibly: rliable 1.2 draws the resampled indices from
+    numpy's global generator whatever ``random_state`` says, so that generator is seeded for
+    the call and restored after it."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    saved = np.random.get_state()  # noqa: NPY002 - see the docstring
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        with warnings.catch_warnings():  # arch's notice about its future default generator
+            warnings.simplefilter("ignore", FutureWarning)
+            point, interval = rly.get_interval_estimates(
+                {"row": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]),
+                reps=repetitions, random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+    return point["row"], interval["row"]
+
+
+def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 2000,
+                    seed: int = 0) -> tuple[list[dict[str, Any]], str]:
+    """The interquartile mean over seeds of a final figure (``return`` or ``cost_0``; the
+    deterministic evaluation when every member has one, else training) with its 95 %
+    stratified-bootstrap interval, per task × algorithm × limit, computed by ``rliable``.
+
+    Returns:
+        The rows and a note saying which figures were aggregated (or why none were).
+    """
+    try:
+        import rliable  # noqa: F401 - only to say whether it is installed
+    except ImportError:
+        return [], ("Aggregates need rliable: pip install 'saferl[report]' (interquartile "
+                    "mean and stratified-bootstrap confidence intervals).")
+    table = []
+    sources = set()
+    for index, row in enumerate(rows):
+        evaluated = all("deterministic" in m.evaluation for m in row.members)
+        key = f"{metric}_mean" if metric != "return" else "return_mean"
+        values = [m.evaluation["deterministic"][key] if evaluated else m.train[metric]
+                  for m in row.members]
+        source = "deterministic evaluation" if evaluated else "training"
+        sources.add(source)
+        scores = np.asarray([v for v in values if math.isfinite(v)], float)[:, None]
+        if scores.shape[0] == 0:
+            continue
+        point, interval = bootstrap_iqm(scores, repetitions, seed + index)
+        table.append({"task": row.env, "algorithm": row.algo,
+                      "limit": ",".join(f"{x:g}" for x in row.limit), "settings": row.differs,
+                      "figures": source, "seeds": scores.shape[0],
+                      f"{metric}_iqm": float(point[0]),
+                      "ci_low": float(interval[0, 0]), "ci_high": float(interval[1, 0])})
+    note = (f"Interquartile mean over seeds of the {metric.replace('_', ' ')} "
+            f"({' / '.join(sorted(sources))} figures), 95 % stratified-bootstrap interval "
+            f"({repetitions} resamples, rliable).")
+    return table, note
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if not math.isfinite(value) else f"{value:.3g}" if abs(value) < 1 \
+            else f"{value:.2f}"
+    return str(value)
+
+
+def write_table(rows: list[dict[str, Any]], folder: Path, name: str) -> tuple[Path, Path]:
+    """Write one table as ``name.csv`` and ``name.tex`` (a LaTeX ``tabular``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    csv_path, tex_path = folder / f"{name}.csv", folder / f"{name}.tex"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    escape = lambda text: str(text).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+    lines = [r"\begin{tabular}{" + "l" * len(columns) + "}", r"\hline",
+             " & ".join(escape(c) for c in columns) + r" \\", r"\hline"]
+    lines += [" & ".join(escape(_cell(row.get(c, ""))) for c in columns) + r" \\"
+              for row in rows]
+    lines += [r"\hline", r"\end{tabular}"]
+    tex_path.write_text("\n".join(lines) + "\n")
+    return csv_path, tex_path
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A table as Markdown, ``mean`` / ``std`` column pairs shown as ``mean ± std``."""
+    if not rows:
+        return "(no rows)\n"
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    columns = [k for k in keys if not (k.endswith("_std") and k[:-4] + "_mean" in keys)]
+
+    def show(row: dict[str, Any], key: str) -> str:
+        if key.endswith("_mean") and key[:-5] + "_std" in keys:
+            if key not in row:
+                return ""
+            mean, std = row[key], row[key[:-5] + "_std"]
+            return "–" if not math.isfinite(mean) else f"{mean:.2f} ± {std:.2f}"
+        if key.endswith("_share"):
+            value = row.get(key, math.nan)
+            return "–" if not math.isfinite(value) else f"{100 * value:.0f} %"
+        return _cell(row.get(key, ""))
+
+    names = [c.removesuffix("_mean") for c in columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(show(row, c) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path:
+    """Return and each cost against environment steps on one task: one line per row (algorithm
+    × limit × settings), mean ± std over its members of the latest finished episodes, each
+    row's limit dashed in its colour; reward and cost smoothed alike (none: raw iterations)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from saferl.runs import RunDirectory, carried_series, row_limit
+
+    panels = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(num_costs)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for k, row in enumerate(r for r in rows if r.env == env):
+        color = f"C{k % 10}"
+        label = f"{row.algo} @{','.join(f'{x:g}' for x in row.limit)}" + (
+            f" ({row.differs})" if row.differs else "")
+        history = []
+        for member in row.members:
+            for r in RunDirectory(member.run_dir).read_progress():
+                mine = row_limit(r)
+                if int(r["seed"]) == member.seed and (mine is None or mine == member.limit):
+                    history.append({**r, "seed": float(hash((str(member.run_dir),
+                                                             member.seed)) % 2**31)})
+        for ax, name in zip(axes[0], panels, strict=True):
+            steps, values, _ = carried_series(history, name)
+            with np.errstate(all="ignore"):
+                mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)
+            ax.plot(steps, mean, color=color, label=label)
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
+            if name != "rollout/ep_return":
+                ax.axhline(row.limit[int(name.rsplit("_", 1)[1])], color=color,
+                           linestyle="--", linewidth=1)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    from saferl.runs import steps_formatter
+
+    for ax, name in zip(axes[0], panels, strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(steps_formatter))
+        ax.set_xlabel("environment steps (per seed)")
+        ax.set_ylabel("episode return" if name == "rollout/ep_return" else
+                      f"episode cost {name.rsplit('_', 1)[1]} (dashed: limit)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{env}: mean ± std over seeds of the latest training episodes", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
+    """Cost (with cost = threshold) and return against the threshold, one line per
+    conditioned row on the task (the saved per-threshold tables)."""
+    chosen = [r for r in rows if r.env == env and r.members[0].versatile_table]
+    if not chosen:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cost_ax, return_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    top = 0.0
+    for k, row in enumerate(chosen):
+        table = row.members[0].versatile_table or []
+        eps = np.array([t["threshold_0"] for t in table])
+        for ax, key in ((cost_ax, "cost_0"), (return_ax, "return")):
+            mean = np.array([t[f"{key}_mean"] for t in table])
+            std = np.array([t[f"{key}_std"] for t in table])
+            ax.plot(eps, mean, color=f"C{k}", label=row.algo)
+            ax.fill_between(eps, mean - std, mean + std, color=f"C{k}", alpha=0.15)
+        top = max(top, float(eps.max()))
+    cost_ax.plot([0, top], [0, top], "k--", linewidth=1, label="cost = threshold")
+    for ax, name in ((cost_ax, "episode cost"), (return_ax, "episode return")):
+        ax.set_xlabel("threshold ε")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    cost_ax.legend(fontsize=7)
+    fig.suptitle(f"{env}: conditioned policies, mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(paths: list[str | Path], out: str | Path) -> Path:
+    """Read the run directories under ``paths`` and write ``OUT/report.md`` with its tables
+    (``OUT/tables``) and figures (``OUT/figures``); see the module docstring.
+
+    Raises:
+        FileNotFoundError: A path does not exist or holds no run directory.
+    """
+    from saferl.runs import safe_name
+
+    out = Path(out)
+    members = [m for run in find_runs(paths) for m in read_members(run)]
+    rows = group(members)
+    num_costs = max((sum(1 for k in m.train if k.startswith("cost_") and "rate" not in k)
+                     for m in members), default=1)
+    tables, figures = out / "tables", out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    final = final_table(rows, num_costs)
+    write_table(final, tables, "final")
+    lines = ["# saferl report", "",
+             f"{len({m.run_dir for m in members})} run directories, {len(members)} trained "
+             f"policies.", "", "## Final figures", "",
+             f"**train_***: the stochastic policy's training batches, mean of the last {LAST} "
+             "iterations with finished episodes; **eval_det** / **eval_sto**: the deployed "
+             "policy's evaluation (`eval.json`), deterministic / stochastic. Mean ± std over "
+             "seeds; `within_share`: the share of seeds whose cost is within the limit. Rows "
+             "whose settings differ are listed apart, the differing fields under `settings`.",
+             "", markdown(final), "Tables: `tables/final.csv`, `tables/final.tex`.", ""]
+    aggregate, note = aggregate_table(rows)
+    lines += ["## Aggregates", "", note, ""]
+    if aggregate:
+        write_table(aggregate, tables, "aggregate")
+        lines += [markdown(aggregate), "Tables: `tables/aggregate.csv`, `.tex`.", ""]
+    versatile = versatile_table(rows)
+    if versatile:
+        write_table(versatile, tables, "versatile")
+        lines += ["## Conditioned policies", "", "Avg R, Avg CV, R-G, CV-G over the evaluation "
+                  "thresholds (`versatile.json`; R-G / CV-G over those not trained on), mean ± "
+                  "std over seeds.", "", markdown(versatile), ""]
+    lines += ["## Figures", ""]
+    for env in sorted({r.env for r in rows}):
+        stem = safe_name(env)
+        curve = curves_figure(rows, env, figures / f"curves_{stem}.png", num_costs)
+        lines += [f"![{env}](figures/{curve.name})", ""]
+        threshold = versatile_figure(rows, env, figures / f"versatile_{stem}.png")
+        if threshold is not None:
+            lines += [f"![{env} against the threshold](figures/{threshold.name})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,180 @@
+"""`saferl report`: numbers against hand computation on synthetic run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from saferl.cli import main
+from saferl.config import config_to_dict
+from saferl.envs.native import make_task
+from saferl.experiments import report
+from saferl.runs import RunDirectory, spec_record
+from saferl.training import build_config
+
+SPEC = spec_record(make_task("saferl/BallCircle-v0").spec)
+
+
+def synthetic_run(path, algo, seeds, returns, costs, overrides=None, evaluation=None,
+                  versatile=None):
+    """A run directory with ``returns[s][t]`` / ``costs[s][t]`` logged per seed and iteration."""
+    config = build_config(algo, overrides={"run": {"seeds": seeds, "cost_limit": [10.0]},
+                                           **(overrides or {})})
+    run = RunDirectory(path)
+    run.write_config({"algo": algo, "config": config_to_dict(config), "spec": SPEC})
+    for t in range(len(returns[0])):
+        run.log(t + 1, 1000 * (t + 1), float(t), tuple(seeds), {
+            "rollout/ep_return": np.array([r[t] for r in returns]),
+            "rollout/ep_cost_0": np.array([c[t] for c in costs]),
+            "train/cost_rate_0": np.full(len(seeds), 0.01 * (t + 1))})
+    run.close()
+    if evaluation is not None:
+        (path / "eval.json").write_text(json.dumps({"per_seed": {
+            str(s): {"deterministic": {"return_mean": r, "cost_0_mean": c}}
+            for s, (r, c) in zip(seeds, evaluation, strict=True)}}))
+    if versatile is not None:
+        (path / "versatile.json").write_text(json.dumps(versatile))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    a = synthetic_run(tmp_path / "runs" / "a", "ppo_lag", [0, 1],
+                      returns=[[0, 1, 2, 3, 4, 5, 6], [10, 11, 12, 13, 14, 15, 16]],
+                      costs=[[20, 20, 8, 8, 8, 8, 8], [30, 30, 12, 12, 12, 12, 12]],
+                      evaluation=[(100.0, 5.0), (200.0, 15.0)])
+    b = synthetic_run(tmp_path / "runs" / "b", "ppo_lag", [2],
+                      returns=[[5, 5, 5, 5, 5, 5, 9]], costs=[[1, 1, 1, 1, 1, 1, 1]],
+                      evaluation=[(300.0, 1.0)])
+    c = synthetic_run(tmp_path / "runs" / "c", "ppo_lag", [0],
+                      returns=[[1, 1, 1, 1, 1, 1, 1]], costs=[[0] * 7],
+                      overrides={"lagrange": {"lr": 0.5}})
+    table = [{"threshold_0": 10.0, "return_mean": 1.0, "return_std": 0.0, "cost_0_mean": 4.0,
+              "cost_0_std": 1.0, "violation_0": 0.0},
+             {"threshold_0": 20.0, "return_mean": 2.0, "return_std": 0.0, "cost_0_mean": 25.0,
+              "cost_0_std": 1.0, "violation_0": 5.0}]
+    d = synthetic_run(tmp_path / "runs" / "d", "ccpo", [0, 1], returns=[[1] * 7, [2] * 7],
+                      costs=[[0] * 7, [0] * 7], versatile={
+                          "table": table, "per_seed": {
+                              "0": {"Avg R": 1.0, "Avg CV": 2.0, "R-G": 1.5, "CV-G": 3.0},
+                              "1": {"Avg R": 3.0, "Avg CV": 4.0, "R-G": 2.5, "CV-G": 1.0}}})
+    return tmp_path, (a, b, c, d)
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_final_figures_against_hand_computation(runs, tmp_path):
+    root, _ = runs
+    path = report.write_report([root / "runs"], tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "tables" / "final.csv")
+    ppo = [r for r in rows if r["algorithm"] == "ppo_lag"]
+    assert len(ppo) == 2  # lagrange.lr 0.5 is a row of its own, not averaged in
+    main_row = next(r for r in ppo if r["seeds"] == "3")
+    other = next(r for r in ppo if r["seeds"] == "1")
+    assert "lagrange.lr=0.5" in other["settings"] and "lagrange.lr=0.05" in main_row["settings"]
+    # Last 5 iterations: seed 0 → mean(2..6) = 4, seed 1 → 14, seed 2 → mean(5,5,5,5,9) = 5.8.
+    finals = [4.0, 14.0, 5.8]
+    assert float(main_row["train_return_mean"]) == pytest.approx(np.mean(finals))
+    assert float(main_row["train_return_std"]) == pytest.approx(np.std(finals))
+    assert float(main_row["train_cost_0_mean"]) == pytest.approx(np.mean([8, 12, 1]))
+    assert float(main_row["train_within_share"]) == pytest.approx(2 / 3)  # 12 > 10
+    assert float(main_row["cost_rate_0_mean"]) == pytest.approx(0.07)
+    assert float(main_row["eval_det_return_mean"]) == pytest.approx(200.0)
+    assert float(main_row["eval_det_within_share"]) == pytest.approx(2 / 3)  # 15 > 10
+    text = path.read_text()
+    assert "stochastic policy's training batches" in text and "deterministic" in text
+
+    versatile = read_csv(tmp_path / "out" / "tables" / "versatile.csv")
+    assert len(versatile) == 1 and versatile[0]["algorithm"] == "ccpo"
+    assert float(versatile[0]["Avg_R_mean"]) == pytest.approx(2.0)
+    assert float(versatile[0]["Avg_CV_std"]) == pytest.approx(1.0)
+    assert (tmp_path / "out" / "tables" / "final.tex").read_text().startswith(r"\begin{tabular}")
+
+
+def test_aggregates_equal_the_statistics_library(runs, tmp_path):
+    pytest.importorskip("rliable")
+    from rliable import library as rly
+    from rliable import metrics
+
+    root, _ = runs
+    rows = report.group([m for run in report.find_runs([root / "runs"])
+                         for m in report.read_members(run)])
+    table, note = report.aggregate_table(rows, repetitions=500)
+    main_row = next(r for r in table if r["seeds"] == 3)
+    scores = np.array([[100.0], [200.0], [300.0]])  # deterministic evaluation returns
+    assert main_row["return_iqm"] == pytest.approx(metrics.aggregate_iqm(scores))
+    index = next(i for i, r in enumerate(rows) if len(r.members) == 3)
+    np.random.seed(index)  # noqa: NPY002 - rliable resamples with the global generator
+    _, interval = rly.get_interval_estimates(
+        {"x": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=500,
+        random_state=np.random.RandomState(index))
+    assert (main_row["ci_low"], main_row["ci_high"]) == pytest.approx(tuple(interval["x"][:, 0]))
+    assert 100.0 <= main_row["ci_low"] <= main_row["return_iqm"] <= main_row["ci_high"] <= 300.0
+    again, _ = report.aggregate_table(rows, repetitions=500)
+    assert again == table  # reproducible
+    assert "deterministic evaluation" in note and "rliable" in note
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The figures passed to ``savefig``, in order (they are still written)."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    original = plt.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    return figures
+
+
+def report_rows(root):
+    return report.group([m for run in report.find_runs([root / "runs"])
+                         for m in report.read_members(run)])
+
+
+def test_the_threshold_figure_shows_the_versatile_table(runs, tmp_path, saved_figures):
+    rows = report_rows(runs[0])
+    path = report.versatile_figure(rows, "saferl/BallCircle-v0", tmp_path / "v.png")
+    assert path.is_file()
+    cost_ax, return_ax = saved_figures[-1].axes
+    ccpo = next(line for line in cost_ax.lines if line.get_label() == "ccpo")
+    np.testing.assert_array_equal(ccpo.get_xdata(), [10.0, 20.0])
+    np.testing.assert_array_equal(ccpo.get_ydata(), [4.0, 25.0])  # versatile.json's table
+    np.testing.assert_array_equal(return_ax.lines[0].get_ydata(), [1.0, 2.0])
+
+
+def test_curves_lines_are_the_means_of_the_logged_episodes(runs, tmp_path, saved_figures):
+    rows = report_rows(runs[0])
+    report.curves_figure(rows, "saferl/BallCircle-v0", tmp_path / "c.png", 1)
+    ret_ax = saved_figures[-1].axes[0]
+    line = next(l for l in ret_ax.lines if l.get_label().startswith("ppo_lag @10 (")
+                and "0.05" in l.get_label())
+    # Seeds 0, 1 (run a) and 2 (run b) at every iteration: mean of the three returns.
+    expected = [np.mean([t, 10 + t, 5 if t < 6 else 9]) for t in range(7)]
+    np.testing.assert_allclose(line.get_ydata(), expected)
+    cost_ax = saved_figures[-1].axes[1]
+    dashed = [l for l in cost_ax.lines if l.get_linestyle() == "--"]
+    assert dashed and all(l.get_ydata()[0] == 10.0 for l in dashed)
+    assert math.isfinite(line.get_ydata()[-1])
+
+
+def test_report_command_and_bad_input(runs, tmp_path, capsys):
+    root, _ = runs
+    assert main(["report", str(root / "runs"), "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "report.md").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "holds no saferl run directory" in capsys.readouterr().err
