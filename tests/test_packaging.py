@@ -34,7 +34,8 @@ def requirement_names(requirements: list[str]) -> set[str]:
 @pytest.mark.core
 def test_core_install_has_no_simulator_viewer_or_cluster_packages() -> None:
     core = requirement_names(PROJECT["dependencies"])
-    assert not core & {"pybullet", "bullet-safety-gym", "ray", "tensorboard", "imageio"}, core
+    assert not core & {"pybullet", "bullet-safety-gym", "ray", "tensorboard", "imageio",
+                       "rliable"}, core
     assert "tensorboardx" in core  # the event writer is pure Python and stays in the core
     extras = PROJECT["optional-dependencies"]
     assert requirement_names(extras["bullet"]) == {"bullet-safety-gym", "pybullet"}
@@ -42,7 +43,8 @@ def test_core_install_has_no_simulator_viewer_or_cluster_packages() -> None:
     assert requirement_names(extras["tensorboard"]) == {"tensorboard"}
     assert {"imageio", "imageio-ffmpeg"} <= requirement_names(extras["video"])
     assert {"mkdocs-material", "mkdocstrings"} <= requirement_names(extras["docs"])
-    assert extras["all"] == ["saferl[bullet,ray,tensorboard,video]"]
+    assert requirement_names(extras["report"]) == {"rliable", "pandas"}
+    assert extras["all"] == ["saferl[bullet,ray,report,tensorboard,video]"]
 
 
 @pytest.mark.core

@@ -116,3 +116,16 @@ def test_behaviour_thresholds_replace_limits(algo):
         build_config(algo, overrides={"run": {"limits": [20, 40]}})
     config = build_config(algo, overrides={"versatile": {"behaviour_thresholds": [10, 30]}})
     assert config.limit_grid == ((10.0,), (30.0,))
+
+
+def test_ctrpo_lag_trains_and_deploys_the_same_way(tmp_path):
+    run = saferl.train("ctrpo_lag", overrides={
+        "run": {"env": "saferl/BallRun-v0", "num_envs": 8, "rollout_steps": 100, "steps": 1600,
+                "hidden_sizes": [32, 32], "eval_episodes": 2},
+        "versatile": {"behaviour_thresholds": [20, 60]}}, run_dir=tmp_path / "t",
+        progress=False)
+    assert sorted(run.summary["per_seed"]) == ["0@20", "0@60"]
+    policy = saferl.load(run.run_dir)
+    obs = np.zeros((2, policy.obs_dim), np.float32)
+    low, high = policy(obs, threshold=20.0), policy(obs, threshold=60.0)
+    np.testing.assert_allclose(policy(obs, threshold=40.0), 0.5 * (low + high), atol=1e-5)
