@@ -73,6 +73,9 @@ def run(run_dir: Path) -> int:
         print(f"saferl sweep: {run_dir} is already running in another worker.", file=sys.stderr)
         return LOCKED_EXIT
     began = time.time()
+    from saferl import interrupts
+
+    interrupts.install()  # a Ctrl-C swallowed anywhere still stops the run at an iteration
     try:
         import saferl
         from saferl.algos.registry import get_algorithm
