@@ -411,33 +411,37 @@ class SweepArgs:
     """Ray: CPUs each run asks for."""
     gpus_per_run: float = 0.0
     """Ray: GPUs each run asks for."""
+    pack_size: int = 0
+    """Most runs trained together in one process when they differ only in seed (or cost
+    limit): 0, no limit; 1, every run in its own process."""
     dry_run: bool = False
-    """Check and expand the spec, list its runs and their states, run nothing."""
+    """Check and expand the spec, list its runs and their states (and which are packed
+    together), run nothing."""
 
 
 def _sweep(args: list[str]) -> int:
     from saferl.experiments.spec import SpecError, load_spec
-    from saferl.experiments.sweep import prepare, run_sweep
+    from saferl.experiments.sweep import run_sweep
 
     opts = _parse(SweepArgs, args, "saferl sweep", SweepArgs.__doc__ or "")
     if opts.backend not in ("local", "ray"):
         return _error(f"--backend must be local or ray; got {opts.backend!r}.")
     if opts.jobs < 1:
         return _error(f"--jobs must be >= 1; got {opts.jobs}.")
+    if opts.pack_size < 0:
+        return _error(f"--pack-size must be >= 0 (0: no limit, 1: no packing); got "
+                      f"{opts.pack_size}.")
     try:
         sweep = load_spec(opts.spec)
     except SpecError as error:
         return _error(f"{opts.spec}: {error}")
     if opts.dry_run:
-        for state in prepare(sweep):
-            print(f"{state.state:8s} {'(resumes) ' if state.resumed else ''}{state.label}  "
-                  f"{state.directory}")
-        print(f"{len(sweep.runs)} runs in {sweep.out}")
-        return 0
+        return _dry_run(sweep, opts.pack_size)
     try:
         result = run_sweep(sweep, jobs=opts.jobs, retry_failed=opts.retry_failed,
                            backend=opts.backend, address=opts.address,
-                           cpus_per_run=opts.cpus_per_run, gpus_per_run=opts.gpus_per_run)
+                           cpus_per_run=opts.cpus_per_run, gpus_per_run=opts.gpus_per_run,
+                           pack_size=opts.pack_size)
     except RuntimeError as error:
         return _error(str(error))
     except KeyboardInterrupt:
@@ -445,6 +449,25 @@ def _sweep(args: list[str]) -> int:
              f"sweep {opts.spec}")
         return INTERRUPTED
     return 1 if result.failed else 0
+
+
+def _dry_run(sweep: Any, pack_size: int) -> int:
+    """List a sweep's runs, their states and the packs they would train in; run nothing."""
+    from saferl.experiments.sweep import packs, prepare
+
+    states = prepare(sweep)
+    pack_of = {run_id: pack.pack_id for pack in packs(sweep, states, pack_size)
+               for run_id in pack.run_ids}
+    for state in states:
+        notes = "(resumes) " if state.resumed else ""
+        if state.run_id in pack_of:
+            notes += f"(in {pack_of[state.run_id]}) "
+        print(f"{state.state:8s} {notes}{state.label}  {state.directory}")
+    packs = len(set(pack_of.values()))
+    print(f"{len(sweep.runs)} runs in {sweep.out}" + (
+        f"; {len(pack_of)} of them in {packs} pack{'s' if packs != 1 else ''} (one process "
+        f"each)" if packs else ""))
+    return 0
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
         '["saferl/BallRun-v0", "saferl/NoSuchTask-v0"]')
     sweep = load_spec(write_spec(tmp_path, text))
     assert len(sweep.runs) == 8
-    result = run_sweep(sweep, jobs=2, progress=False)
+    result = run_sweep(sweep, jobs=2, progress=False, pack_size=1)
     assert result.count("done") == 4 and result.count("failed") == 4
     failed = result.failed[0]
     assert "NoSuchTask" in failed.label and "NoSuchTask" in failed.error
@@ -121,7 +121,8 @@ def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
         assert list(next(iter(record["per_seed"].values()))) == ["deterministic"]
 
     # Interrupted: forget one run's status and its newest checkpoints; it resumes from the
-    # oldest one left and ends with the same numbers.
+    # oldest one left (alone: a run with a directory of its own is never packed) and ends with
+    # the same numbers.
     target = done[0].directory
     before = (target / "run" / "progress.csv").read_text()
     (target / "status.json").unlink()
@@ -141,35 +142,80 @@ def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
 
     retried = run_sweep(load_spec(tmp_path / "spec.toml"), retry_failed=True, progress=False)
     assert retried.count("failed") == 4 and (failed.directory / "status.failed.json").is_file()
+    # Retried packed: the four failing runs differ only in seed and limit, one process.
+    assert [p.name for p in (sweep.out / "packs").iterdir()] == [
+        json.loads((failed.directory / "status.json").read_text())["packed_in"].split("/")[-1]]
+
+
+LONG = SPEC.replace("steps = 800", "steps = 40000").replace("seed = [0, 1]", "seed = [0]")
+
+
+def wait_for_checkpoint(folder: Path, pattern: str, process: subprocess.Popen) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(folder.glob(pattern)):
+        assert process.poll() is None, "the sweep ended before its first checkpoint"
+        time.sleep(0.5)
+    assert list(folder.glob(pattern)), f"{folder / pattern} never appeared"
+
+
+def saferl_command(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "saferl"), *args]
 
 
 def test_killing_the_driver_leaves_nothing_running_and_the_rerun_finishes(tmp_path):
-    spec = write_spec(tmp_path, SPEC.replace('"steps": 800', '"steps": 800')
-                      .replace("steps = 800", "steps = 40000").replace("seed = [0, 1]",
-                                                                        "seed = [0]"))
-    command = [str(Path(sys.executable).parent / "saferl"), "sweep", str(spec)]
-    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    spec = write_spec(tmp_path, LONG)  # two runs, packed: one process trains both
+    driver = subprocess.Popen(saferl_command("sweep", str(spec)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     sweep = load_spec(spec)
-    first = sweep.out / "runs" / sweep.runs[0].run_id / "run" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(first.glob("iter_*.msgpack")):
-        time.sleep(0.5)
-    assert list(first.glob("iter_*.msgpack")), "the first run never checkpointed"
+    wait_for_checkpoint(sweep.out, "packs/*/run/checkpoints/iter_*.msgpack", driver)
+    pack = next(sweep.out.glob("packs/*"))
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(2)
-    lock = first.parent.parent / ".lock"
     import fcntl
 
-    with lock.open("w") as handle:  # the worker died with the driver: the lock is free
+    with (pack / ".lock").open("w") as handle:  # the worker died with the driver: lock free
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    assert not (first.parent.parent / "status.json").exists()
+    assert not any((sweep.out / "runs" / r.run_id / "status.json").exists() for r in sweep.runs)
     assert main(["sweep", str(spec)]) == 0
     index = json.loads((sweep.out / "sweep.json").read_text())
     assert index["counts"]["done"] == 2
-    log = (first.parent.parent / "worker.log").read_text()
-    assert "resuming" in log or "has no checkpoint yet" in log
+    assert [p.name for p in (sweep.out / "packs").iterdir()] == [pack.name]  # the same pack
+    assert "resuming" in (pack / "worker.log").read_text()
+
+
+def worker_pids(directory: Path) -> list[int]:
+    """Processes running the sweep worker on ``directory`` (from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            line = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"saferl.experiments.worker" in line and str(directory).encode() in line:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker through /proc")
+def test_a_killed_worker_fails_alone_and_the_rerun_resumes_it(tmp_path):
+    spec = write_spec(tmp_path, LONG)
+    sweep = load_spec(spec)
+    target = sweep.out / "runs" / sweep.runs[0].run_id
+    driver = subprocess.Popen(saferl_command("sweep", str(spec), "--pack-size", "1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(target, "run/checkpoints/iter_*.msgpack", driver)
+    pids = worker_pids(target)
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 1  # the other run went on and finished
+    assert "failed: ppo_lag_seed0_cost5" in err and "killed?" in err and "resumes it" in err
+    index = json.loads((sweep.out / "sweep.json").read_text())
+    assert index["counts"] == {"done": 1, "running": 0, "pending": 0, "failed": 1}
+    assert main(["sweep", str(spec), "--pack-size", "1"]) == 0
+    assert "resuming" in (target / "worker.log").read_text()
+    assert json.loads((target / "status.json").read_text())["state"] == "done"
 
 
 def test_sweep_command_bad_input_and_dry_run(tmp_path, capsys):
@@ -197,7 +243,10 @@ def test_a_sweep_on_a_local_ray_instance_equals_the_local_backend(tmp_path):
     remote = load_spec(write_spec(tmp_path, text.replace('out = "out"', 'out = "ray"'),
                                   "ray.toml"))
     assert run_sweep(local, progress=False).count("done") == 2
-    result = run_sweep(remote, backend="ray", cpus_per_run=1, progress=False)
+    # The two runs are packed into one process on both backends; with the same cores (here
+    # XLA devices the members are sharded over) the same program gives the same numbers.
+    cores = os.cpu_count() or 1
+    result = run_sweep(remote, backend="ray", cpus_per_run=cores, progress=False)
     assert result.count("done") == 2, [(r.label, r.error) for r in result.runs]
     names = sorted(p.name for p in (local.out / "runs").iterdir())
     assert names == sorted(p.name for p in (remote.out / "runs").iterdir())
@@ -216,3 +265,84 @@ def test_the_ray_backend_without_a_cluster_is_one_sentence(tmp_path, capsys):
     assert main(["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not connect to the Ray cluster at '127.0.0.1:1'" in err[0]
+
+
+def planned(text: str, tmp_path: Path) -> list:
+    return load_spec(write_spec(tmp_path, text, "plan.toml")).runs
+
+
+def test_runs_differing_only_in_seed_or_limit_are_packed(tmp_path):
+    from saferl.experiments.packing import plan_packs
+
+    runs = planned(SPEC, tmp_path)
+    ids = {r.run_id for r in runs}
+    (pack,) = plan_packs(tmp_path, runs, ids, size=10)
+    assert pack.run_ids == [r.run_id for r in runs]
+    assert pack.config.run.seeds == (0, 1) and pack.config.run.limits == ((5.0,), (50.0,))
+    assert pack.config.run.eval_episodes == 0  # each run is evaluated in its own directory
+    # Not a full product of seeds x limits (one run done): one pack per limit; the run left
+    # alone at its limit is not a pack.
+    (pack,) = plan_packs(tmp_path, runs, ids - {runs[0].run_id}, size=10)
+    assert pack.run_ids == [runs[1].run_id, runs[3].run_id]  # seeds 0 and 1 at limit 50
+    assert [len(p.run_ids) for p in plan_packs(tmp_path, runs, ids, size=2)] == [2, 2]
+    assert plan_packs(tmp_path, runs, ids, size=1) == []
+    # Another setting: never packed together; a conditioned algorithm packs seeds only.
+    other = planned(SPEC.replace("seed = [0, 1]", "seed = [0, 1]\n'ppo.epochs' = [1, 2]")
+                    .replace("[config.ppo]\nepochs = 1\n", "[config.ppo]\n"), tmp_path)
+    assert sorted(len(p.run_ids) for p in plan_packs(tmp_path, other, {r.run_id for r in other},
+                                                     size=10)) == [4, 4]
+    versatile = planned("[axes]\nalgo = ['vsac_lag']\nseed = [0, 1, 2]\ncost_limit = [5, 50]\n"
+                        "[config]\nsteps = 1000", tmp_path)
+    packs = plan_packs(tmp_path, versatile, {r.run_id for r in versatile}, size=10)
+    assert sorted(p.config.run.seeds for p in packs) == [(0, 1, 2), (0, 1, 2)]
+    assert all(p.config.run.limits == () for p in packs)
+
+
+def test_packed_runs_are_written_out_as_runs_trained_alone(tmp_path, capsys):
+    import numpy as np
+
+    import saferl
+    from saferl.experiments.report import find_runs
+    from saferl.runs import RunDirectory
+    from tests.algos.test_engine import assert_same_rows, rows_without_time
+
+    spec = write_spec(tmp_path, SPEC)
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert "4 of them in 1 pack" in capsys.readouterr().out
+    sweep = load_spec(spec)
+    result = run_sweep(sweep, progress=False)
+    assert result.count("done") == 4
+    (pack,) = (sweep.out / "packs").iterdir()
+    pack_rows = RunDirectory(pack / "run").read_progress()
+    for run in sweep.runs:
+        run_dir = sweep.out / "runs" / run.run_id / "run"
+        record = json.loads((run_dir / "config.json").read_text())
+        assert record["config"]["run"] == {**json.loads(json.dumps(
+            run.record()["config"]["run"])), "run_dir": str(run_dir)}
+        own = rows_without_time(RunDirectory(run_dir).read_progress())
+        seed, limit = run.config.run.seed, run.config.run.cost_limit[0]
+        assert own == [{k: v for k, v in r.items() if k != "limit_0"}
+                       for r in rows_without_time(pack_rows)
+                       if r["seed"] == seed and r["limit_0"] == limit]
+        evaluation = json.loads((run_dir / "eval.json").read_text())
+        assert list(evaluation["per_seed"]) == [str(seed)]
+        assert evaluation["cost_limit"] == [limit]
+        assert sorted(p.name for p in (run_dir / "tb").iterdir()) == [f"seed_{seed}"]
+        assert (run_dir / "curves.png").is_file()
+    assert sorted(find_runs([sweep.out])) == sorted(
+        sweep.out / "runs" / r.run_id / "run" for r in sweep.runs)  # not the pack's run
+
+    # One of them trained alone: the same numbers up to float32 reassociation, the same
+    # actions from the deployed policy.
+    last = sweep.runs[-1]
+    alone = saferl.train(last.algo, config=last.config, run_dir=tmp_path / "alone",
+                         progress=False)
+    packed_dir = sweep.out / "runs" / last.run_id / "run"
+    assert_same_rows(rows_without_time(RunDirectory(packed_dir).read_progress()),
+                     rows_without_time(alone.history), rtol=2e-3, atol=2e-3)
+    obs = np.random.default_rng(0).normal(size=(16, saferl.load(packed_dir).obs_dim))
+    np.testing.assert_allclose(saferl.load(packed_dir)(obs), saferl.load(alone.run_dir)(obs),
+                               atol=1e-3)
+    # A packed run extends like any run.
+    more = saferl.train(resume=packed_dir, steps=1200, progress=False)
+    assert max(r["env_steps"] for r in more.history) == 1200

@@ -58,7 +58,7 @@ class MemberFigures:
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """The saferl run directories under ``paths``: each path itself if it is one, else every
-    ``config.json`` folder below it (a sweep's ``runs/*/run``).
+    ``config.json`` folder below it (a sweep's ``runs/*/run``) but a sweep's packs.
 
     Raises:
         FileNotFoundError: A path does not exist, or holds no run directory.
@@ -71,7 +71,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if (path / "config.json").is_file():
             found.append(path)
             continue
-        below = sorted(p.parent for p in path.rglob("config.json"))
+        # A pack's multi-member run (OUT/packs/*/run) is written out as its runs' directories:
+        # reading it too would count each of its members twice.
+        below = sorted(p.parent for p in path.rglob("config.json")
+                       if not (p.parent.parent / "pack.json").is_file())
         if not below:
             raise FileNotFoundError(f"{str(path)!r} holds no saferl run directory (no "
                                     f"config.json below it).")

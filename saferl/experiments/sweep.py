@@ -8,13 +8,17 @@ checkpoint, and retries failed ones only with ``retry_failed``. Runs are indepen
 processes: one that raises or is killed marks itself failed (or, killed, stays resumable) and
 the others go on.
 
+Runs that differ only in seed (and, where the algorithm trains a grid of limits, in cost
+limit) are packed: trained in one worker process as one vectorised run, then written out as one
+run directory each (:mod:`saferl.experiments.packing`; ``pack_size`` caps or turns it off).
+
 **Local backend**: up to ``jobs`` worker subprocesses (:mod:`saferl.experiments.worker`), each
 started with its share of the cores fixed in the environment before JAX starts (XLA CPU devices
 and thread counts); on Linux every worker dies with the driver (``PR_SET_PDEATHSIG``), so a
 driver killed with SIGKILL leaves no orphan training behind, and a lock file keeps two workers
-off one run. **Ray backend**: the same worker command as one Ray task per pending run, with its
-CPU (and GPU) needs, on a running cluster (``address``) or a local Ray instance; the run
-directories must be on storage every node sees.
+off one run. **Ray backend**: the same worker command as one Ray task per pending run or pack,
+with its CPU (and GPU) needs, on a running cluster (``address``) or a local Ray instance; the
+run directories must be on storage every node sees.
 """
 
 from __future__ import annotations
@@ -70,6 +74,20 @@ class SweepResult:
         return [r for r in self.runs if r.state == "failed"]
 
 
+@dataclass
+class Job:
+    """What one worker process runs: a single run (its directory) or a pack of runs trained
+    together (the pack's directory, :mod:`saferl.experiments.packing`)."""
+
+    directory: Path
+    states: list[RunState]
+
+    @property
+    def packed(self) -> bool:
+        """Whether this job trains several runs in one process."""
+        return (self.directory / "pack.json").is_file()
+
+
 def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
     """Write each run's ``sweep_run.json`` and read its state from its directory.
 
@@ -86,7 +104,7 @@ def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
             "thresholds": list(sweep.evaluation.thresholds),
             "env_seed": sweep.evaluation.env_seed}}
         _write_json(directory / "sweep_run.json", plan)
-        status = _read_status(directory)
+        status = read_status(directory)
         state = status.get("state", "pending")
         if state == "failed" and retry_failed:
             (directory / "status.json").replace(directory / "status.failed.json")
@@ -98,6 +116,36 @@ def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
                                error=status.get("error") if state == "failed" else None,
                                wall_time=status.get("wall_time")))
     return states
+
+
+def packs(sweep: Sweep, states: list[RunState], pack_size: int = 0) -> list[Any]:
+    """The :class:`~saferl.experiments.packing.Pack` of pending runs that differ only in seed
+    (or cost limit), at most ``pack_size`` runs each (0: no limit; 1: no packing). A run with
+    a run directory of its own (interrupted while training alone) resumes alone."""
+    from saferl.experiments.packing import plan_packs
+
+    fresh = {s.run_id for s in states
+             if s.state == "pending" and not (s.directory / "run" / "config.json").is_file()}
+    return plan_packs(sweep.out, sweep.runs, fresh, pack_size or len(states) + 1)
+
+
+def plan_jobs(sweep: Sweep, states: list[RunState], pack_size: int = 0) -> list[Job]:
+    """The worker processes that run the pending runs: the :func:`packs`, written as
+    ``OUT/packs/*/pack.json``, then one job per remaining run."""
+    by_id = {s.run_id: s for s in states}
+    evaluation = {"episodes": sweep.evaluation.episodes, "modes": list(sweep.evaluation.modes),
+                  "thresholds": list(sweep.evaluation.thresholds),
+                  "env_seed": sweep.evaluation.env_seed}
+    jobs, packed = [], set()
+    for pack in packs(sweep, states, pack_size):
+        pack.directory.mkdir(parents=True, exist_ok=True)
+        _write_json(pack.directory / "pack.json",
+                    pack.plan({i: by_id[i].directory for i in pack.run_ids}, evaluation))
+        jobs.append(Job(pack.directory, [by_id[i] for i in pack.run_ids]))
+        packed.update(pack.run_ids)
+    jobs += [Job(s.directory, [s]) for s in states
+             if s.state == "pending" and s.run_id not in packed]
+    return jobs
 
 
 def write_index(sweep: Sweep, states: list[RunState]) -> Path:
@@ -138,45 +186,47 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def run_local(states: list[RunState], jobs: int, on_change: Callable[[], None]) -> None:
-    """Run the pending runs in up to ``jobs`` worker subprocesses; ``on_change`` after every
-    start and finish. Ctrl-C interrupts every worker (each checkpoints) and re-raises."""
-    cores = max(1, (os.cpu_count() or 1) // jobs)
-    pending = [s for s in states if s.state == "pending"]
-    running: dict[int, tuple[subprocess.Popen, RunState, Any]] = {}
+def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> None:
+    """Run the jobs in up to ``slots`` worker subprocesses; ``on_change`` after every start
+    and finish. Ctrl-C interrupts every worker (each checkpoints) and re-raises."""
+    cores = max(1, (os.cpu_count() or 1) // slots)
+    waiting = list(jobs)
+    running: dict[int, tuple[subprocess.Popen, Job, Any]] = {}
     try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                state = pending.pop(0)
-                log = (state.directory / "worker.log").open("ab")
+        while waiting or running:
+            while waiting and len(running) < slots:
+                job = waiting.pop(0)
+                log = (job.directory / "worker.log").open("ab")
                 process = subprocess.Popen(
-                    worker_command(state.directory), stdout=log, stderr=subprocess.STDOUT,
+                    worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
                     env=worker_environment(cores), preexec_fn=_die_with_parent)
-                state.state = "running"
-                running[process.pid] = (process, state, log)
+                for state in job.states:
+                    state.state = "running"
+                running[process.pid] = (process, job, log)
                 on_change()
             time.sleep(0.2)
-            for pid, (process, state, log) in list(running.items()):
+            for pid, (process, job, log) in list(running.items()):
                 if process.poll() is None:
                     continue
                 log.close()
                 del running[pid]
-                _finish(state, process.returncode)
+                _finish(job, process.returncode)
                 on_change()
     except KeyboardInterrupt:
         for process, _, _ in running.values():
             process.send_signal(signal.SIGINT)
-        for process, state, log in running.values():
+        for process, job, log in running.values():
             process.wait()
             log.close()
-            state.state = "pending"
+            for state in job.states:
+                state.state = "pending"
         raise
 
 
-def run_ray(states: list[RunState], address: str | None, cpus_per_run: int,
+def run_ray(jobs: list[Job], address: str | None, cpus_per_run: int,
             gpus_per_run: float, on_change: Callable[[], None]) -> None:
-    """Run the pending runs as Ray tasks (each the worker command) on ``address`` or a local
-    Ray instance.
+    """Run the jobs as Ray tasks (each the worker command, asking for ``cpus_per_run`` CPUs and
+    ``gpus_per_run`` GPUs: a pack is one task) on ``address`` or a local Ray instance.
 
     Raises:
         RuntimeError: Ray is not installed (``saferl[ray]``) or the cluster cannot be reached
@@ -199,9 +249,9 @@ def run_ray(states: list[RunState], address: str | None, cpus_per_run: int,
 
     try:
         futures = {}
-        for state in states:
-            if state.state == "pending":
-                futures[one.remote(str(state.directory), cpus_per_run)] = state
+        for job in jobs:
+            futures[one.remote(str(job.directory), cpus_per_run)] = job
+            for state in job.states:
                 state.state = "running"
         on_change()
         remaining = list(futures)
@@ -246,24 +296,27 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                            f"or check the address.") from None
 
 
-def _finish(state: RunState, returncode: int) -> None:
-    """A worker ended: its status file says done or failed; without one it was interrupted
-    (killed) and stays pending, resumable."""
-    status = _read_status(state.directory)
-    if status.get("state") == "done":
-        state.state, state.wall_time = "done", status.get("wall_time")
-    elif status.get("state") == "failed":
-        state.state, state.error = "failed", status.get("error")
-    elif returncode == 75:  # locked by another worker: it is running elsewhere
-        state.state = "running"
-    else:
-        state.state = "failed"
-        state.error = (f"the worker exited with status {returncode} and wrote no status "
-                       f"(killed?); see {state.directory / 'worker.log'}")
-        state.resumed = True
+def _finish(job: Job, returncode: int) -> None:
+    """A worker ended: each run's status file says done or failed; without one the run was
+    interrupted (killed) and stays resumable."""
+    for state in job.states:
+        status = read_status(state.directory)
+        if status.get("state") == "done":
+            state.state, state.wall_time = "done", status.get("wall_time")
+        elif status.get("state") == "failed":
+            state.state, state.error = "failed", status.get("error")
+        elif returncode == 75:  # locked by another worker: it is running elsewhere
+            state.state = "running"
+        else:
+            state.state = "failed"
+            state.error = (f"the worker exited with status {returncode} and wrote no status "
+                           f"(killed?); see {job.directory / 'worker.log'}; the next sweep "
+                           f"resumes it")
+            state.resumed = True
 
 
-def _read_status(directory: Path) -> dict[str, Any]:
+def read_status(directory: Path) -> dict[str, Any]:
+    """A run's ``status.json`` (``{}`` when missing or unreadable: not finished)."""
     try:
         status = json.loads((directory / "status.json").read_text())
     except (OSError, ValueError):
@@ -279,25 +332,30 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 class SweepProgress:
     """Plain progress lines: runs done / running / pending / failed, and an ETA from the mean
-    wall time of the runs finished so far."""
+    wall time of the worker processes finished so far (a pack counts once)."""
 
-    def __init__(self, states: list[RunState], jobs: int, enabled: bool = True) -> None:
-        self.states, self.jobs, self.enabled = states, jobs, enabled
-        self.began = time.time()
+    def __init__(self, states: list[RunState], slots: int, enabled: bool = True) -> None:
+        self.states, self.slots, self.enabled = states, slots, enabled
+        self.jobs: list[Job] = []
         self.last = ""
 
     def line(self) -> str:
         """The current counts and ETA."""
         counts = {s: sum(1 for r in self.states if r.state == s) for s in STATES}
-        times = [r.wall_time for r in self.states if r.state == "done" and r.wall_time]
-        left = counts["pending"] + counts["running"]
+        times = [max(r.wall_time or 0.0 for r in job.states) for job in self.jobs
+                 if all(r.state == "done" for r in job.states)]
+        left = sum(1 for job in self.jobs
+                   if any(r.state in ("pending", "running") for r in job.states))
         eta = ""
         if times and left:
-            seconds = sum(times) / len(times) * left / max(1, min(self.jobs, left))
+            seconds = sum(times) / len(times) * left / max(1, min(self.slots, left))
             eta = f", ETA {int(seconds // 60)}:{int(seconds % 60):02d}"
+        packs = sum(1 for job in self.jobs if len(job.states) > 1)
+        packed = f", {packs} pack{'s' if packs != 1 else ''} of runs in one process" \
+            if packs else ""
         return (f"sweep: {counts['done']} done, {counts['running']} running, "
                 f"{counts['pending']} pending, {counts['failed']} failed "
-                f"({len(self.states)} runs{eta})")
+                f"({len(self.states)} runs{packed}{eta})")
 
     def update(self) -> None:
         """Print the line if it changed."""
@@ -309,18 +367,21 @@ class SweepProgress:
 
 def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
               backend: str = "local", address: str | None = None, cpus_per_run: int = 1,
-              gpus_per_run: float = 0.0, progress: bool = True) -> SweepResult:
+              gpus_per_run: float = 0.0, progress: bool = True,
+              pack_size: int = 0) -> SweepResult:
     """Run every pending run of ``sweep`` (see the module docstring).
 
     Args:
         sweep: The checked, expanded spec (:func:`~saferl.experiments.spec.load_spec`).
-        jobs: Local backend: runs at once (each gets ``cores // jobs`` cores).
+        jobs: Local backend: worker processes at once (each gets ``cores // jobs`` cores).
         retry_failed: Run failed runs again (otherwise they are listed and skipped).
         backend: ``"local"`` (subprocesses) or ``"ray"``.
         address: Ray: the cluster's address (default: a local Ray instance).
-        cpus_per_run: Ray: CPUs each run asks for.
-        gpus_per_run: Ray: GPUs each run asks for.
+        cpus_per_run: Ray: CPUs each worker process (a run or a pack) asks for.
+        gpus_per_run: Ray: GPUs each worker process asks for.
         progress: Print progress lines and the final summary to stderr.
+        pack_size: Most runs trained together in one process when they differ only in seed
+            (or cost limit): 0, no limit; 1, every run in its own process.
 
     Returns:
         Every run's final state.
@@ -329,11 +390,16 @@ def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
         raise ValueError(f"backend must be 'local' or 'ray'; got {backend!r}.")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}.")
+    if pack_size < 0:
+        raise ValueError(f"pack_size must be >= 0 (0: no limit, 1: no packing); got "
+                         f"{pack_size}.")
     if backend == "ray":
         ray_module(address)  # before anything is written or shown
     sweep.out.mkdir(parents=True, exist_ok=True)
     states = prepare(sweep, retry_failed)
-    display = SweepProgress(states, jobs if backend == "local" else len(states), progress)
+    work = plan_jobs(sweep, states, pack_size)
+    display = SweepProgress(states, jobs if backend == "local" else len(work), progress)
+    display.jobs = work
     skipped = sum(1 for s in states if s.state == "failed")
 
     def changed() -> None:
@@ -346,9 +412,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
               file=sys.stderr, flush=True)
     try:
         if backend == "local":
-            run_local(states, jobs, changed)
+            run_local(work, jobs, changed)
         else:
-            run_ray(states, address, cpus_per_run, gpus_per_run, changed)
+            run_ray(work, address, cpus_per_run, gpus_per_run, changed)
     finally:
         write_index(sweep, states)
     result = SweepResult(sweep.out, states)

@@ -14,7 +14,9 @@ worker
 4. writes ``RUN_DIR/status.json``: ``done``, or ``failed`` with the error and the log's tail.
 
 A worker killed mid-run (SIGKILL, a lost node) leaves no status: the next ``saferl sweep``
-resumes it from its checkpoint.
+resumes it from its checkpoint. Given a pack's directory (``pack.json``: runs trained together,
+:mod:`saferl.experiments.packing`), the worker trains the pack as one multi-member run, then
+writes, evaluates and marks done each of its runs' directories.
 """
 
 from __future__ import annotations
@@ -64,40 +66,54 @@ def evaluate_stage(run_dir: Path, stage: dict[str, Any]) -> None:
     del meta
 
 
-def run(run_dir: Path) -> int:
-    """Train (or resume) and evaluate the run in ``run_dir``; the process's exit status."""
-    lock = (run_dir / ".lock").open("w")
+def _lock(directory: Path) -> Any | None:
+    """An exclusive lock on ``directory/.lock`` (held while the handle is open), or ``None``
+    when another worker holds it."""
+    handle = (directory / ".lock").open("w")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"saferl sweep: {run_dir} is already running in another worker.", file=sys.stderr)
-        return LOCKED_EXIT
-    began = time.time()
+        handle.close()
+        return None
+    return handle
+
+
+def train_or_resume(training: Path, algo: str, config_record: dict[str, Any], label: str) -> None:
+    """Train the run in ``training``, or resume it from its newest intact checkpoint."""
+    import saferl
+    from saferl.algos.registry import get_algorithm
+    from saferl.config import config_from_dict
+
+    if (training / "config.json").is_file():
+        print(f"saferl sweep worker: resuming {training} from its newest intact checkpoint",
+              flush=True)
+        saferl.train(resume=training, progress=False)
+        return
+    print(f"saferl sweep worker: training {label} in {training}", flush=True)
+    config = config_from_dict(get_algorithm(algo).config_class, config_record)
+    saferl.train(algo, config=config, run_dir=training, progress=False)
+
+
+def run(run_dir: Path) -> int:
+    """Train (or resume) and evaluate the run in ``run_dir`` (or, for a pack's directory, all
+    of its runs: :func:`run_pack`); the process's exit status."""
     from saferl import interrupts
 
     interrupts.install()  # a Ctrl-C swallowed anywhere still stops the run at an iteration
+    if (run_dir / "pack.json").is_file():
+        return run_pack(run_dir)
+    lock = _lock(run_dir)
+    if lock is None:
+        print(f"saferl sweep: {run_dir} is already running in another worker.", file=sys.stderr)
+        return LOCKED_EXIT
+    began = time.time()
     try:
-        import saferl
-        from saferl.algos.registry import get_algorithm
-        from saferl.config import config_from_dict
-
         plan = json.loads((run_dir / "sweep_run.json").read_text())
         training = run_dir / "run"
-        if (training / "config.json").is_file():
-            print(f"saferl sweep worker: resuming {training} from its newest intact "
-                  f"checkpoint", flush=True)
-            result = saferl.train(resume=training, progress=False)
-        else:
-            print(f"saferl sweep worker: training {plan['label']} in {training}", flush=True)
-            entry = get_algorithm(plan["algo"])
-            config = config_from_dict(entry.config_class, plan["config"])
-            result = saferl.train(plan["algo"], config=config, run_dir=training,
-                                  progress=False)
+        train_or_resume(training, plan["algo"], plan["config"], plan["label"])
         evaluate_stage(training, plan["evaluation"])
         print(f"saferl sweep worker: {plan['label']} done", flush=True)
-        write_status(run_dir, "done", wall_time=time.time() - began,
-                     summary_file=str(training / "config.json"),
-                     constraints_satisfied=result.summary.get("constraints_satisfied"))
+        write_status(run_dir, "done", wall_time=time.time() - began)
         return 0
     except KeyboardInterrupt:
         return 130  # interrupted: no status, the next sweep resumes it
@@ -107,6 +123,63 @@ def run(run_dir: Path) -> int:
         return 1
     finally:
         lock.close()
+
+
+def run_pack(pack_dir: Path) -> int:
+    """Train a pack's runs as one multi-member run in ``pack_dir/run`` (or resume it), then
+    write each run's directory (:func:`~saferl.experiments.packing.split_member`), evaluate
+    it and mark it done; a failure marks every run of the pack not yet done as failed."""
+    from saferl.experiments.sweep import read_status
+
+    plan = json.loads((pack_dir / "pack.json").read_text())
+    directories = [Path(m["directory"]) for m in plan["members"]]
+    locks = [_lock(d) for d in [pack_dir, *directories]]
+    if any(lock is None for lock in locks):
+        for lock in locks:
+            if lock is not None:
+                lock.close()
+        print(f"saferl sweep: {pack_dir} is already running in another worker.", file=sys.stderr)
+        return LOCKED_EXIT
+    began = time.time()
+    try:
+        from saferl.algos.registry import get_algorithm
+        from saferl.config import config_from_dict
+        from saferl.experiments.packing import split_member
+
+        training = pack_dir / "run"
+        train_or_resume(training, plan["algo"], plan["config"],
+                        f"{plan['pack']} ({len(directories)} runs in one process)")
+        entry = get_algorithm(plan["algo"])
+        for directory in directories:
+            if read_status(directory).get("state") == "done":
+                continue
+            run_plan = json.loads((directory / "sweep_run.json").read_text())
+            config = config_from_dict(entry.config_class, run_plan["config"])
+            split_member(training, config, directory / "run")
+            stage = dict(run_plan["evaluation"])
+            if not stage["episodes"]:  # as a run alone: its own end-of-training evaluation
+                stage["episodes"] = config.run.eval_episodes
+            evaluate_stage(directory / "run", stage)
+            print(f"saferl sweep worker: {run_plan['label']} done (packed)", flush=True)
+            write_status(directory, "done", wall_time=time.time() - began,
+                         packed_in=str(pack_dir), pack_runs=len(directories))
+        write_status(pack_dir, "done", wall_time=time.time() - began)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as error:
+        fields = {"error": f"{type(error).__name__}: {error}",
+                  "traceback": traceback.format_exc(), "wall_time": time.time() - began,
+                  "packed_in": str(pack_dir)}
+        for directory in directories:
+            if read_status(directory).get("state") != "done":
+                write_status(directory, "failed", **fields)
+        write_status(pack_dir, "failed", **fields)
+        return 1
+    finally:
+        for lock in locks:
+            if lock is not None:
+                lock.close()
 
 
 def main() -> None:
