@@ -16,8 +16,10 @@ import io
 import math
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import tyro
@@ -397,8 +399,17 @@ class SweepArgs:
     its own directory under the spec's out folder, named by a hash of its configuration;
     OUT/sweep.json indexes them."""
 
-    spec: Annotated[str, tyro.conf.Positional]
-    """The sweep spec (.toml)."""
+    spec: Annotated[str | None, tyro.conf.Positional] = None
+    """The sweep spec (.toml); or give --recipe."""
+    recipe: str | None = None
+    """Run one of the papers' experiments shipped with saferl (--list-recipes)."""
+    scale: str = "quick"
+    """With --recipe: quick (minutes on 2 cores), native (the published protocol on native
+    tasks) or paper (the published protocol on the paper's tasks)."""
+    list_recipes: bool = False
+    """Describe every recipe and scale with its size, run nothing."""
+    out: str | None = None
+    """Write the sweep here instead of the spec's out folder (a recipe's: sweeps/NAME-SCALE)."""
     jobs: int = 1
     """Local backend: runs at once, each in its own process with cores // jobs cores."""
     retry_failed: bool = False
@@ -431,10 +442,25 @@ def _sweep(args: list[str]) -> int:
     if opts.pack_size < 0:
         return _error(f"--pack-size must be >= 0 (0: no limit, 1: no packing); got "
                       f"{opts.pack_size}.")
+    if opts.list_recipes:
+        from saferl.experiments.recipe import listing
+
+        print(listing())
+        return 0
+    if (opts.spec is None) == (opts.recipe is None):
+        return _error("saferl sweep needs a spec file or --recipe NAME (one of them; "
+                      "--list-recipes shows the recipes).")
     try:
-        sweep = load_spec(opts.spec)
+        if opts.recipe is not None:
+            from saferl.experiments.recipe import load_recipe
+
+            sweep = load_recipe(opts.recipe, opts.scale, opts.out)
+        else:
+            sweep = load_spec(opts.spec)
+            if opts.out is not None:
+                sweep = dataclasses.replace(sweep, out=Path(opts.out))
     except SpecError as error:
-        return _error(f"{opts.spec}: {error}")
+        return _error(f"{opts.spec}: {error}" if opts.spec else str(error))
     if opts.dry_run:
         return _dry_run(sweep, opts.pack_size)
     try:
@@ -445,8 +471,8 @@ def _sweep(args: list[str]) -> int:
     except RuntimeError as error:
         return _error(str(error))
     except KeyboardInterrupt:
-        _say(f"\ninterrupted; every run under way was checkpointed. Continue with: saferl "
-             f"sweep {opts.spec}")
+        again = shlex.join(["saferl", "sweep", *args])
+        _say(f"\ninterrupted; every run under way was checkpointed. Continue with: {again}")
         return INTERRUPTED
     return 1 if result.failed else 0
 
@@ -455,7 +481,7 @@ def _dry_run(sweep: Any, pack_size: int) -> int:
     """List a sweep's runs, their states and the packs they would train in; run nothing."""
     from saferl.experiments.sweep import packs, prepare
 
-    states = prepare(sweep)
+    states = prepare(sweep, write=False)
     pack_of = {run_id: pack.pack_id for pack in packs(sweep, states, pack_size)
                for run_id in pack.run_ids}
     for state in states:
@@ -548,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
 
     interrupts.install()
     try:
+        with interrupts.deferred():  # Ctrl-C inside jaxlib's import would abort the process
+            import saferl.algos.registry  # noqa: F401  (JAX, Flax, Optax and every algorithm)
         return _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         return _interrupted(None)

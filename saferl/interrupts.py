@@ -5,6 +5,10 @@ that catches ``BaseException`` around an import or a callback can swallow it, an
 on as if nothing was pressed. :func:`install` keeps Python's behaviour and also sets a flag that
 the training loop checks after every iteration (:func:`check`), so an interrupt swallowed
 anywhere still stops the run at the next iteration boundary, with its checkpoint.
+
+An exception raised while a native extension is being imported can abort the interpreter
+(``terminate called after throwing an instance of 'nanobind::python_error'`` when Ctrl-C lands
+inside jaxlib's import); :func:`deferred` holds the interrupt back until such a block ends.
 """
 
 from __future__ import annotations
@@ -12,16 +16,32 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
 _requested = threading.Event()
+_deferring = threading.Event()
 _default_unraisable = sys.unraisablehook
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _requested.set()
-    raise KeyboardInterrupt
+    if not _deferring.is_set():
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block a Ctrl-C is only remembered; it is raised as ``KeyboardInterrupt``
+    when the block ends. For imports of native extensions, which must not be interrupted."""
+    _deferring.set()
+    try:
+        yield
+    finally:
+        _deferring.clear()
+    check()
 
 
 def _unraisable(unraisable: Any) -> None:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -178,6 +179,26 @@ def test_a_swallowed_interrupt_still_stops_at_the_next_iteration(tmp_path,
     rows = numbers(tmp_path / "run")
     assert [r["iteration"] for r in rows] == ["1"]
     assert saferl.runs.RunDirectory(tmp_path / "run").latest_checkpoint() == "iter_0000001"
+
+
+def test_a_ctrl_c_inside_a_deferred_block_is_raised_when_the_block_ends():
+    # Ctrl-C landing inside jaxlib's import aborted the interpreter ('terminate called after
+    # throwing an instance of nanobind::python_error'); the CLI imports JAX inside deferred().
+    script = textwrap.dedent("""
+        import os, signal
+        from saferl import interrupts
+        interrupts.install()
+        try:
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                print("block ran to its end", flush=True)
+        except KeyboardInterrupt:
+            print("raised after the block", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                      signal.SIG_DFL))
+    assert out.stdout.split("\n")[:2] == ["block ran to its end", "raised after the block"], out
 
 
 def _command(run_dir: Path) -> list[str]:
