@@ -116,6 +116,7 @@ def test_the_wheel_installs_in_a_fresh_venv_and_runs_saferl_list(tmp_path) -> No
         names = archive.namelist()
         metadata = archive.read(f"saferl-{saferl.__version__}.dist-info/METADATA").decode()
     assert "saferl/envs/native/circle.py" in names
+    assert "saferl/experiments/recipes/ccpo-main.paper.toml" in names  # sweep --recipe
     assert not [name for name in names if name.startswith(("tests/", "benchmarks/"))]
     assert "Requires-Python: >=3.11" in metadata
     assert "Provides-Extra: bullet" in metadata

@@ -22,6 +22,22 @@ A spec (``saferl sweep SPEC.toml``)::
     modes = ["deterministic", "stochastic"]
     thresholds = [10, 20, 30, 40]      # conditioned policies: evaluated at these
 
+Several grids with their own axes and fixed fields (an on-policy baseline given more steps than
+an off-policy method, say) are ``[[grid]]`` tables instead of ``[axes]``; each grid's
+``config`` is merged over the spec's ``[config]``::
+
+    [config]
+    env = "saferl/BallCircle-v0"
+    [[grid]]
+    axes = { algo = ["ccpo"], seed = [0, 1] }
+    config = { steps = 100000 }
+    [[grid]]
+    axes = { algo = ["cppo_lag"], seed = [0, 1] }
+    config = { steps = 1000000 }
+
+``description`` and ``source`` are free text (the recipes of ``saferl sweep --recipe`` say what
+they reproduce there).
+
 A run's identity is a short hash of its resolved configuration and algorithm
 (:func:`run_hash`), never of resources, worker counts or the backend, so the same spec names
 the same run directories wherever and however it runs.
@@ -42,7 +58,8 @@ from typing import Any
 
 from saferl.config import ConfigError, config_to_dict
 
-TOP_LEVEL = ("name", "out", "axes", "config", "evaluation")
+TOP_LEVEL = ("name", "description", "source", "out", "axes", "config", "grid", "evaluation")
+GRID_KEYS = ("axes", "config")
 EVALUATION_KEYS = ("episodes", "modes", "thresholds", "env_seed")
 MODES = ("deterministic", "stochastic")
 #: Shared settings that say how a run is executed, not what it computes: left out of its hash.
@@ -85,9 +102,11 @@ class Sweep:
 
     name: str
     out: Path
-    axes: dict[str, list[Any]]
+    axes: dict[str, list[Any]]  # every axis and the values it takes in any grid
     runs: list[PlannedRun]
     evaluation: Evaluation = field(default_factory=Evaluation)
+    description: str = ""
+    source: str = ""
 
 
 def load_spec(path: str | Path) -> Sweep:
@@ -115,13 +134,48 @@ def parse_spec(data: dict[str, Any], default_name: str, base: Path) -> Sweep:
     if not isinstance(name, str) or not name:
         raise SpecError(f"name must be a non-empty string; got {name!r}.")
     out = base / data.get("out", f"sweeps/{name}")
-    axes = data.get("axes")
-    if not isinstance(axes, dict) or not axes:
-        raise SpecError("the spec has no [axes] table: name at least one axis, e.g. "
-                        "algo = [\"ppo_lag\"].")
+    for key in ("description", "source"):
+        if not isinstance(data.get(key, ""), str):
+            raise SpecError(f"{key} must be a string; got {data[key]!r}.")
     fixed = data.get("config", {})
     if not isinstance(fixed, dict):
         raise SpecError(f"[config] must be a table of configuration fields; got {fixed!r}.")
+    if "axes" in data and "grid" in data:
+        raise SpecError("the spec has both [axes] and [[grid]] tables: put the axes of each "
+                        "grid in its own [[grid]] table, or use [axes] alone.")
+    grids = data.get("grid", [{"axes": data.get("axes")}])
+    if not isinstance(grids, list) or not grids or not all(isinstance(g, dict) for g in grids):
+        raise SpecError("[[grid]] must be one or more tables, each with axes = {...}.")
+    evaluation = _evaluation(data.get("evaluation", {}))
+    runs: list[PlannedRun] = []
+    seen: dict[str, dict[str, Any]] = {}
+    union: dict[str, list[Any]] = {}
+    for number, grid in enumerate(grids, start=1):
+        where = "[axes]" if "grid" not in data else f"[[grid]] number {number}"
+        _check_keys(grid, GRID_KEYS, where)
+        own = grid.get("config", {})
+        if not isinstance(own, dict):
+            raise SpecError(f"config of {where} must be a table of configuration fields; got "
+                            f"{own!r}.")
+        for run in _expand(grid.get("axes"), _merge(fixed, own), where):
+            if run.run_id in seen:
+                raise SpecError(f"axis values {seen[run.run_id]} and {run.values} give the "
+                                f"same run (the same resolved configuration): drop one of "
+                                f"them.")
+            seen[run.run_id] = run.values
+            runs.append(run)
+            for key, value in run.values.items():
+                if value not in union.setdefault(key, []):
+                    union[key].append(value)
+    return Sweep(name, out, union, runs, evaluation, data.get("description", ""),
+                 data.get("source", ""))
+
+
+def _expand(axes: Any, fixed: dict[str, Any], where: str) -> list[PlannedRun]:
+    """Every run of one grid: the product of its axes on top of ``fixed``."""
+    if not isinstance(axes, dict) or not axes:
+        raise SpecError(f"the spec has no axes in {where}: name at least one axis, e.g. "
+                        f"algo = [\"ppo_lag\"].")
     axes = {key: _axis_values(key, values) for key, values in axes.items()}
     algos = axes.get("algo", [fixed.get("algo")] if "algo" in fixed else [])
     if not algos:
@@ -129,19 +183,20 @@ def parse_spec(data: dict[str, Any], default_name: str, base: Path) -> Sweep:
     for algo in algos:
         _check_algorithm(algo)
     _check_axis_names(axes, algos, _flatten(fixed))
-    evaluation = _evaluation(data.get("evaluation", {}))
     names = list(axes)
-    runs = []
-    seen: dict[str, dict[str, Any]] = {}
-    for combination in itertools.product(*(axes[n] for n in names)):
-        values = dict(zip(names, combination, strict=True))
-        run = plan_run(values, fixed)
-        if run.run_id in seen:
-            raise SpecError(f"axis values {seen[run.run_id]} and {values} give the same run "
-                            f"(the same resolved configuration): drop one of them.")
-        seen[run.run_id] = values
-        runs.append(run)
-    return Sweep(name, out, axes, runs, evaluation)
+    return [plan_run(dict(zip(names, combination, strict=True)), fixed)
+            for combination in itertools.product(*(axes[n] for n in names))]
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s fields over ``base``'s, nested tables merged field by field."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "env_kwargs":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:

@@ -88,8 +88,9 @@ class Job:
         return (self.directory / "pack.json").is_file()
 
 
-def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
-    """Write each run's ``sweep_run.json`` and read its state from its directory.
+def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True) -> list[RunState]:
+    """Write each run's ``sweep_run.json`` (unless not ``write``: a dry run) and read its
+    state from its directory.
 
     ``done`` and ``failed`` come from the worker's ``status.json``; a failed run is made
     pending again (its status set aside as ``status.failed.json``) only with ``retry_failed``;
@@ -98,15 +99,16 @@ def prepare(sweep: Sweep, retry_failed: bool = False) -> list[RunState]:
     states = []
     for planned in sweep.runs:
         directory = sweep.out / "runs" / planned.run_id
-        directory.mkdir(parents=True, exist_ok=True)
         plan = {**planned.record(), "evaluation": {
             "episodes": sweep.evaluation.episodes, "modes": list(sweep.evaluation.modes),
             "thresholds": list(sweep.evaluation.thresholds),
             "env_seed": sweep.evaluation.env_seed}}
-        _write_json(directory / "sweep_run.json", plan)
+        if write:
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_json(directory / "sweep_run.json", plan)
         status = read_status(directory)
         state = status.get("state", "pending")
-        if state == "failed" and retry_failed:
+        if state == "failed" and retry_failed and write:
             (directory / "status.json").replace(directory / "status.failed.json")
             state = "pending"
         if state not in ("done", "failed"):
