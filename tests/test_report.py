@@ -178,3 +178,53 @@ def test_report_command_and_bad_input(runs, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "holds no saferl run directory" in capsys.readouterr().err
+
+
+def test_split_runs_and_limit_grids_count_each_seed_once(tmp_path, saved_figures):
+    """A pack written out as one run per seed pools into one threshold curve over all seeds;
+    a limits-grid baseline (one member per seed × limit) is one conditioned row per seed."""
+    from saferl.engine.members import members
+
+    tables = {0: [{"threshold_0": 10.0, "return_mean": 1.0, "return_std": 0.0,
+                   "cost_0_mean": 4.0, "cost_0_std": 0.0, "violation_0": 0.0}],
+              1: [{"threshold_0": 10.0, "return_mean": 3.0, "return_std": 0.0,
+                   "cost_0_mean": 10.0, "cost_0_std": 0.0, "violation_0": 0.0}]}
+    for seed in (0, 1):
+        synthetic_run(tmp_path / "runs" / f"ccpo{seed}", "ccpo", [seed], returns=[[1] * 7],
+                      costs=[[30] * 7], versatile={"table": tables[seed], "per_seed": {
+                          str(seed): {"Avg R": 1.0 + 2 * seed, "Avg CV": 0.0, "R-G": 0.0,
+                                      "CV-G": 0.0}}})
+    config = build_config("cppo_lag", overrides={"run": {"seeds": [0, 1]}})
+    grid = members(config)
+    assert len(grid) == 6  # three training limits x two seeds
+    path = tmp_path / "runs" / "grid"
+    run = RunDirectory(path)
+    run.write_config({"algo": "cppo_lag", "config": config_to_dict(config), "spec": SPEC})
+    for t in range(7):
+        run.log(t + 1, 1000 * (t + 1), float(t), [m.seed for m in grid], {
+            "rollout/ep_return": np.full(6, 5.0), "rollout/ep_cost_0": np.full(6, 1.0),
+            "train/cost_rate_0": np.full(6, 0.01)}, limits=[m.cost_limit for m in grid])
+    run.close()
+    (path / "versatile.json").write_text(json.dumps({"table": tables[0], "per_seed": {
+        "0": {"Avg R": 10.0, "Avg CV": 1.0, "R-G": 0.0, "CV-G": 0.0},
+        "1": {"Avg R": 20.0, "Avg CV": 3.0, "R-G": 0.0, "CV-G": 0.0}}}))
+
+    rows = report_rows(tmp_path)
+    table = report.versatile_table(rows)
+    versatile = {r["algorithm"]: r for r in table}
+    assert len(table) == 2 and versatile["cppo_lag"]["seeds"] == 2
+    assert versatile["cppo_lag"]["Avg_R_mean"] == 15.0
+    assert versatile["ccpo"]["seeds"] == 2 and versatile["ccpo"]["Avg_R_mean"] == 2.0
+    final = report.final_table(rows, 1)
+    assert sorted(r["limit"] for r in final if r["algorithm"] == "cppo_lag") == \
+        sorted(",".join(f"{x:g}" for x in limit) for limit in {m.cost_limit for m in grid})
+    ccpo = next(r for r in final if r["algorithm"] == "ccpo")
+    # Trained on a mixture of behaviour thresholds: no training limit to be within.
+    assert ccpo["limit"] == "conditioned" and math.isnan(ccpo["train_within_share"])
+
+    report.versatile_figure(rows, "saferl/BallCircle-v0", tmp_path / "v.png")
+    cost_ax, _ = saved_figures[-1].axes
+    line = next(line for line in cost_ax.lines if line.get_label() == "ccpo")
+    np.testing.assert_allclose(line.get_ydata(), [7.0])  # mean over both runs' seeds
+    band = cost_ax.collections[[c.get_label() for c in cost_ax.lines].index("ccpo")]
+    np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].min(), 4.0)  # 7 - std 3

@@ -54,6 +54,9 @@ class MemberFigures:
     evaluation: dict[str, dict[str, float]] = field(default_factory=dict)  # mode -> figures
     versatile: dict[str, float] | None = None  # Avg R, Avg CV, R-G, CV-G (this seed)
     versatile_table: list[dict[str, float]] | None = None
+    #: A threshold-conditioned policy trained on a mixture of behaviour thresholds: its
+    #: training batches belong to no single limit.
+    conditioned: bool = False
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
@@ -111,7 +114,8 @@ def read_members(run_dir: Path) -> list[MemberFigures]:
         modes = (evaluation or {}).get("per_seed", {}).get(label, {})
         out.append(MemberFigures(run_dir, config.run.env, entry.name, member.seed,
                                  member.cost_limit, settings, train,
-                                 {mode: dict(f) for mode, f in modes.items()}))
+                                 {mode: dict(f) for mode, f in modes.items()},
+                                 conditioned=bool(versatile) and not labelled))
     if versatile:  # per seed: the metrics come from the saved table of every seed
         _attach_versatile(out, versatile)
     return out
@@ -175,6 +179,12 @@ def group(members: list[MemberFigures]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.env, r.algo, r.limit, r.differs))
 
 
+def limit_label(row: Row) -> str:
+    """The row's training limit, or ``conditioned`` for a policy trained on a mixture of
+    behaviour thresholds."""
+    return "conditioned" if row.members[0].conditioned else ",".join(f"{x:g}" for x in row.limit)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and population standard deviation over the finite values (NaN if none)."""
     finite = [v for v in values if math.isfinite(v)]
@@ -188,7 +198,7 @@ def final_table(rows: list[Row], num_costs: int) -> list[dict[str, Any]]:
     table = []
     for row in rows:
         out: dict[str, Any] = {"task": row.env, "algorithm": row.algo,
-                               "limit": ",".join(f"{x:g}" for x in row.limit),
+                               "limit": limit_label(row),
                                "settings": row.differs, "seeds": len(row.members)}
         returns = [m.train["return"] for m in row.members]
         out["train_return_mean"], out["train_return_std"] = mean_std(returns)
@@ -199,7 +209,8 @@ def final_table(rows: list[Row], num_costs: int) -> list[dict[str, Any]]:
             out[f"cost_rate_{i}_mean"], out[f"cost_rate_{i}_std"] = mean_std(rates)
         within = [all(m.train.get(f"cost_{i}", math.nan) <= m.limit[i] for i in range(num_costs))
                   for m in row.members]
-        out["train_within_share"] = float(np.mean(within)) if within else math.nan
+        out["train_within_share"] = (float(np.mean(within)) if within and
+                                     not row.members[0].conditioned else math.nan)
         for mode in ("deterministic", "stochastic"):
             evaluated = [m for m in row.members if mode in m.evaluation]
             if not evaluated:
@@ -217,21 +228,59 @@ def final_table(rows: list[Row], num_costs: int) -> list[dict[str, Any]]:
     return table
 
 
+def conditioned_groups(rows: list[Row]) -> list[tuple[Row, list[MemberFigures]]]:
+    """The members with a ``versatile.json``, one group per task × algorithm × settings.
+
+    A limits-grid baseline (C-PPO-Lag: one policy per training limit, combined) has one row per
+    limit in the final table but one versatile evaluation per seed: its rows are merged here
+    and each seed counted once. Returns (the group's first row, its members, one per run × seed).
+    """
+    keyed: dict[tuple[str, str, str], tuple[Row, dict[tuple[Path, int], MemberFigures]]] = {}
+    for row in rows:
+        for member in row.members:
+            if member.versatile is None:
+                continue
+            _, chosen = keyed.setdefault((row.env, row.algo, row.differs), (row, {}))
+            chosen.setdefault((member.run_dir, member.seed), member)
+    return [(row, list(chosen.values())) for row, chosen in keyed.values()]
+
+
 def versatile_table(rows: list[Row]) -> list[dict[str, Any]]:
     """Avg R, Avg CV, R-G, CV-G (mean ± std over seeds) of the conditioned rows."""
     table = []
-    for row in rows:
-        seeds = {m.seed: m for m in row.members if m.versatile is not None}
-        if not seeds:
-            continue
+    for row, members in conditioned_groups(rows):
         out: dict[str, Any] = {"task": row.env, "algorithm": row.algo, "settings": row.differs,
-                               "seeds": len(seeds)}
+                               "seeds": len(members)}
         for name in ("Avg R", "Avg CV", "R-G", "CV-G"):
             key = name.replace(" ", "_").replace("-", "_")
             out[f"{key}_mean"], out[f"{key}_std"] = mean_std(
-                [m.versatile[name] for m in seeds.values()])
+                [m.versatile[name] for m in members if m.versatile is not None])
         table.append(out)
     return table
+
+
+def pooled_threshold_table(members: list[MemberFigures]) -> list[dict[str, float]]:
+    """The per-threshold table over every seed of ``members``' runs, from each run's table
+    (means and population stds over that run's seeds, weighted by its number of seeds): the
+    same numbers as one table over all the seeds."""
+    runs: dict[Path, tuple[int, list[dict[str, float]]]] = {}
+    for member in members:
+        count, table = runs.get(member.run_dir, (0, member.versatile_table or []))
+        runs[member.run_dir] = (count + 1, table)
+    tables = [(n, t) for n, t in runs.values() if t]
+    if not tables:
+        return []
+    total = sum(n for n, _ in tables)
+    pooled = []
+    for t, first in enumerate(tables[0][1]):
+        row = {k: v for k, v in first.items() if k.startswith("threshold_") or k == "trained_on"}
+        for key in [k[:-5] for k in first if k.endswith("_mean")]:
+            mean = sum(n * table[t][f"{key}_mean"] for n, table in tables) / total
+            second = sum(n * (table[t][f"{key}_std"] ** 2 + table[t][f"{key}_mean"] ** 2)
+                         for n, table in tables) / total
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, math.sqrt(max(0.0, second - mean ** 2))
+        pooled.append(row)
+    return pooled
 
 
 def bootstrap_iqm(scores: np.ndarray, repetitions: int, seed: int
@@ -284,7 +333,7 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
             continue
         point, interval = bootstrap_iqm(scores, repetitions, seed + index)
         table.append({"task": row.env, "algorithm": row.algo,
-                      "limit": ",".join(f"{x:g}" for x in row.limit), "settings": row.differs,
+                      "limit": limit_label(row), "settings": row.differs,
                       "figures": source, "seeds": scores.shape[0],
                       f"{metric}_iqm": float(point[0]),
                       "ci_low": float(interval[0, 0]), "ci_high": float(interval[1, 0])})
@@ -370,7 +419,8 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
                                                              member.seed)) % 2**31)})
         for ax, name in zip(axes[0], panels, strict=True):
             steps, values, _ = carried_series(history, name)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # steps no seed reached yet
                 mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)
             ax.plot(steps, mean, color=color, label=label)
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
@@ -399,7 +449,9 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
 def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
     """Cost (with cost = threshold) and return against the threshold, one line per
     conditioned row on the task (the saved per-threshold tables)."""
-    chosen = [r for r in rows if r.env == env and r.members[0].versatile_table]
+    chosen = [(row, pooled_threshold_table(members))
+              for row, members in conditioned_groups(rows) if row.env == env]
+    chosen = [(row, table) for row, table in chosen if table]
     if not chosen:
         return None
     import matplotlib
@@ -409,8 +461,7 @@ def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
 
     fig, (cost_ax, return_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     top = 0.0
-    for k, row in enumerate(chosen):
-        table = row.members[0].versatile_table or []
+    for k, (row, table) in enumerate(chosen):
         eps = np.array([t["threshold_0"] for t in table])
         for ax, key in ((cost_ax, "cost_0"), (return_ax, "return")):
             mean = np.array([t[f"{key}_mean"] for t in table])
