@@ -228,3 +228,24 @@ def test_split_runs_and_limit_grids_count_each_seed_once(tmp_path, saved_figures
     np.testing.assert_allclose(line.get_ydata(), [7.0])  # mean over both runs' seeds
     band = cost_ax.collections[[c.get_label() for c in cost_ax.lines].index("ccpo")]
     np.testing.assert_allclose(band.get_paths()[0].vertices[:, 1].min(), 4.0)  # 7 - std 3
+
+
+def test_normalised_metrics_against_ppo_by_hand(runs, tmp_path):
+    root, _ = runs
+    assert report.normalised_table(report_rows(root), 1)[0] == []  # no ppo run yet
+    synthetic_run(root / "runs" / "ppo", "ppo", [0, 1], returns=[[100] * 7, [200] * 7],
+                  costs=[[40] * 7, [60] * 7])
+    table, note = report.normalised_table(report_rows(root), 1)
+    assert note == ""
+    row = next(r for r in table if r["algorithm"] == "ppo_lag" and r["seeds"] == 3)
+    assert row["figures"] == "training"  # PPO has no evaluation: both sides use training
+    # Last-5 training means: returns 4, 14, 5.8 and costs 8, 12, 1 (limit 10); PPO 150 and 50.
+    assert row["norm_return_mean"] == pytest.approx(np.mean([4, 14, 5.8]) / 150)
+    assert row["norm_cost_0_mean"] == pytest.approx(np.mean([0, 2 / 40, 0]))
+    assert row["norm_cost_0_std"] == pytest.approx(np.std([0, 2 / 40, 0]))
+    assert row["norm_cost_rate_0_mean"] == pytest.approx(1.0)  # the same rate series
+    assert {r["algorithm"] for r in table} == {"ppo_lag"}  # ccpo is conditioned: left out
+    out = tmp_path / "out"
+    assert main(["report", str(root / "runs"), "--out", str(out)]) == 0
+    assert "## Normalised against PPO" in (out / "report.md").read_text()
+    assert len(read_csv(out / "tables" / "normalised.csv")) == len(table)

@@ -15,6 +15,8 @@ run directories given one by one) and writes into ``--out``:
   the table says so);
 - for threshold-conditioned policies (``versatile.json``): Avg R, Avg CV, R-G and CV-G in the
   paper's layout, and cost and return against the threshold;
+- **normalised metrics** of Safety Gym (Ray et al. 2019) on every task with a ``ppo`` run:
+  ``J_r / J_r^PPO``, ``max(0, J_c − d) / max(1e-6, J_c^PPO − d)`` and ``ρ_c / ρ_c^PPO``;
 - **curves** per task: return and each cost against environment steps, one line per
   algorithm (× limit) with a mean ± std band over seeds and the limit drawn.
 
@@ -343,6 +345,69 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
     return table, note
 
 
+def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, Any]], str]:
+    """The Safety Gym normalised metrics (Ray et al. 2019; ALGORITHMS.md §8) of every row on a
+    task that has one unconstrained ``ppo`` row, per seed against PPO's mean over its seeds:
+    ``J_r / J_r^PPO``, ``max(0, J_c − d) / max(1e-6, J_c^PPO − d)`` (``d`` the row's limit)
+    and ``ρ_c / ρ_c^PPO`` (the training cost rate). ``J`` is the deterministic evaluation when
+    the row and PPO both have one, else the training figures. Conditioned rows (no single
+    limit) are left out.
+
+    Returns:
+        The rows (mean ± std over seeds) and a note on what was normalised, or why not.
+    """
+    table: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for env in sorted({r.env for r in rows}):
+        references = [r for r in rows if r.env == env and r.algo == "ppo"]
+        if len(references) != 1:
+            if references:
+                notes.append(f"{env} has {len(references)} ppo rows with different settings "
+                             f"({'; '.join(r.differs for r in references)}): not normalised.")
+            continue
+        reference = references[0]
+        for row in rows:
+            if row.env != env or row is reference or row.members[0].conditioned:
+                continue
+            evaluated = all("deterministic" in m.evaluation
+                            for m in row.members + reference.members)
+
+            def figure(member: MemberFigures, key: str, evaluated: bool = evaluated) -> float:
+                if evaluated:
+                    return member.evaluation["deterministic"][
+                        "return_mean" if key == "return" else f"{key}_mean"]
+                return member.train.get(key, math.nan)
+
+            def ppo(key: str, reference: Row = reference) -> float:
+                return mean_std([figure(m, key) if "rate" not in key else m.train.get(
+                    key, math.nan) for m in reference.members])[0]
+
+            out: dict[str, Any] = {
+                "task": env, "algorithm": row.algo, "limit": limit_label(row),
+                "settings": row.differs, "seeds": len(row.members),
+                "figures": "deterministic evaluation" if evaluated else "training"}
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ppo_return = ppo("return")
+                out["norm_return_mean"], out["norm_return_std"] = mean_std(
+                    [figure(m, "return") / ppo_return if ppo_return else math.nan
+                     for m in row.members])
+                for i in range(num_costs):
+                    limit = row.limit[i]
+                    excess = max(1e-6, ppo(f"cost_{i}") - limit)
+                    out[f"norm_cost_{i}_mean"], out[f"norm_cost_{i}_std"] = mean_std(
+                        [max(0.0, figure(m, f"cost_{i}") - limit) / excess
+                         for m in row.members])
+                    rate = ppo(f"cost_rate_{i}")
+                    out[f"norm_cost_rate_{i}_mean"], out[f"norm_cost_rate_{i}_std"] = mean_std(
+                        [m.train.get(f"cost_rate_{i}", math.nan) / rate if rate else math.nan
+                         for m in row.members])
+            table.append(out)
+    if not table and not notes:
+        notes.append("No task has a ppo run to normalise against (add algo = \"ppo\" to the "
+                     "sweep).")
+    return table, " ".join(notes)
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "–" if not math.isfinite(value) else f"{value:.3g}" if abs(value) < 1 \
@@ -520,6 +585,15 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
         lines += ["## Conditioned policies", "", "Avg R, Avg CV, R-G, CV-G over the evaluation "
                   "thresholds (`versatile.json`; R-G / CV-G over those not trained on), mean ± "
                   "std over seeds.", "", markdown(versatile), ""]
+    normalised, note = normalised_table(rows, num_costs)
+    if normalised or "ppo rows" in note:
+        lines += ["## Normalised against PPO", "", "Safety Gym's metrics (Ray et al. 2019), per "
+                  "seed against unconstrained PPO's mean on the same task: `norm_return` = "
+                  "J_r / J_r^PPO, `norm_cost` = max(0, J_c − d) / max(1e-6, J_c^PPO − d), "
+                  "`norm_cost_rate` = ρ_c / ρ_c^PPO (training cost rate). " + note, ""]
+        if normalised:
+            write_table(normalised, tables, "normalised")
+            lines += [markdown(normalised), "Tables: `tables/normalised.csv`, `.tex`.", ""]
     lines += ["## Figures", ""]
     for env in sorted({r.env for r in rows}):
         stem = safe_name(env)
