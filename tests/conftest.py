@@ -14,3 +14,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 SMALL = {"env": "saferl/BallRun-v0", "num_envs": 8, "rollout_steps": 100, "steps": 4000,
          "checkpoint_every": 2, "hidden_sizes": [32, 32]}
 SMALL_PPO = {"epochs": 2, "minibatches": 4}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The slowest files first (the learning tests and the sweeps' subprocess tests), each file
+    kept whole and in order: pytest-xdist hands out whole files, so a slow file left to the end
+    would run alone while the other worker idles."""
+    def slow(item) -> bool:
+        return (item.get_closest_marker("learning") is not None
+                or item.path.name.startswith("test_sweep"))
+
+    items.sort(key=lambda item: not slow(item))
