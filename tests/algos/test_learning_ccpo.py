@@ -22,9 +22,9 @@ from scipy.stats import spearmanr
 
 import saferl
 from tests.algos.test_learning import random_return
+from tests.algos.test_learning_versatile import THRESHOLDS
 
 pytestmark = pytest.mark.learning
-THRESHOLDS = list(range(10, 75, 5))
 
 
 def test_ccpo_honours_thresholds_it_never_trained_on(tmp_path):
