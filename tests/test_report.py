@@ -167,6 +167,10 @@ def test_curves_lines_are_the_means_of_the_logged_episodes(runs, tmp_path, saved
     dashed = [l for l in cost_ax.lines if l.get_linestyle() == "--"]
     assert dashed and all(l.get_ydata()[0] == 10.0 for l in dashed)
     assert math.isfinite(line.get_ydata()[-1])
+    rate_ax = saved_figures[-1].axes[2]  # the logged training cost rate, 0.01 per iteration
+    rate = next(l for l in rate_ax.lines if l.get_label() == line.get_label())
+    np.testing.assert_allclose(rate.get_ydata(), [0.01 * (t + 1) for t in range(7)])
+    assert not [l for l in rate_ax.lines if l.get_linestyle() == "--"]  # no limit on a rate
 
 
 def test_report_command_and_bad_input(runs, tmp_path, capsys):

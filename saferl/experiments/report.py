@@ -17,8 +17,9 @@ run directories given one by one) and writes into ``--out``:
   paper's layout, and cost and return against the threshold;
 - **normalised metrics** of Safety Gym (Ray et al. 2019) on every task with a ``ppo`` run:
   ``J_r / J_r^PPO``, ``max(0, J_c − d) / max(1e-6, J_c^PPO − d)`` and ``ρ_c / ρ_c^PPO``;
-- **curves** per task: return and each cost against environment steps, one line per
-  algorithm (× limit) with a mean ± std band over seeds and the limit drawn.
+- **curves** per task: return, each cost and each training cost rate against environment
+  steps, one line per algorithm (× limit) with a mean ± std band over seeds and the limit
+  drawn.
 
 Runs whose settings differ in anything but the seed and the cost limit are never averaged
 together: each set of settings is its own row, labelled by the fields that differ.
@@ -459,9 +460,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path:
-    """Return and each cost against environment steps on one task: one line per row (algorithm
-    × limit × settings), mean ± std over its members of the latest finished episodes, each
-    row's limit dashed in its colour; reward and cost smoothed alike (none: raw iterations)."""
+    """Return, each cost and each training cost rate against environment steps on one task: one
+    line per row (algorithm × limit × settings), mean ± std over its members of the latest
+    finished episodes (the rate: all cost so far / all steps so far), each row's limit dashed
+    in its colour on the cost panels; reward and cost smoothed alike (none: raw iterations)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -469,7 +471,8 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
 
     from saferl.runs import RunDirectory, carried_series, row_limit
 
-    panels = ["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(num_costs)]
+    panels = (["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(num_costs)]
+              + [f"train/cost_rate_{i}" for i in range(num_costs)])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
     for k, row in enumerate(r for r in rows if r.env == env):
         color = f"C{k % 10}"
@@ -489,7 +492,7 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
                 mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)
             ax.plot(steps, mean, color=color, label=label)
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
-            if name != "rollout/ep_return":
+            if name.startswith("rollout/ep_cost_"):
                 ax.axhline(row.limit[int(name.rsplit("_", 1)[1])], color=color,
                            linestyle="--", linewidth=1)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -500,8 +503,10 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.xaxis.set_major_formatter(FuncFormatter(steps_formatter))
         ax.set_xlabel("environment steps (per seed)")
+        index = name.rsplit("_", 1)[1]
         ax.set_ylabel("episode return" if name == "rollout/ep_return" else
-                      f"episode cost {name.rsplit('_', 1)[1]} (dashed: limit)")
+                      f"episode cost {index} (dashed: limit)" if "ep_cost" in name else
+                      f"training cost rate {index} (cost per step)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{env}: mean ± std over seeds of the latest training episodes", fontsize=10)
