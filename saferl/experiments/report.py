@@ -394,7 +394,8 @@ def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, An
                      for m in row.members])
                 for i in range(num_costs):
                     limit = row.limit[i]
-                    excess = max(1e-6, ppo(f"cost_{i}") - limit)
+                    ppo_cost = ppo(f"cost_{i}")  # NaN (no finished episode) stays NaN
+                    excess = max(1e-6, ppo_cost - limit) if math.isfinite(ppo_cost) else math.nan
                     out[f"norm_cost_{i}_mean"], out[f"norm_cost_{i}_std"] = mean_std(
                         [max(0.0, figure(m, f"cost_{i}") - limit) / excess
                          for m in row.members])
