@@ -18,8 +18,9 @@ SMALL_PPO = {"epochs": 2, "minibatches": 4}
 
 def pytest_collection_modifyitems(session, config, items):
     """The slowest files first (the learning tests and the sweeps' subprocess tests), each file
-    kept whole and in order: pytest-xdist hands out whole files, so a slow file left to the end
-    would run alone while the other worker idles."""
+    kept whole and in order: pytest-xdist hands out whole files in this order
+    (``--no-loadscope-reorder``), so no slow file is left to run alone at the end while the
+    other worker idles."""
     def slow(item) -> bool:
         return (item.get_closest_marker("learning") is not None
                 or item.path.name.startswith("test_sweep"))
