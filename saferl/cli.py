@@ -404,7 +404,7 @@ class SweepArgs:
     recipe: str | None = None
     """Run one of the papers' experiments shipped with saferl (--list-recipes)."""
     scale: str = "quick"
-    """With --recipe: quick (minutes on 2 cores), native (the published protocol on native
+    """With --recipe: quick (native tasks, small budgets), native (the published protocol on native
     tasks) or paper (the published protocol on the paper's tasks)."""
     list_recipes: bool = False
     """Describe every recipe and scale with its size, run nothing."""

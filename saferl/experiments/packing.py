@@ -53,16 +53,21 @@ class Pack:
                 "evaluation": evaluation}
 
 
-def limits_packable(algo: str, config: Any) -> bool:
-    """Whether runs of ``algo`` that differ in cost limit can share a process: the algorithm
-    trains a grid of limits as members (not a threshold-conditioned policy, not a
-    linear-combination baseline, whose members are its behaviour thresholds)."""
+def evaluated_at_thresholds(algo: str, config: Any) -> bool:
+    """Whether a run of ``algo`` deploys a threshold-conditioned policy or a linear-combination
+    baseline (whose members are its behaviour thresholds): evaluated at the spec's thresholds
+    rather than in its modes."""
     from saferl.algos.registry import get_algorithm
     from saferl.engine.behaviour import conditioning
 
-    entry = get_algorithm(algo)
-    return (conditioning(entry.module, config) is None
-            and getattr(config, "limit_grid", None) is None)
+    return (conditioning(get_algorithm(algo).module, config) is not None
+            or getattr(config, "limit_grid", None) is not None)
+
+
+def limits_packable(algo: str, config: Any) -> bool:
+    """Whether runs of ``algo`` that differ in cost limit can share a process: the algorithm
+    trains a grid of limits as members (it is not :func:`evaluated_at_thresholds`)."""
+    return not evaluated_at_thresholds(algo, config)
 
 
 def pack_key(algo: str, config: Any) -> str | None:

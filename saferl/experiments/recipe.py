@@ -4,7 +4,8 @@ A recipe is an ordinary sweep spec shipped with saferl, one TOML file per scale 
 ``saferl/experiments/recipes/NAME.SCALE.toml`` (copy one to change it and run it as
 ``saferl sweep FILE``). The scales:
 
-- ``quick``: minutes on 2 CPU cores, on saferl's native tasks (a smoke-scale reproduction);
+- ``quick``: saferl's native tasks and small budgets (a smoke-scale reproduction: ten minutes
+  to an hour on 2 CPU cores, the CCPO recipes the longest);
 - ``native``: the published protocol (5 seeds, 50 evaluation episodes, the paper's thresholds)
   on the native counterparts of the paper's tasks;
 - ``paper``: the published protocol on the paper's Bullet-Safety-Gym tasks (``saferl[bullet]``),
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saferl.experiments.packing import evaluated_at_thresholds
 from saferl.experiments.spec import SpecError, Sweep, parse_spec
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -88,7 +90,8 @@ def describe(sweep: Sweep) -> dict[str, Any]:
     episodes = sweep.evaluation.episodes
     evaluations = 0
     for run in sweep.runs:
-        thresholds = len(sweep.evaluation.thresholds) if _conditioned(run) else 0
+        thresholds = (len(sweep.evaluation.thresholds)
+                      if evaluated_at_thresholds(run.algo, run.config) else 0)
         evaluations += episodes * (thresholds or len(sweep.evaluation.modes))
     return {"runs": len(sweep.runs),
             "env_steps": sum(run.config.run.steps for run in sweep.runs),
@@ -96,16 +99,6 @@ def describe(sweep: Sweep) -> dict[str, Any]:
             "algorithms": list(dict.fromkeys(run.algo for run in sweep.runs)),
             "envs": list(dict.fromkeys(run.config.run.env for run in sweep.runs)),
             "seeds": sorted({run.config.run.seed for run in sweep.runs})}
-
-
-def _conditioned(run: Any) -> bool:
-    """Whether a planned run deploys a threshold-conditioned policy (evaluated at the spec's
-    thresholds rather than in its modes)."""
-    from saferl.algos.registry import get_algorithm
-    from saferl.engine.behaviour import conditioning
-
-    return (conditioning(get_algorithm(run.algo).module, run.config) is not None
-            or getattr(run.config, "limit_grid", None) is not None)
 
 
 def listing() -> str:
