@@ -48,9 +48,9 @@ def sections_for(algo: str, overrides: dict[str, Any]) -> dict[str, Any]:
 def train(algo: str, env: str, seed: int, steps: int, cost_limit: float,
           overrides: dict[str, Any], run_dir: Path) -> float:
     """Wall seconds of one ``saferl train`` command (a fresh process)."""
-    command = [str(Path(sys.executable).parent / "saferl"), "train", algo, "--env", env, "--seed", str(seed),
-               "--steps", str(steps), "--cost-limit", str(cost_limit), "--run-dir",
-               str(run_dir), "--quiet"]
+    command = [str(Path(sys.executable).parent / "saferl"), "train", algo, "--env", env,
+               "--seed", str(seed), "--steps", str(steps), "--cost-limit", str(cost_limit),
+               "--run-dir", str(run_dir), "--quiet"]
     if overrides:
         config = run_dir.parent / f"{run_dir.name}.json"
         config.write_text(json.dumps(overrides))
@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="NAME=JSON configuration overrides (repeatable); default: the "
                              "algorithms' defaults")
     parser.add_argument("--out", default=None, help="output JSON path")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the run directories here (default: a scratch folder that "
+                             "is removed)")
     args = parser.parse_args(argv)
     candidates = {"defaults": {}}
     if args.candidate:
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     code = code_info()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="native_off_policy_") as scratch:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            scratch = str(args.keep)
         for name, overrides in candidates.items():
             for algo in args.algos:
                 for env in args.envs:
@@ -125,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             for env in args.envs:
                 group = [r for r in rows if (r["candidate"], r["algo"], r["env"]) ==
                          (name, algo, env)]
-                mean = lambda key, mode: sum(r[mode][key] for r in group) / len(group)  # noqa: E731
+
+                def mean(key: str, mode: str, group: list[dict[str, Any]] = group) -> float:
+                    return sum(r[mode][key] for r in group) / len(group)
+
                 extra = ""
                 if algo == "ccpo":
                     avg_r = sum(r["versatile"]["avg_r"] for r in group) / len(group)
@@ -138,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["candidate", "algo", "env", "seeds", "median wall s", "max wall s",
                         "det. return", "det. cost", "stoch. return", "stoch. cost",
                         "conditioned"], table))
-    payload = {"settings": vars(args) | {"candidates": candidates},
+    payload = {"settings": vars(args) | {"candidates": candidates,
+                                         "keep": str(args.keep) if args.keep else None},
                "machine": machine_info(), "rows": rows}
     path = write_json("native_off_policy", payload, args.out, code)
     print(f"wrote {path}")

@@ -106,8 +106,34 @@ def config_from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(_unknown_field_message(cls, prefix, unknown[0], sorted(fields)))
-    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {name: _coerce(_over_default(fields[name], value), hints[name], f"{prefix}{name}")
+              for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """A partial table for a nested configuration, laid over that field's own default.
+
+    A section whose default is not its class's (``CVPOConfig.run`` is
+    ``OffPolicyConfig(tau=0.05)``) keeps the fields the table leaves out at the section's
+    default, not at the class's.
+    """
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return _deep_merge(config_to_dict(default), value)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _unknown_field_message(cls: type, prefix: str, name: str, fields: list[str]) -> str:

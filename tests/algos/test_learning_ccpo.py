@@ -32,7 +32,7 @@ def test_ccpo_honours_thresholds_it_never_trained_on(tmp_path):
         "ccpo", "saferl/BallCircle-v0", cost_limit=40, steps=100_000, seed=0,
         run_dir=tmp_path / "ccpo", progress=False,
         overrides={"run": {"warmup_steps": 2000, "hidden_sizes": [64, 64], "update_ratio": 0.25,
-                           "gamma": 0.95, "buffer_size": 4000},
+                           "gamma": 0.95, "buffer_size": 4000, "tau": 0.005},
                    "cvpo": {"num_samples": 16, "mstep_iterations": 3, "dual_iterations": 5},
                    "ccpo": {"behaviour_thresholds": [20, 40, 60], "threshold_range": [10, 70]}})
     result = saferl.evaluate_versatile(run.policy(), THRESHOLDS, episodes=20)
