@@ -189,6 +189,11 @@ def _pop_option(args: list[str], name: str) -> str | None:
     return None
 
 
+def _peek_option(args: list[str], name: str) -> str | None:
+    """The VALUE of ``name VALUE`` (or ``name=VALUE``) in ``args``, leaving ``args`` as it is."""
+    return _pop_option(list(args), name)
+
+
 def _pop_flag(args: list[str], name: str) -> bool:
     if name in args:
         args.remove(name)
@@ -250,7 +255,9 @@ def _train(args: list[str]) -> int:
     algo, recipe = resolve_algorithm(named)
     entry = get_algorithm(algo)
     config_file = _pop_option(args, "--config")
-    defaults = build_config(algo, config_file, base=recipe)
+    # The defaults depend on the environment's kind (native or host), so read --env first.
+    env = _peek_option(args, "--env")
+    defaults = build_config(algo, config_file, {"env": env} if env else None, base=recipe)
     if named is None:
         prog = "saferl train"
         description = (f"Without ALGO: {algo} with CPO's learned safety predictor (α = "

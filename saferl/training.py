@@ -74,20 +74,42 @@ def build_config(algo: str, config_file: str | Path | None = None,
                  base: dict[str, Any] | None = None) -> Any:
     """The algorithm's configuration: defaults, ``base``, a config file, then ``overrides``.
 
-    ``base``, ``overrides`` and the file use the configuration's nested layout; the shared
-    settings may also be given at top level (``{"env": ..., "steps": ...}``).
+    The defaults are those of the environment's kind: the configuration class's own for native
+    tasks, with the algorithm's :attr:`~saferl.algos.registry.Algorithm.host_defaults` laid
+    under everything else for host environments (Bullet, gymnasium). ``base``, ``overrides``
+    and the file use the configuration's nested layout; the shared settings may also be given
+    at top level (``{"env": ..., "steps": ...}``).
     """
     entry = get_algorithm(algo)
+    layers = [base or {}, load_config_file(config_file) if config_file else {}, overrides or {}]
+    data = _merged(entry, layers)
+    if entry.host_defaults and not is_native(data.get("run", {}).get("env",
+                                                                     default_env(entry))):
+        data = _merged(entry, [entry.host_defaults, *layers])
+    return config_from_dict(entry.config_class, data)
+
+
+def is_native(env: str) -> bool:
+    """Whether ``env`` is one of saferl's native (pure-JAX) tasks."""
+    return env in NATIVE_TASKS
+
+
+def default_env(entry: Algorithm) -> str:
+    """The environment an algorithm's configuration trains on when none is given."""
+    return entry.config_class().run.env
+
+
+def _merged(entry: Algorithm, layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Configuration layers merged in order (later ones win, sections merged field by field)."""
     data: dict[str, Any] = {}
-    for source in (base or {}, load_config_file(config_file) if config_file else {},
-                   overrides or {}):
+    for source in layers:
         source = merge_shared(entry.config_class, source)
         for key, value in source.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-    return config_from_dict(entry.config_class, data)
+    return data
 
 
 def check_grid(entry: Algorithm, config: Any) -> None:

@@ -1,0 +1,92 @@
+"""Defaults by environment kind: native tasks get the configuration classes' defaults, host
+environments (Bullet, gymnasium) the registry's ``host_defaults`` under everything else."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from saferl.algos.registry import ALGORITHMS
+from saferl.cli import main
+from saferl.config import config_to_dict
+from saferl.training import build_config, default_env, is_native
+
+HOST_ENV = "SafetyBallCircle-v0"
+WITH_HOST_DEFAULTS = sorted(name for name, entry in ALGORITHMS.items() if entry.host_defaults)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def test_the_on_policy_lagrangian_has_host_defaults() -> None:
+    assert "ppo_lag" in WITH_HOST_DEFAULTS
+    for name in WITH_HOST_DEFAULTS:
+        assert is_native(default_env(ALGORITHMS[name]))
+
+
+@pytest.mark.parametrize("algo", WITH_HOST_DEFAULTS)
+def test_host_environments_get_the_host_defaults_native_tasks_the_class_defaults(
+        algo: str) -> None:
+    entry = ALGORITHMS[algo]
+    native = _flatten(config_to_dict(build_config(algo)))
+    assert native == _flatten(config_to_dict(entry.config_class()))
+    host = _flatten(config_to_dict(build_config(algo, overrides={"env": HOST_ENV})))
+    layer = _flatten(json.loads(json.dumps(dict(entry.host_defaults))))
+    changed = {key for key in layer if layer[key] != native[key]}
+    assert changed, f"{algo}'s host_defaults change nothing"
+    for key, value in layer.items():
+        assert host[key] == value, key
+    # Everything else is the class default.
+    assert {k: v for k, v in host.items() if k not in layer and k != "run.env"} == \
+        {k: v for k, v in native.items() if k not in layer and k != "run.env"}
+
+
+@pytest.mark.parametrize("algo", WITH_HOST_DEFAULTS)
+def test_a_users_settings_win_over_the_host_defaults(algo: str, tmp_path) -> None:
+    config = build_config(algo, overrides={"env": HOST_ENV, "num_envs": 8, "rollout_steps": 30})
+    assert (config.run.num_envs, config.run.rollout_steps) == (8, 30)
+    path = tmp_path / "config.toml"
+    path.write_text(f'env = "{HOST_ENV}"\nnum_envs = 12\n')
+    config = build_config(algo, path)
+    assert config.run.num_envs == 12
+    assert config.run.rollout_steps == \
+        ALGORITHMS[algo].host_defaults["run"].get("rollout_steps", config.run.rollout_steps)
+
+
+def _help_default(text: str, flag: str) -> str:
+    text = re.sub(r"[│╭╮╰╯─]", " ", text)
+    text = re.sub(r"\s+", " ", text)
+    match = re.search(re.escape(flag) + r" [A-Z ]*[^(]*\(default: ([^)]*)\)", text)
+    assert match, f"{flag} not in the help"
+    return match.group(1)
+
+
+def test_cli_help_shows_the_defaults_of_the_environment_given(capsys) -> None:
+    assert main(["train", "ppo_lag", "--help"]) == 0
+    native = _help_default(capsys.readouterr().out, "--num-envs")
+    assert main(["train", "ppo_lag", "--env", HOST_ENV, "--help"]) == 0
+    host = _help_default(capsys.readouterr().out, "--num-envs")
+    assert main(["train", "ppo_lag", f"--env={HOST_ENV}", "--help"]) == 0
+    assert _help_default(capsys.readouterr().out, "--num-envs") == host
+    assert host == str(ALGORITHMS["ppo_lag"].host_defaults["run"]["num_envs"])
+    assert native == str(build_config("ppo_lag").run.num_envs)
+    assert native != host
+
+
+
+def test_a_sweep_run_on_a_host_environment_gets_the_host_defaults() -> None:
+    from saferl.experiments.spec import plan_run
+
+    host = plan_run({"algo": "ppo_lag", "env": HOST_ENV, "seed": 0}, {})
+    native = plan_run({"algo": "ppo_lag", "env": "saferl/BallCircle-v0", "seed": 0}, {})
+    assert host.config.run.num_envs == ALGORITHMS["ppo_lag"].host_defaults["run"]["num_envs"]
+    assert native.config.run.num_envs == build_config("ppo_lag").run.num_envs
