@@ -123,14 +123,16 @@ def _over_default(f: dataclasses.Field, value: Any) -> Any:
     default = f.default_factory()
     if not dataclasses.is_dataclass(default):
         return value
-    return _deep_merge(config_to_dict(default), value)
+    return merge_tables(config_to_dict(default), value)
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s fields over ``base``'s, nested tables merged field by field (``env_kwargs`` is
+    a value, the environment's keyword arguments, and is replaced whole)."""
     out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "env_kwargs":
+            out[key] = merge_tables(out[key], value)
         else:
             out[key] = value
     return out

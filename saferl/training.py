@@ -83,15 +83,10 @@ def build_config(algo: str, config_file: str | Path | None = None,
     entry = get_algorithm(algo)
     layers = [base or {}, load_config_file(config_file) if config_file else {}, overrides or {}]
     data = _merged(entry, layers)
-    if entry.host_defaults and not is_native(data.get("run", {}).get("env",
-                                                                     default_env(entry))):
+    if entry.host_defaults and data.get("run", {}).get("env",
+                                                       default_env(entry)) not in NATIVE_TASKS:
         data = _merged(entry, [entry.host_defaults, *layers])
     return config_from_dict(entry.config_class, data)
-
-
-def is_native(env: str) -> bool:
-    """Whether ``env`` is one of saferl's native (pure-JAX) tasks."""
-    return env in NATIVE_TASKS
 
 
 def default_env(entry: Algorithm) -> str:

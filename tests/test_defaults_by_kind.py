@@ -11,7 +11,8 @@ import pytest
 from saferl.algos.registry import ALGORITHMS
 from saferl.cli import main
 from saferl.config import config_to_dict
-from saferl.training import build_config, default_env, is_native
+from saferl.envs.native import NATIVE_TASKS
+from saferl.training import build_config, default_env
 
 HOST_ENV = "SafetyBallCircle-v0"
 WITH_HOST_DEFAULTS = sorted(name for name, entry in ALGORITHMS.items() if entry.host_defaults)
@@ -30,7 +31,7 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
 def test_the_on_policy_lagrangian_has_host_defaults() -> None:
     assert "ppo_lag" in WITH_HOST_DEFAULTS
     for name in WITH_HOST_DEFAULTS:
-        assert is_native(default_env(ALGORITHMS[name]))
+        assert default_env(ALGORITHMS[name]) in NATIVE_TASKS
 
 
 @pytest.mark.parametrize("algo", WITH_HOST_DEFAULTS)

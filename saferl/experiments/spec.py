@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saferl.config import ConfigError, config_to_dict
+from saferl.config import ConfigError, config_to_dict, merge_tables
 
 TOP_LEVEL = ("name", "description", "source", "out", "axes", "config", "grid", "evaluation")
 GRID_KEYS = ("axes", "config")
@@ -157,7 +157,7 @@ def parse_spec(data: dict[str, Any], default_name: str, base: Path) -> Sweep:
         if not isinstance(own, dict):
             raise SpecError(f"config of {where} must be a table of configuration fields; got "
                             f"{own!r}.")
-        for run in _expand(grid.get("axes"), _merge(fixed, own), where):
+        for run in _expand(grid.get("axes"), merge_tables(fixed, own), where):
             if run.run_id in seen:
                 raise SpecError(f"axis values {seen[run.run_id]} and {run.values} give the "
                                 f"same run (the same resolved configuration): drop one of "
@@ -186,17 +186,6 @@ def _expand(axes: Any, fixed: dict[str, Any], where: str) -> list[PlannedRun]:
     names = list(axes)
     return [plan_run(dict(zip(names, combination, strict=True)), fixed)
             for combination in itertools.product(*(axes[n] for n in names))]
-
-
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """``top``'s fields over ``base``'s, nested tables merged field by field."""
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "env_kwargs":
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:
