@@ -25,6 +25,7 @@ from saferl.engine.members import Member, has_limit_grid, member_label, member_l
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.make import make
 from saferl.envs.native import NATIVE_TASKS, NativeTask
+from saferl.envs.resolve import time_limit
 from saferl.envs.wrappers import build_task
 from saferl.evaluation import evaluate_policies, write_evaluation
 from saferl.policy import Policy, combined, deployed_members
@@ -83,10 +84,35 @@ def build_config(algo: str, config_file: str | Path | None = None,
     entry = get_algorithm(algo)
     layers = [base or {}, load_config_file(config_file) if config_file else {}, overrides or {}]
     data = _merged(entry, layers)
-    if entry.host_defaults and data.get("run", {}).get("env",
-                                                       default_env(entry)) not in NATIVE_TASKS:
+    env = data.get("run", {}).get("env", default_env(entry))
+    if entry.host_defaults and env not in NATIVE_TASKS:
         data = _merged(entry, [entry.host_defaults, *layers])
+    if entry.family == "on_policy" and "rollout_steps" not in data.get("run", {}):
+        run = data.setdefault("run", {})
+        run["rollout_steps"] = whole_episodes(entry.config_class().run.rollout_steps,
+                                              time_limit(env, run.get("env_kwargs")))
     return config_from_dict(entry.config_class, data)
+
+
+def whole_episodes(rollout_steps: int, limit: int | None) -> int:
+    """The default rollout length rounded up to whole episodes of a fixed time limit.
+
+    On-policy rollouts of whole episodes give every iteration's constraint-cost estimate from
+    episodes run by the policy being updated alone. A rollout that ends mid-episode judges
+    the policy on episodes begun under its predecessors, and some iterations finish none: on
+    native CarCircle (300-step episodes) 200-step rollouts left one iteration in three on the
+    previous estimate, and CPO's stochastic policy cost 1.75 × its limit at evaluation
+    (benchmarks/RESULTS.md, issue 16).
+
+    Args:
+        rollout_steps: The configuration class's default rollout length.
+        limit: The task's time limit (:func:`~saferl.envs.resolve.time_limit`), or ``None``.
+
+    Returns:
+        The smallest multiple of ``limit`` that is at least ``rollout_steps``, or
+        ``rollout_steps`` when the limit is unknown.
+    """
+    return rollout_steps if not limit else math.ceil(rollout_steps / limit) * limit
 
 
 def default_env(entry: Algorithm) -> str:
@@ -381,6 +407,13 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         display.note(f"steps {config.run.steps:,} is not a whole number of iterations of "
                      f"{batch:,} steps (num_envs × rollout_steps): training {total * batch:,} "
                      f"steps per seed ({total} iterations).")
+    limit = spec.max_episode_steps
+    if (resumed is None and entry.family == "on_policy" and entry.constrained and limit
+            and config.run.rollout_steps % limit):
+        display.note(f"rollout_steps {config.run.rollout_steps} is not a whole number of this "
+                     f"task's {limit}-step episodes: episodes span iterations, so the cost "
+                     f"limit is judged on episodes partly run by earlier policies (a multiple "
+                     f"of {limit} avoids it).")
     engine = None
     began = time.time()
     elapsed = float(resumed[1]["wall_time"]) if resumed is not None else 0.0

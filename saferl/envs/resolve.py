@@ -73,6 +73,24 @@ def list_envs() -> dict[str, str]:
     return envs
 
 
+def time_limit(env_id: str, env_kwargs: dict[str, Any] | None = None) -> int | None:
+    """The time limit of a task's episodes, where saferl knows it without building the task.
+
+    Native tasks (with their ``env_kwargs``, which may change it) and the Bullet Circle, Run and
+    Gather tasks; ``None`` for any other id, or for ``env_kwargs`` the native task refuses
+    (building the environment reports those).
+    """
+    if env_id in NATIVE_TASKS:
+        try:
+            return make_task(env_id, **(env_kwargs or {})).spec.max_episode_steps
+        except (EnvError, TypeError, ValueError):
+            return None
+    match = BULLET_ID.match(env_id)
+    if match and match.group(2) in _BULLET_SIZES:
+        return _BULLET_SIZES[match.group(2)][match.group(1)][0]
+    return None
+
+
 def unknown_env(env_id: str) -> UnknownEnvError:
     """The error for an id no backend knows, suggesting the nearest known ids."""
     candidates = list(list_envs())
