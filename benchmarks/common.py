@@ -58,11 +58,14 @@ def code_info() -> dict[str, Any]:
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
-                                  text=True, check=True).stdout.strip()
+                                  text=True, check=True).stdout
 
-        info["git_commit"] = git("rev-parse", "--short", "HEAD")
+        info["git_commit"] = git("rev-parse", "--short", "HEAD").strip()
+        # Porcelain lines are "XY path": the status column may start with a space, so the
+        # output is not stripped before the path is cut out.
         info["modified_saferl_files"] = [line[3:] for line in
-                                         git("status", "--porcelain", "--", "saferl").splitlines()]
+                                         git("status", "--porcelain", "--", "saferl").splitlines()
+                                         if line.strip()]
     except (OSError, subprocess.CalledProcessError):
         pass
     return info

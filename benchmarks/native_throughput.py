@@ -16,6 +16,12 @@ Settings measured: the default (5 PPO epochs, chosen for learning per wall-clock
 throughput-oriented ones with fewer epochs (``--epochs 5 2 1``). For each setting, 1 seed and 4
 seeds run interleaved, ``--repeats`` times (order alternating); medians are reported.
 
+The throughput is also restated against the floor of ``update_floor.py``: after every repeat,
+the network passes of the default update are timed in a child process on every core for each
+seed count, and each setting's per-seed steps/s is reported as a fraction of what those passes
+alone would allow at its epochs (target ≥ 0.9 at the default configuration). That fraction is
+the per-unit-of-work measure of the 4-seed runs too, instead of a wall-time ratio.
+
 Run: ``python benchmarks/native_throughput.py`` (``--help`` for the budget options).
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,7 @@ from common import (
     wait_for_quiet,
     write_json,
 )
+from update_floor import spawn as spawn_floor
 
 jax = setup_jax()
 
@@ -56,6 +64,7 @@ from saferl.training import build_config, make_environment  # noqa: E402
 ENV = "saferl/BallCircle-v0"
 TARGET_SPS = 200_000.0
 TARGET_TIME_RATIO = 2.0
+TARGET_FLOOR_FRACTION = 0.9
 DEFAULT_EPOCHS = 5
 
 
@@ -114,9 +123,12 @@ def breakdown(epochs: int, calls: int) -> dict[str, float]:
             "rollout_plus_update_sps": steps / (seconds["rollout"] + seconds["update"])}
 
 
-def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every measurement: repeats × epochs settings × seed counts, seed counts alternating."""
+def collect(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every measurement: repeats × epochs settings × seed counts, seed counts alternating; after
+    each repeat the update floor for each seed count (``update_floor.py``, every core)."""
     runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    cores = sorted(os.sched_getaffinity(0))
     for repeat in range(args.repeats):
         counts = args.num_seeds if repeat % 2 == 0 else list(reversed(args.num_seeds))
         for epochs in args.epochs:
@@ -139,10 +151,20 @@ def collect(args: argparse.Namespace) -> list[dict[str, Any]]:
                       f"{result['sps_per_seed']:,.0f} per seed, {result['seconds']:.2f} s, "
                       f"{result['own_cores']:.2f} cores used, {result['other_cores']:.2f} by "
                       f"others", flush=True)
-    return runs
+        if args.floor_repeats > 0:
+            for count in counts:
+                if args.max_other_cores >= 0:
+                    wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
+                floor = spawn_floor(cores, count, argparse.Namespace(
+                    minibatches=args.floor_minibatches, repeats=args.floor_repeats))
+                floors.append({**floor, "repeat": repeat})
+                print(f"repeat {repeat}: floor, {count} seed(s): "
+                      f"{floor['ms_per_seed_minibatch']:.2f} ms per seed-minibatch", flush=True)
+    return runs, floors
 
 
-def summarize(runs: list[dict[str, Any]], max_other_cores: float
+def summarize(runs: list[dict[str, Any]], max_other_cores: float,
+              floors: list[dict[str, Any]] | None = None
               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Medians per (epochs, seeds) over undisturbed runs, and the verdict on each target.
 
@@ -185,6 +207,7 @@ def summarize(runs: list[dict[str, Any]], max_other_cores: float
                 "own_cores_median": median([r["own_cores"] for r in chosen]),
                 "other_cores_max": max(r["other_cores"] for r in chosen),
                 "time_ratio_vs_base": ratios, "time_ratio_vs_base_median": median(ratios),
+                **floor_fraction(floors or [], chosen, epochs, count),
             })
 
     def find(epochs: int, count: int) -> dict[str, Any] | None:
@@ -204,6 +227,11 @@ def summarize(runs: list[dict[str, Any]], max_other_cores: float
             ratio = four["time_ratio_vs_base_median"]
             targets["four_seed_time_ratio_default"] = {
                 "value": ratio, "target": TARGET_TIME_RATIO, "met": ratio <= TARGET_TIME_RATIO}
+    for s in default:
+        if "floor_fraction" in s:
+            targets[f"floor_fraction_default_{s['num_seeds']}_seeds"] = {
+                "value": s["floor_fraction"], "target": TARGET_FLOOR_FRACTION,
+                "met": s["floor_fraction"] >= TARGET_FLOOR_FRACTION}
     for epochs in epochs_list:
         if epochs == DEFAULT_EPOCHS:
             continue
@@ -213,6 +241,25 @@ def summarize(runs: list[dict[str, Any]], max_other_cores: float
         targets[f"sps_epochs_{epochs}"] = {"value": value, "num_seeds": best["num_seeds"],
                                            "target": TARGET_SPS, "met": value >= TARGET_SPS}
     return settings, targets
+
+
+def floor_fraction(floors: list[dict[str, Any]], chosen: list[dict[str, Any]], epochs: int,
+                   count: int) -> dict[str, Any]:
+    """Per-seed steps/s of a setting as a fraction of its update floor (empty without one).
+
+    The floor's per-seed rate at ``epochs`` is ``batch / (epochs × minibatches × t)`` with ``t``
+    the median time of one seed's minibatch of network passes, ``count`` seeds vmapped on every
+    core, measured in the same run.
+    """
+    times = [f["ms_per_seed_minibatch"] for f in floors if f["num_seeds"] == count]
+    if not times or not chosen:
+        return {}
+    first = chosen[0]
+    floor_ms = median(times)
+    floor_sps = first["batch_per_seed"] / (epochs * first["minibatches"] * floor_ms / 1e3)
+    return {"floor_ms_per_seed_minibatch": floor_ms, "floor_ms_used": times,
+            "floor_sps_per_seed": floor_sps,
+            "floor_fraction": median([r["sps_per_seed"] for r in chosen]) / floor_sps}
 
 
 def report(runs: list[dict[str, Any]], settings: list[dict[str, Any]], targets: dict[str, Any],
@@ -235,6 +282,14 @@ def report(runs: list[dict[str, Any]], settings: list[dict[str, Any]], targets: 
     print(format_table(["epochs", "seeds", "runs", "sps/seed", "sps aggregate", "runs used",
                         "engine-only sps", "engine share", f"t(n)/t({base})", "pairs",
                         "cores used", "others max"], rows))
+    floored = [x for x in settings if "floor_fraction" in x]
+    if floored:
+        print("\nagainst the update floor measured in this run (update_floor.py, every core):")
+        print(format_table(["epochs", "seeds", "floor ms/seed-minibatch", "floor sps/seed",
+                            "sps/seed", "fraction of floor"],
+                           [[x["epochs"], x["num_seeds"], x["floor_ms_per_seed_minibatch"],
+                             x["floor_sps_per_seed"], x["sps_per_seed_median"],
+                             x["floor_fraction"]] for x in floored]))
     if breakdowns:
         print("\none seed, jitted parts timed separately:")
         print(format_table(["epochs", "rollout ms", "process+update ms", "update share",
@@ -273,32 +328,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-timeout", type=float, default=1800.0,
                         help="longest wait (s) for other processes to quiet down before a "
                              "measurement; after it the measurement goes on (and is flagged)")
+    parser.add_argument("--floor-repeats", type=int, default=15,
+                        help="timed calls of each update-floor measurement (0: no floor)")
+    parser.add_argument("--floor-minibatches", type=int, default=20,
+                        help="minibatches per timed update-floor call")
     parser.add_argument("--json", type=Path, default=None, help="output JSON path")
     args = parser.parse_args(argv)
     code = code_info()  # the saferl sources as imported now
 
     if args.summarize is not None:
         record = json.loads(args.summarize.read_text())
-        settings, targets = summarize(record["runs"], record["settings"]["max_other_cores"])
+        settings, targets = summarize(record["runs"], record["settings"]["max_other_cores"],
+                                      record.get("floors"))
         report(record["runs"], settings, targets, record.get("breakdown", []),
                record["settings"]["timed_iterations"])
         return 0
 
-    runs = collect(args)
+    runs, floors = collect(args)
     breakdowns = []
     if args.breakdown_calls > 0:
         for epochs in args.epochs:
             if args.max_other_cores >= 0:
                 wait_for_quiet(args.max_other_cores, timeout=args.quiet_timeout)
             breakdowns.append(breakdown(epochs, args.breakdown_calls))
-    settings, targets = summarize(runs, args.max_other_cores)
+    settings, targets = summarize(runs, args.max_other_cores, floors)
     report(runs, settings, targets, breakdowns, args.timed_iterations)
     payload = {"settings": {"env": ENV, "algo": "ppo_lag", "epochs": args.epochs,
                             "num_seeds": args.num_seeds,
                             "timed_iterations": args.timed_iterations,
                             "repeats": args.repeats, "max_other_cores": args.max_other_cores,
                             "retries": args.retries},
-               "summary": settings, "targets": targets, "breakdown": breakdowns, "runs": runs}
+               "summary": settings, "targets": targets, "breakdown": breakdowns, "runs": runs,
+               "floors": floors}
     path = write_json("native_throughput", payload, args.json, code)
     print(f"wrote {path}")
     return 0
