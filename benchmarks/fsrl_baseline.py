@@ -195,6 +195,16 @@ def make_agent(algo: str, env, logger, s: dict, seed: int):
         rescaling=s["rescaling"])
 
 
+def emit(record: dict, path: str | None) -> None:
+    """Print a run's JSON record and write it to ``path`` (folders created) when given."""
+    text = json.dumps(record, indent=2)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    print(text)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -298,12 +308,7 @@ def main(argv=None) -> dict:
         "gymnasium_version": gym.__version__,
         "logdir": logdir,
     }
-    text = json.dumps(out, indent=2)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(out, args.out)
     return out
 
 

@@ -56,7 +56,8 @@ DEFAULT_RECIPE: dict[str, Any] = {"run": {"safety_predictor": True, "predictor_a
 plain CPO settles on the limit from above (2M steps, limit 10, seeds 0–3: final training episode
 cost 9.9–11.1, mean 10.3, return ≈ 495), with the predictor it ends at 6.0–8.2 with returns of
 490–730.
-Naming the algorithm (``saferl train cpo``) gives plain CPO; a config file or flags override these.
+Naming the algorithm (``saferl train cpo``) gives ``cpo``'s own defaults (the predictor at
+α = :data:`saferl.algos.cpo.PREDICTOR_ALPHA`); a config file or flags override these.
 """
 Callback = Callable[[int, dict[str, np.ndarray]], None]
 

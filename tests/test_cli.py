@@ -90,11 +90,18 @@ def test_train_without_an_algorithm_runs_cpo(tmp_path):
     assert "cpo/case" in rows[0] and len(rows) == 3
 
 
-def test_naming_cpo_gives_plain_cpo_and_flags_override_the_default_recipe(tmp_path):
+def test_naming_cpo_gives_its_defaults_and_flags_override_the_default_recipe(tmp_path):
+    from saferl.algos.cpo import PREDICTOR_ALPHA
+
     named = tmp_path / "named"
     flags = [f for f in small_flags(named) if f not in ("--ppo.epochs", "1")]
     assert main(["train", "cpo", *flags]) == 0
     run = json.loads((named / "config.json").read_text())["config"]["run"]
+    assert run["safety_predictor"] is True and run["predictor_alpha"] == PREDICTOR_ALPHA
+    plain = tmp_path / "plain"
+    flags = [f for f in small_flags(plain) if f not in ("--ppo.epochs", "1")]
+    assert main(["train", "cpo", *flags, "--no-safety-predictor"]) == 0
+    run = json.loads((plain / "config.json").read_text())["config"]["run"]
     assert run["safety_predictor"] is False
     default = tmp_path / "default"
     flags = [f for f in small_flags(default) if f not in ("--ppo.epochs", "1")]
