@@ -102,7 +102,7 @@ def whole_episodes(rollout_steps: int, limit: int | None) -> int:
     episodes run by the policy being updated alone. A rollout that ends mid-episode judges
     the policy on episodes begun under its predecessors, and some iterations finish none: on
     native CarCircle (300-step episodes) 200-step rollouts left one iteration in three on the
-    previous estimate, and CPO's stochastic policy cost 1.75 × its limit at evaluation
+    previous estimate, and CPO's stochastic policy cost 1.5 × its limit at evaluation
     (benchmarks/RESULTS.md, issue 16).
 
     Args:
