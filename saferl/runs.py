@@ -8,6 +8,7 @@ Layout of a run directory::
     checkpoints/         iter_<k>.msgpack (Flax msgpack of the whole training state) and
                          iter_<k>.json (metadata); ``latest.json`` names the newest one
     curves.png           return and each cost vs steps, the limits drawn
+    .lock                held (``flock``) by the process training or resuming the run
 
 Checkpoints never use pickle: loading a file cannot execute code. They are written to a temporary
 file and moved into place atomically, so a run killed at any moment leaves its last complete
@@ -18,17 +19,19 @@ to the newest intact checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import flax.serialization
 import gymnasium
@@ -44,6 +47,7 @@ from saferl.envs.native import NATIVE_TASKS
 from saferl.envs.wrappers import build_task
 
 KEEP_CHECKPOINTS = 3
+LOCK_FILE = ".lock"  # held (flock) by the process training into a run directory
 
 #: Fields of the training states added since checkpoints were first written, as paths of
 #: field names from the top of a state. A checkpoint written before a field existed loads with
@@ -62,6 +66,58 @@ class RunDirectoryError(ValueError):
 
 class DamagedCheckpointError(RunDirectoryError):
     """A checkpoint's files are missing, truncated or do not match their recorded checksum."""
+
+
+class RunDirectoryInUseError(RunDirectoryError):
+    """Another process holds the run directory's lock: it is training or resuming there."""
+
+
+def try_lock(directory: str | Path) -> IO[str] | None:
+    """An exclusive lock on ``directory/.lock``, held while the returned handle is open.
+
+    The lock is advisory (``flock``): the operating system releases it when the holder exits,
+    however it exits (``kill -9`` included), so a stale lock file never blocks a resume. The
+    holder writes its process id into the file, for the message of the one turned away.
+
+    Returns:
+        The open handle, or ``None`` when another process holds the lock.
+    """
+    handle = (Path(directory) / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@contextlib.contextmanager
+def exclusive(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory``'s lock (:func:`try_lock`) for the ``with`` block.
+
+    Raises:
+        RunDirectoryInUseError: Another process holds it; one sentence naming the folder and
+            that process's id.
+    """
+    handle = try_lock(directory)
+    if handle is None:
+        try:
+            pid = (Path(directory) / LOCK_FILE).read_text().strip()
+        except OSError:
+            pid = ""
+        holder = f" (process {pid})" if pid.isdigit() else ""
+        raise RunDirectoryInUseError(
+            f"run directory {str(directory)!r} is in use by another saferl process{holder}; "
+            f"wait for it to end (or stop it) before training or resuming there, or choose "
+            f"another run directory.")
+    try:
+        yield
+    finally:
+        handle.close()
 
 
 def safe_name(text: str) -> str:

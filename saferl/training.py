@@ -8,6 +8,7 @@ the checkpoint, so the resumed run reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -31,9 +32,11 @@ from saferl.evaluation import evaluate_policies, write_evaluation
 from saferl.policy import Policy, combined, deployed_members
 from saferl.progress import ProgressDisplay, print_summary
 from saferl.runs import (
+    LOCK_FILE,
     RunDirectory,
     check_writable,
     checkpoint_name,
+    exclusive,
     new_run_dir,
     plot_curves,
     read_run_config,
@@ -257,8 +260,10 @@ def train(algo: str | None = None, env: str | None = None, *,
         A :class:`TrainResult` with the run directory, summary and history.
     """
     if resume is not None:
-        return _resume(Path(resume), steps=steps, progress=progress, callback=callback,
-                       checkpoint=checkpoint)
+        path = Path(resume)
+        with exclusive(path) if path.is_dir() else contextlib.nullcontext():
+            return _resume(path, steps=steps, progress=progress, callback=callback,
+                           checkpoint=checkpoint)
     if checkpoint is not None:
         raise ValueError("checkpoint= chooses where a resumed run continues; it needs resume=.")
     shortcuts: dict[str, Any] = {}
@@ -291,13 +296,27 @@ def train(algo: str | None = None, env: str | None = None, *,
                         f"{entry.config_class.__name__}.")
     check_grid(entry, config)
     path = Path(config.run.run_dir) if config.run.run_dir else new_run_dir(algo, config.run.env)
+    _check_no_run(path)
+    existed = path.exists()
+    check_writable(path)
+    with exclusive(path):
+        _check_no_run(path)  # again under the lock: another process may have started there
+        return _start(entry, config, path, existed, progress, callback)
+
+
+def _check_no_run(path: Path) -> None:
+    """Refuse, in one sentence, to start a new run where one already is."""
     if (path / "config.json").exists():
         raise FileExistsError(
             f"Run directory {str(path)!r} already holds a run; pass resume={str(path)!r} "
             f"(CLI: --resume {path}) to continue it, or choose another run_dir.")
-    existed = path.exists()
-    check_writable(path)
+
+
+def _start(entry: Algorithm, config: Any, path: Path, existed: bool, progress: bool,
+           callback: Callback | None) -> TrainResult:
+    """Train a new run into ``path`` (writable, locked by this process, without a run)."""
     directory = RunDirectory(path)
+    algo = entry.name
     record = {"algo": algo, "config": config_to_dict(config), "spec": None}
     try:
         spec, task, envs = make_environment(config)
@@ -307,7 +326,9 @@ def train(algo: str | None = None, env: str | None = None, *,
         directory.write_config(record)
         raise
     except BaseException:
-        if not existed and path.is_dir() and not any(path.iterdir()):
+        if not existed and path.is_dir() and not any(p.name != LOCK_FILE
+                                                     for p in path.iterdir()):
+            (path / LOCK_FILE).unlink(missing_ok=True)
             path.rmdir()  # bad input loses nothing and leaves nothing behind
         raise
     record["spec"] = spec_record(spec)

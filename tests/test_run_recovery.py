@@ -248,3 +248,52 @@ def test_sigint_mid_run_with_a_closed_pipe_still_checkpoints(tmp_path):
     assert process.wait(timeout=120) == 130
     latest = saferl.runs.RunDirectory(run).latest_checkpoint()
     assert latest is not None and int(latest.split("_")[1]) >= 2
+
+
+def test_a_run_directory_in_use_turns_a_second_process_away(runs, tmp_path, capsys):
+    """Two processes never train into one folder; the holder's lock dies with it (kill -9)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    before = (run / "progress.csv").read_text()
+    process = _spawn(_command(run.with_name("live")))
+    deadline = time.time() + 120
+    line = b""
+    while time.time() < deadline and not line.startswith(b"train "):
+        line = process.stdout.readline()
+    assert line.startswith(b"train "), line
+    live = run.with_name("live")
+    try:
+        assert main(["train", "--resume", str(live), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by another saferl process (process {process.pid})" in err, err
+        assert "Traceback" not in err
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs, the lock file stays behind
+        process.communicate(timeout=60)
+    assert (live / ".lock").is_file()
+    latest = saferl.runs.RunDirectory(live).latest_checkpoint()
+    iterations = 1 if latest is None else int(latest.split("_")[1]) + 1
+    assert main(["train", "--resume", str(live), "--steps", str(800 * iterations),
+                 "--quiet"]) == 0
+    # A lock held in this process (another open file) turns a resume away and changes nothing.
+    held = saferl.runs.try_lock(run)
+    assert held is not None
+    try:
+        assert main(["train", "--resume", str(run), "--steps", "3200", "--quiet"]) == 2
+        assert "is in use by another saferl process" in capsys.readouterr().err
+        assert (run / "progress.csv").read_text() == before
+    finally:
+        held.close()
+    assert main(["train", "--resume", str(run), "--steps", "3200", "--quiet"]) == 0
+    assert numbers(run) == numbers(runs["four"])
+    # A new run into a folder another process holds: turned away, the folder left as it was.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    held = saferl.runs.try_lock(empty)
+    try:
+        assert main(["train", "ppo_lag", *FLAGS, "--steps", "800", "--run-dir", str(empty),
+                     "--quiet"]) == 2
+        assert "is in use by another saferl process" in capsys.readouterr().err
+        assert [p.name for p in empty.iterdir()] == [".lock"]
+    finally:
+        held.close()

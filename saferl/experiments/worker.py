@@ -21,7 +21,6 @@ writes, evaluates and marks done each of its runs' directories.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import sys
 import time
@@ -66,18 +65,6 @@ def evaluate_stage(run_dir: Path, stage: dict[str, Any]) -> None:
     del meta
 
 
-def _lock(directory: Path) -> Any | None:
-    """An exclusive lock on ``directory/.lock`` (held while the handle is open), or ``None``
-    when another worker holds it."""
-    handle = (directory / ".lock").open("w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 def train_or_resume(training: Path, algo: str, config_record: dict[str, Any], label: str) -> None:
     """Train the run in ``training``, or resume it from its newest intact checkpoint."""
     import saferl
@@ -98,11 +85,12 @@ def run(run_dir: Path) -> int:
     """Train (or resume) and evaluate the run in ``run_dir`` (or, for a pack's directory, all
     of its runs: :func:`run_pack`); the process's exit status."""
     from saferl import interrupts
+    from saferl.runs import try_lock
 
     interrupts.install()  # a Ctrl-C swallowed anywhere still stops the run at an iteration
     if (run_dir / "pack.json").is_file():
         return run_pack(run_dir)
-    lock = _lock(run_dir)
+    lock = try_lock(run_dir)
     if lock is None:
         print(f"saferl sweep: {run_dir} is already running in another worker.", file=sys.stderr)
         return LOCKED_EXIT
@@ -130,10 +118,11 @@ def run_pack(pack_dir: Path) -> int:
     write each run's directory (:func:`~saferl.experiments.packing.split_member`), evaluate
     it and mark it done; a failure marks every run of the pack not yet done as failed."""
     from saferl.experiments.sweep import read_status
+    from saferl.runs import try_lock
 
     plan = json.loads((pack_dir / "pack.json").read_text())
     directories = [Path(m["directory"]) for m in plan["members"]]
-    locks = [_lock(d) for d in [pack_dir, *directories]]
+    locks = [try_lock(d) for d in [pack_dir, *directories]]
     if any(lock is None for lock in locks):
         for lock in locks:
             if lock is not None:
