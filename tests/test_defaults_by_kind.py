@@ -28,8 +28,11 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def test_the_on_policy_lagrangian_has_host_defaults() -> None:
-    assert "ppo_lag" in WITH_HOST_DEFAULTS
+def test_every_on_policy_algorithm_has_host_defaults() -> None:
+    on_policy = sorted(name for name, entry in ALGORITHMS.items()
+                       if entry.family == "on_policy")
+    assert len(on_policy) == 8
+    assert set(on_policy) <= set(WITH_HOST_DEFAULTS)
     for name in WITH_HOST_DEFAULTS:
         assert default_env(ALGORITHMS[name]) in NATIVE_TASKS
 
@@ -66,7 +69,7 @@ def test_a_users_settings_win_over_the_host_defaults(algo: str, tmp_path) -> Non
 def _help_default(text: str, flag: str) -> str:
     text = re.sub(r"[│╭╮╰╯─]", " ", text)
     text = re.sub(r"\s+", " ", text)
-    match = re.search(re.escape(flag) + r" [A-Z ]*[^(]*\(default: ([^)]*)\)", text)
+    match = re.search(re.escape(flag) + r" .*?\(default: ([^)]*)\)", text)
     assert match, f"{flag} not in the help"
     return match.group(1)
 
@@ -81,6 +84,9 @@ def test_cli_help_shows_the_defaults_of_the_environment_given(capsys) -> None:
     assert host == str(ALGORITHMS["ppo_lag"].host_defaults["run"]["num_envs"])
     assert native == str(build_config("ppo_lag").run.num_envs)
     assert native != host
+    assert main(["train", "ppo_lag", "--env", HOST_ENV, "--help"]) == 0
+    assert _help_default(capsys.readouterr().out, "--ppo.minibatches") == \
+        str(ALGORITHMS["ppo_lag"].host_defaults["ppo"]["minibatches"])
 
 
 
