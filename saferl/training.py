@@ -90,7 +90,11 @@ def build_config(algo: str, config_file: str | Path | None = None,
     data = _merged(entry, layers)
     env = data.get("run", {}).get("env", default_env(entry))
     if entry.host_defaults and env not in NATIVE_TASKS:
+        user_run = data.get("run", {})
         data = _merged(entry, [entry.host_defaults, *layers])
+        run = data["run"]
+        if "env_workers" not in user_run and run.get("env_workers", 1) > run.get("num_envs", 1):
+            run["env_workers"] = run["num_envs"]  # a default never refuses the user's copies
     if entry.family == "on_policy" and "rollout_steps" not in data.get("run", {}):
         run = data.setdefault("run", {})
         run["rollout_steps"] = whole_episodes(entry.config_class().run.rollout_steps,

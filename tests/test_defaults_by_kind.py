@@ -66,6 +66,14 @@ def test_a_users_settings_win_over_the_host_defaults(algo: str, tmp_path) -> Non
         ALGORITHMS[algo].host_defaults["run"].get("rollout_steps", config.run.rollout_steps)
 
 
+def test_the_host_worker_default_follows_a_users_copies() -> None:
+    """Two worker processes by default, never more than the copies the user asks for."""
+    assert build_config("ppo_lag", overrides={"env": HOST_ENV}).run.env_workers == 2
+    assert build_config("cpo", overrides={"env": HOST_ENV, "num_envs": 1}).run.env_workers == 1
+    with pytest.raises(ValueError, match="env_workers must be between 1 and num_envs=1"):
+        build_config("cpo", overrides={"env": HOST_ENV, "num_envs": 1, "env_workers": 2})
+
+
 def _help_default(text: str, flag: str) -> str:
     text = re.sub(r"[│╭╮╰╯─]", " ", text)
     text = re.sub(r"\s+", " ", text)
