@@ -227,7 +227,7 @@ def _interrupted(run_dir: str | None) -> int:
 def _train(args: list[str]) -> int:
     from saferl.algos.registry import get_algorithm
     from saferl.runs import new_run_dir
-    from saferl.training import build_config, resolve_algorithm, train
+    from saferl.training import CLI_HOST_WORKERS, build_config, resolve_algorithm, train
 
     args = list(args)
     quiet = _pop_flag(args, "--quiet")
@@ -255,9 +255,14 @@ def _train(args: list[str]) -> int:
     algo, recipe = resolve_algorithm(named)
     entry = get_algorithm(algo)
     config_file = _pop_option(args, "--config")
-    # The defaults depend on the environment's kind (native or host), so read --env first.
-    env = _peek_option(args, "--env")
-    defaults = build_config(algo, config_file, {"env": env} if env else None, base=recipe)
+    # The defaults depend on the environment's kind (native or host), so read --env first;
+    # and the worker processes' default on the copies asked for.
+    env, copies = _peek_option(args, "--env"), _peek_option(args, "--num-envs")
+    peeked: dict[str, Any] = {"env": env} if env else {}
+    if copies is not None and copies.isdigit() and int(copies) > 0:
+        peeked["num_envs"] = int(copies)
+    defaults = build_config(algo, config_file, peeked or None, base=recipe,
+                            host_workers=CLI_HOST_WORKERS)
     if named is None:
         prog = "saferl train"
         description = (f"Without ALGO: {algo} with CPO's learned safety predictor (α = "

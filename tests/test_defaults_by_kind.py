@@ -66,12 +66,24 @@ def test_a_users_settings_win_over_the_host_defaults(algo: str, tmp_path) -> Non
         ALGORITHMS[algo].host_defaults["run"].get("rollout_steps", config.run.rollout_steps)
 
 
-def test_the_host_worker_default_follows_a_users_copies() -> None:
-    """Two worker processes by default, never more than the copies the user asks for."""
-    assert build_config("ppo_lag", overrides={"env": HOST_ENV}).run.env_workers == 2
-    assert build_config("cpo", overrides={"env": HOST_ENV, "num_envs": 1}).run.env_workers == 1
-    with pytest.raises(ValueError, match="env_workers must be between 1 and num_envs=1"):
-        build_config("cpo", overrides={"env": HOST_ENV, "num_envs": 1, "env_workers": 2})
+def test_the_command_line_steps_host_copies_in_two_workers(capsys) -> None:
+    """``saferl train`` steps an on-policy run's host copies in 2 worker processes unless told
+    otherwise, never more than its copies; Python keeps 1 (spawn needs a guarded script)."""
+    assert build_config("ppo_lag", overrides={"env": HOST_ENV}).run.env_workers == 1
+    assert build_config("ppo_lag", overrides={"env": HOST_ENV}, host_workers=2
+                        ).run.env_workers == 2
+    assert build_config("cpo", overrides={"env": HOST_ENV, "num_envs": 1}, host_workers=2
+                        ).run.env_workers == 1
+    assert build_config("sac_lag", overrides={"env": HOST_ENV, "env_workers": 3},
+                        host_workers=2).run.env_workers == 3
+    assert build_config("ppo_lag", host_workers=2).run.env_workers == 1  # native: in XLA
+    assert build_config("sac_lag", overrides={"env": HOST_ENV}, host_workers=2
+                        ).run.env_workers == 1  # off-policy: its updates fill the cores
+    for flags, workers in (([], "2"), (["--num-envs", "1"], "1"), (["--num-envs=1"], "1")):
+        assert main(["train", "ppo_lag", "--env", HOST_ENV, *flags, "--help"]) == 0
+        assert _help_default(capsys.readouterr().out, "--env-workers") == workers
+    assert main(["train", "ppo_lag", "--help"]) == 0
+    assert _help_default(capsys.readouterr().out, "--env-workers") == "1"
 
 
 def _help_default(text: str, flag: str) -> str:

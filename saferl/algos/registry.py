@@ -65,11 +65,8 @@ class Algorithm:
 
 
 #: On-policy defaults for host environments (Bullet, gymnasium), chosen by measurement
-#: (benchmarks/RESULTS.md, issue 16). Two worker processes step the copies: 60k steps of
-#: SafetyCarCircle-v0 took 26.5 s instead of 44.4 s on 2 cores (BallCircle 9.7 s instead of
-#: 10.3 s); the batches are the same as in one process, and a sweep's run hash ignores it.
-#: At Bullet's 200k-step budgets the native tasks' 64 copies × 200 steps give only 16
-#: iterations; 20 copies give 50. PPO also takes an update
+#: (benchmarks/RESULTS.md, issue 16). At Bullet's 200k-step budgets the native tasks' 64
+#: copies × 200 steps give only 16 iterations; 20 copies give 50. PPO also takes an update
 #: near FSRL's (16 minibatches × 4 epochs at a policy learning rate of 5e-4): 20 minibatches
 #: × 3 epochs, 60 gradient steps per iteration instead of 20; 20 divides every batch of 20
 #: copies (16 does not divide 20 × 250 on SafetyBallGather-v0). On SafetyBallCircle-v0 (200k
@@ -77,13 +74,13 @@ class Algorithm:
 #: defaults) and 454 (20 copies) to 520, cost 2.6 (16 × 4: 529, cost 1.1); FSRL PPO-Lag
 #: reaches 509. The PPO family (``ppo``, ``ppo_lag``, ``cppo_lag``, whose members are
 #: ``ppo_lag`` runs) shares them.
-HOST_PPO: dict[str, Any] = {"run": {"num_envs": 20, "env_workers": 2},
+HOST_PPO: dict[str, Any] = {"run": {"num_envs": 20},
                             "ppo": {"minibatches": 20, "epochs": 3, "policy_lr": 5e-4}}
 #: The trust-region methods' host defaults: 20 copies (50 iterations at 200k steps). On
 #: SafetyBallCircle-v0 (seeds 0–2) ``trpo_lag`` went from 409 to 607, ``cpo`` from 396 to 558,
 #: ``pcpo`` from 379 to 550, every deterministic cost within the limit; 128×128 networks did
 #: not help them. The TRPO family (``trpo``, ``trpo_lag``, ``ctrpo_lag``) shares them.
-HOST_TRUST_REGION: dict[str, Any] = {"run": {"num_envs": 20, "env_workers": 2}}
+HOST_TRUST_REGION: dict[str, Any] = {"run": {"num_envs": 20}}
 
 
 def _on_policy(name: str, config_class: type, init_agent: Callable[..., Any],

@@ -16,9 +16,11 @@ them must guard its entry point with ``if __name__ == "__main__":`` (the workers
 with any spawn-based multiprocessing. Exceptions raised in a worker (e.g.
 :class:`~saferl.envs.core.EnvError`) are re-raised in the caller with their type.
 
-Whether workers pay off depends on the machine: on the 2-vCPU benchmark VM two CPU-bound
-processes ran only 1.35× faster than one, and the per-step pipe round trips made 2 workers
-slower than in-process stepping (benchmarks/RESULTS.md).
+Whether workers pay off depends on the machine and the simulator: on the 2-vCPU benchmark VM
+two CPU-bound processes ran only 1.35× faster than one, and the per-step pipe round trips made
+2 workers slower than in-process stepping for off-policy runs on BallCircle; for ``ppo_lag`` on
+CarCircle, whose steps cost more, 2 workers were 1.68× faster (benchmarks/RESULTS.md, issue
+16), so ``saferl train`` uses 2 for on-policy runs.
 """
 
 from __future__ import annotations
