@@ -253,3 +253,27 @@ def test_normalised_metrics_against_ppo_by_hand(runs, tmp_path):
     assert main(["report", str(root / "runs"), "--out", str(out)]) == 0
     assert "## Normalised against PPO" in (out / "report.md").read_text()
     assert len(read_csv(out / "tables" / "normalised.csv")) == len(table)
+
+
+def test_conditioned_rows_with_different_settings_are_told_apart_in_the_figure(
+        tmp_path, saved_figures):
+    """Two C-TRPO-Lag runs trained on different behaviour sets: two curves, each legend entry
+    naming its setting, as the tables do."""
+    for name, (behaviour, cost) in {"three": ([20, 40, 60], 5.0),
+                                    "six": ([20, 30, 40, 50, 60, 70], 9.0)}.items():
+        table = [{"threshold_0": 10.0, "return_mean": 1.0, "return_std": 0.0,
+                  "cost_0_mean": cost, "cost_0_std": 0.0, "violation_0": 0.0}]
+        synthetic_run(tmp_path / "runs" / name, "ctrpo_lag", [0], returns=[[1] * 7],
+                      costs=[[0] * 7], overrides={"versatile": {"behaviour_thresholds":
+                                                                behaviour}},
+                      versatile={"table": table, "per_seed": {"0": {
+                          "Avg R": 1.0, "Avg CV": 0.0, "R-G": 0.0, "CV-G": 0.0}}})
+    rows = report_rows(tmp_path)
+    assert len(report.versatile_table(rows)) == 2
+    report.versatile_figure(rows, "saferl/BallCircle-v0", tmp_path / "v.png")
+    cost_ax, _ = saved_figures[-1].axes
+    curves = {line.get_label(): float(line.get_ydata()[0]) for line in cost_ax.lines
+              if line.get_label() != "cost = threshold"}
+    assert curves == {
+        "ctrpo_lag (versatile.behaviour_thresholds=[20.0, 40.0, 60.0])": 5.0,
+        "ctrpo_lag (versatile.behaviour_thresholds=[20.0, 30.0, 40.0, 50.0, 60.0, 70.0])": 9.0}

@@ -188,6 +188,13 @@ def limit_label(row: Row) -> str:
     return "conditioned" if row.members[0].conditioned else ",".join(f"{x:g}" for x in row.limit)
 
 
+def row_label(row: Row, with_limit: bool = False) -> str:
+    """A row's name in a figure's legend: the algorithm (``@`` its limit), then the settings
+    that tell it from the task's other rows of that algorithm."""
+    name = row.algo + (f" @{','.join(f'{x:g}' for x in row.limit)}" if with_limit else "")
+    return name + (f" ({row.differs})" if row.differs else "")
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and population standard deviation over the finite values (NaN if none)."""
     finite = [v for v in values if math.isfinite(v)]
@@ -477,8 +484,7 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
     for k, row in enumerate(r for r in rows if r.env == env):
         color = f"C{k % 10}"
-        label = f"{row.algo} @{','.join(f'{x:g}' for x in row.limit)}" + (
-            f" ({row.differs})" if row.differs else "")
+        label = row_label(row, with_limit=True)
         history = []
         for member in row.members:
             for r in RunDirectory(member.run_dir).read_progress():
@@ -537,7 +543,7 @@ def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
         for ax, key in ((cost_ax, "cost_0"), (return_ax, "return")):
             mean = np.array([t[f"{key}_mean"] for t in table])
             std = np.array([t[f"{key}_std"] for t in table])
-            ax.plot(eps, mean, color=f"C{k}", label=row.algo)
+            ax.plot(eps, mean, color=f"C{k}", label=row_label(row))
             ax.fill_between(eps, mean - std, mean + std, color=f"C{k}", alpha=0.15)
         top = max(top, float(eps.max()))
     cost_ax.plot([0, top], [0, top], "k--", linewidth=1, label="cost = threshold")
@@ -545,9 +551,14 @@ def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
         ax.set_xlabel("threshold ε")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    cost_ax.legend(fontsize=7)
+    # Below the panels: a legend entry may carry long settings, which would hide the curves.
+    handles, labels = cost_ax.get_legend_handles_labels()
+    columns = 2 if len(labels) > 2 else len(labels)
+    legend_rows = math.ceil(len(labels) / columns)
+    fig.set_size_inches(10, 3.8 + 0.22 * legend_rows)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     fig.suptitle(f"{env}: conditioned policies, mean ± std over seeds", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.055 * legend_rows + 0.01, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
