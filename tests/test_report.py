@@ -249,6 +249,17 @@ def test_normalised_metrics_against_ppo_by_hand(runs, tmp_path):
     assert row["norm_cost_0_std"] == pytest.approx(np.std([0, 2 / 40, 0]))
     assert row["norm_cost_rate_0_mean"] == pytest.approx(1.0)  # the same rate series
     assert {r["algorithm"] for r in table} == {"ppo_lag"}  # ccpo is conditioned: left out
+    # A limit above PPO's own cost (50): no excess to scale by, so no normalised cost.
+    synthetic_run(root / "runs" / "loose", "ppo_lag", [4], returns=[[1] * 7], costs=[[70] * 7],
+                  overrides={"run": {"seeds": [4], "cost_limit": [60.0]}})
+    table, note = report.normalised_table(report_rows(root), 1)
+    loose = next(r for r in table if r["limit"] == "60")
+    assert math.isnan(loose["norm_cost_0_mean"]) and loose["norm_return_mean"] == \
+        pytest.approx(1 / 150)
+    assert note == ("The normalised cost is blank where PPO's own cost is within the limit, "
+                    "so that there is no excess to scale by: ppo_lag @60 on "
+                    "saferl/BallCircle-v0.")
+    assert row == next(r for r in table if r["algorithm"] == "ppo_lag" and r["seeds"] == 3)
     out = tmp_path / "out"
     assert main(["report", str(root / "runs"), "--out", str(out)]) == 0
     assert "## Normalised against PPO" in (out / "report.md").read_text()

@@ -359,13 +359,16 @@ def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, An
     ``J_r / J_r^PPO``, ``max(0, J_c − d) / max(1e-6, J_c^PPO − d)`` (``d`` the row's limit)
     and ``ρ_c / ρ_c^PPO`` (the training cost rate). ``J`` is the deterministic evaluation when
     the row and PPO both have one, else the training figures. Conditioned rows (no single
-    limit) are left out.
+    limit) are left out. Where PPO's own cost is within the row's limit the normalised cost
+    has no scale (the ``1e-6`` floor would turn a cost of 1 over the limit into a million), so
+    it is left blank (NaN) and the note says where.
 
     Returns:
         The rows (mean ± std over seeds) and a note on what was normalised, or why not.
     """
     table: list[dict[str, Any]] = []
     notes: list[str] = []
+    unscaled: list[str] = []
     for env in sorted({r.env for r in rows}):
         references = [r for r in rows if r.env == env and r.algo == "ppo"]
         if len(references) != 1:
@@ -402,7 +405,9 @@ def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, An
                 for i in range(num_costs):
                     limit = row.limit[i]
                     ppo_cost = ppo(f"cost_{i}")  # NaN (no finished episode) stays NaN
-                    excess = max(1e-6, ppo_cost - limit) if math.isfinite(ppo_cost) else math.nan
+                    excess = ppo_cost - limit if ppo_cost > limit else math.nan
+                    if ppo_cost <= limit:
+                        unscaled.append(f"{row.algo} @{limit:g} on {env}")
                     out[f"norm_cost_{i}_mean"], out[f"norm_cost_{i}_std"] = mean_std(
                         [max(0.0, figure(m, f"cost_{i}") - limit) / excess
                          for m in row.members])
@@ -411,6 +416,9 @@ def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, An
                         [m.train.get(f"cost_rate_{i}", math.nan) / rate if rate else math.nan
                          for m in row.members])
             table.append(out)
+    if unscaled:
+        notes.append(f"The normalised cost is blank where PPO's own cost is within the limit, "
+                     f"so that there is no excess to scale by: {', '.join(unscaled)}.")
     if not table and not notes:
         notes.append("No task has a ppo run to normalise against (add algo = \"ppo\" to the "
                      "sweep).")
