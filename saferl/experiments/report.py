@@ -191,8 +191,28 @@ def limit_label(row: Row) -> str:
 def row_label(row: Row, with_limit: bool = False) -> str:
     """A row's name in a figure's legend: the algorithm (``@`` its limit), then the settings
     that tell it from the task's other rows of that algorithm."""
-    name = row.algo + (f" @{','.join(f'{x:g}' for x in row.limit)}" if with_limit else "")
+    name = row.algo
+    if with_limit:
+        name += " (conditioned)" if row.members[0].conditioned else f" @{limit_label(row)}"
     return name + (f" ({row.differs})" if row.differs else "")
+
+
+def _colour(k: int, count: int) -> Any:
+    """The ``k``-th of ``count`` line colours: matplotlib's 10 defaults, or 20 distinct ones
+    when there are more lines than 10 (a library sweep draws 20 rows on one task)."""
+    import matplotlib
+
+    return f"C{k}" if count <= 10 else matplotlib.colormaps["tab20"](k % 20)
+
+
+def _legend_below(fig: Any, ax: Any, height: float) -> None:
+    """``ax``'s legend under the panels, so that long or many entries hide no curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    columns = min(len(labels), 2 if max(map(len, labels), default=0) > 40 else 4) or 1
+    legend_inches = 0.16 * math.ceil(len(labels) / columns) + 0.1
+    fig.set_size_inches(fig.get_size_inches()[0], height + legend_inches)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / (height + legend_inches), 1, 1))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -479,7 +499,8 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
     """Return, each cost and each training cost rate against environment steps on one task: one
     line per row (algorithm × limit × settings), mean ± std over its members of the latest
     finished episodes (the rate: all cost so far / all steps so far), each row's limit dashed
-    in its colour on the cost panels; reward and cost smoothed alike (none: raw iterations)."""
+    in its colour on the cost panels (a conditioned row has none); reward and cost smoothed
+    alike (none: raw iterations)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,8 +511,9 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
     panels = (["rollout/ep_return"] + [f"rollout/ep_cost_{i}" for i in range(num_costs)]
               + [f"train/cost_rate_{i}" for i in range(num_costs)])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
-    for k, row in enumerate(r for r in rows if r.env == env):
-        color = f"C{k % 10}"
+    drawn = [r for r in rows if r.env == env]
+    for k, row in enumerate(drawn):
+        color = _colour(k, len(drawn))
         label = row_label(row, with_limit=True)
         history = []
         for member in row.members:
@@ -507,7 +529,7 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
                 mean, std = np.nanmean(values, axis=1), np.nanstd(values, axis=1)
             ax.plot(steps, mean, color=color, label=label)
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.15)
-            if name.startswith("rollout/ep_cost_"):
+            if name.startswith("rollout/ep_cost_") and not row.members[0].conditioned:
                 ax.axhline(row.limit[int(name.rsplit("_", 1)[1])], color=color,
                            linestyle="--", linewidth=1)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -523,9 +545,8 @@ def curves_figure(rows: list[Row], env: str, path: Path, num_costs: int) -> Path
                       f"episode cost {index} (dashed: limit)" if "ep_cost" in name else
                       f"training cost rate {index} (cost per step)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{env}: mean ± std over seeds of the latest training episodes", fontsize=10)
-    fig.tight_layout()
+    _legend_below(fig, axes[0][0], 3.8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -551,22 +572,17 @@ def versatile_figure(rows: list[Row], env: str, path: Path) -> Path | None:
         for ax, key in ((cost_ax, "cost_0"), (return_ax, "return")):
             mean = np.array([t[f"{key}_mean"] for t in table])
             std = np.array([t[f"{key}_std"] for t in table])
-            ax.plot(eps, mean, color=f"C{k}", label=row_label(row))
-            ax.fill_between(eps, mean - std, mean + std, color=f"C{k}", alpha=0.15)
+            ax.plot(eps, mean, color=_colour(k, len(chosen)), label=row_label(row))
+            ax.fill_between(eps, mean - std, mean + std, color=_colour(k, len(chosen)),
+                            alpha=0.15)
         top = max(top, float(eps.max()))
     cost_ax.plot([0, top], [0, top], "k--", linewidth=1, label="cost = threshold")
     for ax, name in ((cost_ax, "episode cost"), (return_ax, "episode return")):
         ax.set_xlabel("threshold ε")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-    # Below the panels: a legend entry may carry long settings, which would hide the curves.
-    handles, labels = cost_ax.get_legend_handles_labels()
-    columns = 2 if len(labels) > 2 else len(labels)
-    legend_rows = math.ceil(len(labels) / columns)
-    fig.set_size_inches(10, 3.8 + 0.22 * legend_rows)
-    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=7, frameon=False)
     fig.suptitle(f"{env}: conditioned policies, mean ± std over seeds", fontsize=10)
-    fig.tight_layout(rect=(0, 0.055 * legend_rows + 0.01, 1, 1))
+    _legend_below(fig, cost_ax, 3.8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
