@@ -12,9 +12,10 @@ Layout of a run directory::
 
 Checkpoints never use pickle: loading a file cannot execute code. They are written to a temporary
 file and moved into place atomically, so a run killed at any moment leaves its last complete
-checkpoint intact and resumable. Each checkpoint's metadata records the SHA-256 of its msgpack
-file; a file damaged afterwards (truncated, scrambled) is detected, named, and loading falls back
-to the newest intact checkpoint.
+checkpoint intact and resumable; a checkpoint whose save (or prune) was cut short between its two
+files is recognised as unfinished, not damaged, and discarded on resume. Each checkpoint's
+metadata records the SHA-256 of its msgpack file; a file damaged afterwards (truncated,
+scrambled) is detected, named, and loading falls back to the newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -336,23 +337,66 @@ class RunDirectory:
         names |= {p.stem for p in self.checkpoint_dir.glob("iter_*.json")}
         return sorted(names, reverse=True)
 
+    def unfinished_checkpoints(self) -> list[str]:
+        """Checkpoints left half-written by a process killed while saving or pruning, newest
+        first.
+
+        Each file is written atomically, but a checkpoint is two files (msgpack, then its
+        metadata) followed by the ``latest.json`` pointer, and pruning removes an old pair one
+        file at a time. A checkpoint with exactly one of its files is unfinished when it is
+        newer than the checkpoint the pointer names (or there is no valid pointer: the first
+        save never finished), or when :data:`KEEP_CHECKPOINTS` complete checkpoints are newer
+        (a prune was cut short). Any other missing file is damage, reported as such.
+        """
+        names = self.checkpoint_names()
+        if not names:
+            return []
+        present = {name: ((self.checkpoint_dir / f"{name}.msgpack").is_file(),
+                          (self.checkpoint_dir / f"{name}.json").is_file()) for name in names}
+        pointed = self._pointer()
+        pointed = pointed if pointed in present else None
+        unfinished = []
+        complete_newer = 0
+        for name in names:  # newest first
+            if all(present[name]):
+                complete_newer += 1
+            elif (pointed is None or name > pointed) or complete_newer >= KEEP_CHECKPOINTS:
+                unfinished.append(name)
+        return unfinished
+
+    def discard_unfinished(self) -> list[str]:
+        """Delete the files of :meth:`unfinished_checkpoints` (they cannot be verified: the
+        checksum is in the metadata) and return their names."""
+        unfinished = self.unfinished_checkpoints()
+        for name in unfinished:
+            for suffix in (".msgpack", ".json"):
+                (self.checkpoint_dir / f"{name}{suffix}").unlink(missing_ok=True)
+        return unfinished
+
+    def _pointer(self) -> str | None:
+        """The checkpoint ``latest.json`` names, or ``None`` when it is missing or damaged."""
+        pointer = self.checkpoint_dir / "latest.json"
+        if not pointer.is_file():
+            return None
+        try:
+            name = json.loads(pointer.read_text()).get("name")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            return None
+        return name if isinstance(name, str) else None
+
     def latest_checkpoint(self) -> str | None:
         """Name of the newest checkpoint whose files are present, or ``None``.
 
         ``latest.json`` names it; when that pointer is missing or damaged, the newest
         ``iter_*`` pair is taken (checkpoints are numbered by iteration).
         """
-        pointer = self.checkpoint_dir / "latest.json"
-        name = None
-        if pointer.is_file():
-            try:
-                name = json.loads(pointer.read_text()).get("name")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                name = None
-        if isinstance(name, str) and (self.checkpoint_dir / f"{name}.msgpack").is_file():
+        name = self._pointer()
+        if name is not None and (self.checkpoint_dir / f"{name}.msgpack").is_file():
             return name
+        unfinished = set(self.unfinished_checkpoints())
         for candidate in self.checkpoint_names():
-            if (self.checkpoint_dir / f"{candidate}.msgpack").is_file():
+            if candidate not in unfinished and \
+                    (self.checkpoint_dir / f"{candidate}.msgpack").is_file():
                 return candidate
         return None
 
@@ -411,7 +455,8 @@ class RunDirectory:
                     f"run directory {str(self.path)!r} has no checkpoint {name!r}; iterations "
                     f"with a checkpoint: {sorted(available) or 'none'}.")
             return self.read_checkpoint(template, name)
-        names = self.checkpoint_names()
+        unfinished = set(self.unfinished_checkpoints())
+        names = [name for name in self.checkpoint_names() if name not in unfinished]
         if not names:
             raise FileNotFoundError(f"Run directory {str(self.path)!r} has no checkpoint yet.")
         errors = []

@@ -362,6 +362,9 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
             checkpoint: str | int | None = None) -> TrainResult:
     notes: list[str] = []
     directory = RunDirectory(path)
+    for name in directory.discard_unfinished():
+        notes.append(f"checkpoint {name} was being written or removed when the run stopped; "
+                     f"discarding what was left of it.")
     if not directory.checkpoint_names():
         # Interrupted before its first checkpoint: start over from the stored configuration.
         _, entry, config = read_run_config(path)

@@ -92,6 +92,73 @@ def test_a_damaged_pointer_is_not_needed(runs, tmp_path, capsys):
     assert numbers(run) == numbers(runs["four"])
 
 
+def _files(run: Path, keep: dict[str, tuple[str, ...]], pointer: str | None) -> None:
+    """Leave only the checkpoint files in ``keep`` (name -> suffixes) and the given pointer."""
+    for path in (run / "checkpoints").iterdir():
+        stem, suffix = path.stem, path.suffix
+        if path.name == "latest.json" or suffix not in keep.get(stem, ()):
+            path.unlink()
+    if pointer is not None:
+        (run / "checkpoints" / "latest.json").write_text(f'{{"name": "{pointer}"}}')
+
+
+# (files left, pointer) -> the checkpoints that count as unfinished (each a kill -9 while saving
+# or pruning), everything else being complete or damage.
+UNFINISHED = [
+    ({"iter_0000001": (".msgpack",)}, None, ["iter_0000001"]),  # first save cut short
+    ({"iter_0000001": (".json",)}, None, ["iter_0000001"]),
+    ({"iter_0000001": (".msgpack", ".json"), "iter_0000002": (".msgpack",)}, "iter_0000001",
+     ["iter_0000002"]),  # killed between a later checkpoint's two files
+    ({"iter_0000002": (".msgpack", ".json"), "iter_0000003": (".msgpack",)}, "iter_0000003",
+     []),  # the pointer names it: it was complete, so its missing metadata is damage
+    ({"iter_0000001": (".json",), "iter_0000002": (".msgpack", ".json"),
+      "iter_0000003": (".msgpack", ".json"), "iter_0000004": (".msgpack", ".json")},
+     "iter_0000004", ["iter_0000001"]),  # a prune cut short: three complete ones are newer
+    ({"iter_0000001": (".json",), "iter_0000002": (".msgpack", ".json"),
+      "iter_0000003": (".msgpack", ".json")}, "iter_0000003", []),  # within the kept three
+]
+
+
+@pytest.mark.parametrize("keep, pointer, expected", UNFINISHED)
+def test_unfinished_checkpoints_are_told_from_damaged_ones(tmp_path, keep, pointer, expected):
+    run = saferl.runs.RunDirectory(tmp_path)
+    run.checkpoint_dir.mkdir()
+    for name in ("iter_0000001", "iter_0000002", "iter_0000003", "iter_0000004"):
+        for suffix in (".msgpack", ".json"):
+            (run.checkpoint_dir / f"{name}{suffix}").write_bytes(b"x")
+    _files(tmp_path, keep, pointer)
+    assert run.unfinished_checkpoints() == expected
+
+
+def test_a_first_checkpoint_cut_short_trains_from_scratch(runs, tmp_path, capsys):
+    """kill -9 between the first checkpoint's two files: resume starts over, nothing damaged."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    _files(run, {"iter_0000001": (".msgpack",)}, None)
+    assert main(["train", "--resume", str(run), "--steps", "3200"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint iter_0000001 was being written or removed when the run stopped" in err
+    assert "has no checkpoint yet: training from scratch" in err, err
+    assert "damaged" not in err and "Traceback" not in err, err
+    assert numbers(run) == numbers(runs["four"])
+
+
+def test_a_later_checkpoint_cut_short_resumes_from_the_one_before(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["three"], run)
+    _files(run, {"iter_0000001": (".msgpack", ".json"), "iter_0000002": (".msgpack", ".json"),
+                 "iter_0000003": (".msgpack",)}, "iter_0000002")
+    assert main(["eval", str(run), "--episodes", "1"]) == 0  # eval skips it without a word
+    captured = capsys.readouterr()
+    assert "checkpoint of iteration 2" in captured.out and "damaged" not in captured.err
+    assert main(["train", "--resume", str(run), "--steps", "3200"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint iter_0000003 was being written" in err and "damaged" not in err, err
+    assert "from iteration 2 (step 1,600 of 3,200 per seed); redoing 1 iteration" in err, err
+    assert numbers(run) == numbers(runs["four"])
+    assert not list((run / "checkpoints").glob("*.damaged"))
+
+
 def test_resume_from_a_chosen_checkpoint(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs["three"], run)
