@@ -33,7 +33,7 @@ from saferl.algos.policy_gradient import (
 )
 from saferl.core.distributions import gaussian_entropy, gaussian_kl, gaussian_log_prob
 from saferl.core.lagrange import LagrangeConfig, lagrange_init, lagrangian_advantage
-from saferl.core.shuffle import permutation
+from saferl.core.shuffle import minibatch_indices
 from saferl.envs.core import EnvSpec
 
 
@@ -44,7 +44,9 @@ class PPOParams:
     Attributes:
         clip_ratio: Surrogate clipping ε.
         epochs: Passes over each batch.
-        minibatches: Minibatches per pass (must divide ``num_envs × rollout_steps``).
+        minibatches: Minibatches per pass, each of ``batch // minibatches`` samples (when it
+            does not divide ``num_envs × rollout_steps``, the few samples left over sit out
+            each pass, different ones every pass).
         policy_lr: Adam step size of the policy.
         critic_lr: Adam step size of the critics.
         entropy_coef: Weight of the entropy bonus.
@@ -74,10 +76,10 @@ class PPOParams:
 
 
 def _check_minibatches(run: OnPolicyConfig, ppo: PPOParams) -> None:
-    if run.batch_size % ppo.minibatches:
+    if ppo.minibatches > run.batch_size:
         raise ValueError(
-            f"ppo.minibatches ({ppo.minibatches}) must divide the batch num_envs × rollout_steps "
-            f"= {run.num_envs} × {run.rollout_steps} = {run.batch_size}.")
+            f"ppo.minibatches ({ppo.minibatches}) must be at most the batch num_envs × "
+            f"rollout_steps = {run.num_envs} × {run.rollout_steps} = {run.batch_size}.")
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def update(config: PPOConfig | PPOLagConfig, networks: OnPolicyNetworks, agent: 
     size = batch.actions.shape[0]
 
     def epoch(carry: tuple, epoch_key: jax.Array) -> tuple[tuple, tuple]:
-        order = permutation(epoch_key, size).reshape(ppo.minibatches, -1)
+        order = minibatch_indices(epoch_key, size, ppo.minibatches)
         return jax.lax.scan(minibatch, carry, order)
 
     init = (agent.policy_params, agent.critic_params, agent.policy_opt_state,

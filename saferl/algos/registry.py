@@ -69,7 +69,8 @@ class Algorithm:
 #: copies × 200 steps give only 16 iterations; 20 copies give 50. PPO also takes an update
 #: near FSRL's (16 minibatches × 4 epochs at a policy learning rate of 5e-4): 20 minibatches
 #: × 3 epochs, 60 gradient steps per iteration instead of 20; 20 divides every batch of 20
-#: copies (16 does not divide 20 × 250 on SafetyBallGather-v0). On SafetyBallCircle-v0 (200k
+#: copies, so no sample sits out a pass (16 leaves 8 of 20 × 250 on SafetyBallGather-v0; a
+#: user's ``--num-envs`` that 20 does not divide leaves fewer than 20). On SafetyBallCircle-v0 (200k
 #: steps, seeds 0–2, limit 10) the deterministic return of ``ppo_lag`` rose from 268 (native
 #: defaults) and 454 (20 copies) to 520, cost 2.6 (16 × 4: 529, cost 1.1); FSRL PPO-Lag
 #: reaches 509. The PPO family (``ppo``, ``ppo_lag``, ``cppo_lag``, whose members are

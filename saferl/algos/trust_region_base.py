@@ -28,7 +28,7 @@ from saferl.algos.policy_gradient import (
 )
 from saferl.core.distributions import gaussian_kl, gaussian_log_prob
 from saferl.core.lagrange import LagrangeConfig, lagrange_init
-from saferl.core.shuffle import permutation
+from saferl.core.shuffle import minibatch_indices, permutation
 from saferl.core.trust_region import (
     backtracking_line_search,
     fisher_vector_product,
@@ -50,7 +50,8 @@ class TrustRegionParams:
         line_search_steps: Backtracking candidates tried (then the policy is kept).
         critic_lr: Adam step size of the critics.
         critic_epochs: Passes of critic regression over each batch.
-        critic_minibatches: Critic minibatches per pass (must divide the batch).
+        critic_minibatches: Critic minibatches per pass, each of ``batch // critic_minibatches``
+            samples (a remainder sits out each pass, different samples every pass).
         max_grad_norm: Gradient-norm clip of the critic update.
     """
 
@@ -84,11 +85,11 @@ class TrustRegionParams:
 
 
 def check_batch(run: OnPolicyConfig, settings: TrustRegionParams) -> None:
-    """Critic minibatches must divide the batch."""
-    if run.batch_size % settings.critic_minibatches:
+    """There are at most as many critic minibatches as samples in the batch."""
+    if settings.critic_minibatches > run.batch_size:
         raise ValueError(
-            f"trust_region.critic_minibatches ({settings.critic_minibatches}) must divide the "
-            f"batch num_envs × rollout_steps = {run.batch_size}.")
+            f"trust_region.critic_minibatches ({settings.critic_minibatches}) must be at most "
+            f"the batch num_envs × rollout_steps = {run.batch_size}.")
 
 
 def critic_optimizer(settings: TrustRegionParams) -> optax.GradientTransformation:
@@ -122,7 +123,7 @@ def fit_critics(networks: OnPolicyNetworks, settings: TrustRegionParams, critic_
         return (optax.apply_updates(p, updates), o), loss
 
     def epoch(carry: tuple, k: jax.Array) -> tuple[tuple, jax.Array]:
-        order = permutation(k, size).reshape(settings.critic_minibatches, -1)
+        order = minibatch_indices(k, size, settings.critic_minibatches)
         return jax.lax.scan(minibatch, carry, order)
 
     (critic_params, opt_state), losses = jax.lax.scan(

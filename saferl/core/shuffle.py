@@ -60,3 +60,26 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
         packed = (bits & ~low) | positions  # random high bits, current position low bits
         order = order[jax.lax.sort(packed) & low]
     return order.astype(jnp.int32)
+
+
+def minibatch_indices(key: jax.Array, size: int, count: int) -> jax.Array:
+    """Indices of ``count`` equal minibatches of one shuffled pass over ``size`` samples.
+
+    Each minibatch holds ``size // count`` samples. When ``count`` does not divide ``size``, the
+    ``size % count`` samples at the end of the shuffle (fewer than ``count``, different on every
+    call) sit this pass out: the passes stay equal-shaped for ``lax.scan`` and no sample is seen
+    twice in one pass. When it divides, this is ``permutation(key, size)`` reshaped.
+
+    Args:
+        key: A JAX PRNG key.
+        size: Samples in the batch (a Python int).
+        count: Minibatches per pass, ``1 ≤ count ≤ size``.
+
+    Returns:
+        ``[count, size // count]`` int32 indices, all distinct.
+    """
+    if not 1 <= count <= size:
+        raise ValueError(f"minibatch_indices needs 1 <= count <= size; got count={count}, "
+                         f"size={size}.")
+    per = size // count
+    return permutation(key, size)[: count * per].reshape(count, per)

@@ -237,6 +237,26 @@ def test_non_finite_cost_names_env_and_step_and_keeps_checkpoint(tmp_path):
     assert RunDirectory(tmp_path / "nan").latest_checkpoint() == "iter_0000001"
 
 
+@pytest.mark.parametrize("algo,section", [("ppo_lag", {"ppo": {"minibatches": 7}}),
+                                           ("cpo", {"trust_region": {"critic_minibatches": 7}})])
+def test_minibatches_need_not_divide_the_batch(tmp_path, algo, section):
+    """3 copies × 50 steps = 150 samples in 7 minibatches of 21: 3 sit out each pass."""
+    overrides = {"run": {"num_envs": 3, "rollout_steps": 50, "steps": 300,
+                         "hidden_sizes": [16, 16]}, **section}
+    result = saferl.train(algo, SMALL["env"], run_dir=tmp_path / "a", progress=False,
+                          overrides=overrides)
+    again = saferl.train(algo, SMALL["env"], run_dir=tmp_path / "b", progress=False,
+                         overrides=overrides)
+    losses = [v for r in result.history if r["iteration"] == 2 for k, v in r.items()
+              if k.startswith("loss/")]
+    assert losses and all(math.isfinite(v) for v in losses)
+
+    def numbers(history: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in history]
+
+    assert numbers(result.history) == numbers(again.history)  # deterministic, remainder too
+
+
 def test_cost_limit_count_must_match_the_constraints(tmp_path):
     with pytest.raises(ValueError, match=r"has 2 cost\(s\).*one limit per cost"):
         saferl.train("ppo_lag", "saferl/BallCircle-v0", cost_limit=10, progress=False,
@@ -248,7 +268,8 @@ def test_cost_limit_count_must_match_the_constraints(tmp_path):
     ({"cost_limit": [-1.0]}, "cost_limit values must be finite and >= 0"),
     ({"cost_limit": [float("inf")]}, "cost_limit values must be finite"),
     ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
-    ({"ppo": {"minibatches": 7}}, "must divide the batch"),
+    ({"ppo": {"minibatches": 20_000}}, r"ppo.minibatches \(20000\) must be at most the batch "
+                                       r"num_envs × rollout_steps = 64 × 200 = 12800"),
     ({"lagrange": {"method": "adam"}}, "lagrange.method"),
     ({"no_such_field": 1}, "Unknown configuration field no_such_field"),
     # Shared settings are valid at the top level: they are offered, and listed as such.

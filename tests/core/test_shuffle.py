@@ -1,4 +1,5 @@
-"""Minibatch permutations: valid, equal to stable sorts by the round's random bits, uniform."""
+"""Minibatch permutations: valid, equal to stable sorts by the round's random bits, uniform;
+minibatches of a batch they do not divide: equal, distinct, every sample drawn."""
 
 import itertools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from saferl.core.shuffle import permutation, permutation_rounds
+from saferl.core.shuffle import minibatch_indices, permutation, permutation_rounds
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 1000, 12_800, (1 << 14) + 1])
@@ -70,3 +71,29 @@ def test_sizes_above_the_packed_limit_use_jax(monkeypatch):
 def test_negative_sizes_are_refused():
     with pytest.raises(ValueError, match="n >= 0; got -1"):
         permutation(jax.random.PRNGKey(0), -1)
+
+
+@pytest.mark.parametrize("size,count", [(12, 4), (13, 4), (6000, 20), (6001, 20), (7, 7)])
+def test_minibatches_are_equal_and_distinct(size, count):
+    key = jax.random.PRNGKey(size)
+    order = np.asarray(minibatch_indices(key, size, count))
+    assert order.shape == (count, size // count)
+    assert len(set(order.ravel().tolist())) == count * (size // count)
+    assert set(order.ravel().tolist()) <= set(range(size))
+    if size % count == 0:  # dividing batches: exactly the permutation, so no number changes
+        assert (order.ravel() == np.asarray(permutation(key, size))).all()
+
+
+def test_left_over_samples_change_from_pass_to_pass():
+    # 13 samples in 4 minibatches of 3: one sits out each pass, each sample in turn.
+    keys = jax.random.split(jax.random.PRNGKey(0), 1300)
+    orders = np.asarray(jax.vmap(lambda k: minibatch_indices(k, 13, 4))(keys))
+    left_out = [(set(range(13)) - set(o.ravel().tolist())).pop() for o in orders]
+    counts = np.bincount(left_out, minlength=13)
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+@pytest.mark.parametrize("count", [0, 14])
+def test_minibatch_count_must_fit_the_batch(count):
+    with pytest.raises(ValueError, match="1 <= count <= size"):
+        minibatch_indices(jax.random.PRNGKey(0), 13, count)
