@@ -417,7 +417,8 @@ class SweepArgs:
     """Run one of the papers' experiments shipped with saferl (--list-recipes)."""
     scale: str = "quick"
     """With --recipe: quick (native tasks, small budgets), native (the published protocol on native
-    tasks) or paper (the published protocol on the paper's tasks)."""
+    tasks), paper (the published protocol on the paper's tasks), or another scale a recipe has
+    (--list-recipes)."""
     list_recipes: bool = False
     """Describe every recipe and scale with its size, run nothing."""
     out: str | None = None
@@ -440,6 +441,9 @@ class SweepArgs:
     dry_run: bool = False
     """Check and expand the spec, list its runs and their states (and which are packed
     together), run nothing."""
+    reuse: tuple[str, ...] = ()
+    """Other sweeps' out folders: a run one of them finished with the same configuration and
+    evaluation stage is copied from there instead of trained again."""
 
 
 def _sweep(args: list[str]) -> int:
@@ -474,13 +478,16 @@ def _sweep(args: list[str]) -> int:
     except SpecError as error:
         return _error(f"{opts.spec}: {error}" if opts.spec else str(error))
     if opts.dry_run:
-        return _dry_run(sweep, opts.pack_size)
+        try:
+            return _dry_run(sweep, opts.pack_size, opts.reuse)
+        except ValueError as error:
+            return _error(str(error))
     try:
         result = run_sweep(sweep, jobs=opts.jobs, retry_failed=opts.retry_failed,
                            backend=opts.backend, address=opts.address,
                            cpus_per_run=opts.cpus_per_run, gpus_per_run=opts.gpus_per_run,
-                           pack_size=opts.pack_size)
-    except RuntimeError as error:
+                           pack_size=opts.pack_size, reuse=opts.reuse)
+    except (RuntimeError, ValueError) as error:
         return _error(str(error))
     except KeyboardInterrupt:
         again = shlex.join(["saferl", "sweep", *args])
@@ -489,15 +496,17 @@ def _sweep(args: list[str]) -> int:
     return 1 if result.failed else 0
 
 
-def _dry_run(sweep: Any, pack_size: int) -> int:
+def _dry_run(sweep: Any, pack_size: int, reuse: tuple[str, ...] = ()) -> int:
     """List a sweep's runs, their states and the packs they would train in; run nothing."""
-    from saferl.experiments.sweep import packs, prepare
+    from saferl.experiments.sweep import packs, prepare, reuse_folders
 
-    states = prepare(sweep, write=False)
+    states = prepare(sweep, write=False, reuse=reuse_folders(reuse))
     pack_of = {run_id: pack.pack_id for pack in packs(sweep, states, pack_size)
                for run_id in pack.run_ids}
     for state in states:
         notes = "(resumes) " if state.resumed else ""
+        if state.reused:
+            notes += f"(reuses {state.reused}) "
         if state.run_id in pack_of:
             notes += f"(in {pack_of[state.run_id]}) "
         print(f"{state.state:8s} {notes}{state.label}  {state.directory}")

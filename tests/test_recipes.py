@@ -35,6 +35,10 @@ def test_every_recipe_expands_into_valid_runs(name, scale, tmp_path):
         assert sweep.evaluation.episodes == 50
     if scale == "paper" and name != "library":  # library: saferl's own, on the native tasks
         assert not any(r.config.run.env.startswith("saferl/") for r in sweep.runs)
+    if scale == "bullet-quick":  # the paper's Bullet tasks, a budget for one 2-core machine
+        assert {r.config.run.env for r in sweep.runs} == {"SafetyBallCircle-v0",
+                                                          "SafetyDroneRun-v0"}
+        assert sum(r.config.run.steps for r in sweep.runs) <= 5_000_000
 
 
 def test_ccpo_main_is_table_1s_protocol():

@@ -10,7 +10,7 @@ import pytest
 
 from saferl.cli import main
 from saferl.experiments.spec import SpecError, load_spec, parse_spec, run_hash
-from saferl.experiments.sweep import run_sweep
+from saferl.experiments.sweep import prepare, run_sweep
 from saferl.training import build_config
 
 TINY = {"env": "saferl/BallRun-v0", "num_envs": 4, "rollout_steps": 100, "steps": 800,
@@ -238,3 +238,40 @@ def test_packed_runs_are_written_out_as_runs_trained_alone(tmp_path, capsys):
     # A packed run extends like any run.
     more = saferl.train(resume=packed_dir, steps=1200, progress=False)
     assert max(r["env_steps"] for r in more.history) == 1200
+
+
+def test_runs_another_sweep_finished_are_copied_not_retrained(tmp_path, capsys):
+    """--reuse: a run with the same configuration and evaluation, under another label, is
+    copied; a new seed trains; a different evaluation stage trains again."""
+    first = load_spec(write_spec(tmp_path, SPEC.replace("seed = [0, 1]\ncost_limit = [5, 50]",
+                                                        "seed = [0, 1]\ncost_limit = [5]"),
+                                 "first.toml"))
+    assert run_sweep(first, progress=False).count("done") == 2
+    # Another label (a new axis at its default value), the same configurations, and seed 2.
+    text = SPEC.replace("seed = [0, 1]\ncost_limit = [5, 50]",
+                        "seed = [0, 1, 2]\ncost_limit = [5]\n'ppo.clip_ratio' = [0.2]")
+    second = write_spec(tmp_path, text.replace('out = "out"', 'out = "second"'), "second.toml")
+    assert main(["sweep", str(second), "--reuse", str(tmp_path / "nowhere")]) == 2
+    assert "--reuse folder" in capsys.readouterr().err and not (tmp_path / "second").exists()
+    assert main(["sweep", str(second), "--dry-run", "--reuse", str(first.out)]) == 0
+    assert capsys.readouterr().out.count("(reuses ") == 2
+    assert main(["sweep", str(second), "--reuse", str(first.out)]) == 0
+    assert "sweep: 2 run(s) copied, finished, from" in capsys.readouterr().err
+    runs = {r.run_id: r for r in prepare(load_spec(second), write=False)}
+    by_seed = {r.config.run.seed: r.run_id for r in load_spec(second).runs}
+    originals = {r.config.run.seed: first.out / "runs" / r.run_id for r in first.runs}
+    for seed in (0, 1):
+        copied = runs[by_seed[seed]]
+        assert copied.state == "done" and copied.reused == str(originals[seed])
+        assert "clipratio" in copied.label and copied.run_id != originals[seed].name
+        assert (copied.directory / "run" / "progress.csv").read_text() == \
+            (originals[seed] / "run" / "progress.csv").read_text()
+        assert (copied.directory / "run" / "eval.json").is_file()
+        assert not (copied.directory / "run" / ".lock").exists()
+    trained = runs[by_seed[2]]
+    assert trained.state == "done" and trained.reused is None
+    # A different evaluation stage is not the same run: nothing to copy.
+    third = write_spec(tmp_path, SPEC.replace('out = "out"', 'out = "third"').replace(
+        "episodes = 2", "episodes = 3"), "third.toml")
+    assert not any(s.reused for s in prepare(load_spec(third), write=False,
+                                             reuse=[first.out]))

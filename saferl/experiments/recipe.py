@@ -9,7 +9,9 @@ A recipe is an ordinary sweep spec shipped with saferl, one TOML file per scale 
 - ``native``: the published protocol (5 seeds, 50 evaluation episodes, the paper's thresholds)
   on the native counterparts of the paper's tasks;
 - ``paper``: the published protocol on the paper's Bullet-Safety-Gym tasks (``saferl[bullet]``),
-  meant for a cluster (``--backend ray``).
+  meant for a cluster (``--backend ray``);
+- ``bullet-quick`` (``ccpo-main`` only): two of the paper's Bullet tasks at the budget one
+  2-core machine affords in about an hour.
 
 Each file's ``description`` and ``source`` say what it reproduces and where a setting is ours.
 """
@@ -27,7 +29,7 @@ from saferl.experiments.packing import evaluated_at_thresholds
 from saferl.experiments.spec import SpecError, Sweep, parse_spec
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
-SCALES = ("quick", "native", "paper")
+SCALES = ("quick", "native", "paper", "bullet-quick")
 
 
 @dataclass(frozen=True)

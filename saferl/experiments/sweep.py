@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,13 @@ class RunState:
     resumed: bool = False  # pending with a checkpoint: it resumes
     error: str | None = None
     wall_time: float | None = None
+    reused: str | None = None  # the other sweep's run directory it was copied from
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form for ``sweep.json``."""
         return {"label": self.label, "directory": str(self.directory), "state": self.state,
-                "resumes": self.resumed, "error": self.error, "wall_time": self.wall_time}
+                "resumes": self.resumed, "error": self.error, "wall_time": self.wall_time,
+                "reused_from": self.reused}
 
 
 @dataclass
@@ -88,13 +91,17 @@ class Job:
         return (self.directory / "pack.json").is_file()
 
 
-def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True) -> list[RunState]:
+def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True,
+            reuse: Sequence[Path] = ()) -> list[RunState]:
     """Write each run's ``sweep_run.json`` (unless not ``write``: a dry run) and read its
     state from its directory.
 
     ``done`` and ``failed`` come from the worker's ``status.json``; a failed run is made
     pending again (its status set aside as ``status.failed.json``) only with ``retry_failed``;
     every other run is pending, resuming when its run directory already holds a configuration.
+    A run not started here that another sweep folder of ``reuse`` has finished, with the same
+    algorithm, configuration and evaluation stage, is copied from there and done
+    (:func:`find_reusable`).
     """
     states = []
     for planned in sweep.runs:
@@ -107,6 +114,13 @@ def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True) -> lis
             directory.mkdir(parents=True, exist_ok=True)
             _write_json(directory / "sweep_run.json", plan)
         status = read_status(directory)
+        if not status and reuse and not (directory / "run").exists():
+            source = find_reusable(planned.run_id, plan, reuse)
+            if source is not None:
+                status = {**read_status(source), "reused_from": str(source)}
+                if write:
+                    _copy_run(source / "run", directory / "run")
+                    _write_json(directory / "status.json", status)
         state = status.get("state", "pending")
         if state == "failed" and retry_failed and write:
             (directory / "status.json").replace(directory / "status.failed.json")
@@ -116,8 +130,50 @@ def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True) -> lis
         states.append(RunState(planned.run_id, planned.label, directory, state,
                                resumed=(directory / "run" / "config.json").is_file(),
                                error=status.get("error") if state == "failed" else None,
-                               wall_time=status.get("wall_time")))
+                               wall_time=status.get("wall_time"),
+                               reused=status.get("reused_from") if state == "done" else None))
     return states
+
+
+def reuse_folders(folders: Sequence[str | Path]) -> list[Path]:
+    """``folders`` as paths, each checked to be a sweep's out folder (one sentence if not)."""
+    paths = [Path(folder) for folder in folders]
+    for path in paths:
+        if not (path / "sweep.json").is_file():
+            raise ValueError(f"--reuse folder {str(path)!r} is not a sweep's out folder (it "
+                             f"has no sweep.json).")
+    return paths
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a run directory into place whole or not at all (a copy cut short leaves only a
+    temporary folder, removed by the next attempt); the source's lock file stays behind."""
+    from saferl.runs import LOCK_FILE
+
+    partial = target.with_name(target.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(LOCK_FILE))
+    partial.replace(target)
+
+
+def find_reusable(run_id: str, plan: dict[str, Any], folders: Sequence[Path]) -> Path | None:
+    """The directory of a finished run, in one of the sweep ``folders``, that computed what
+    ``plan`` asks for: the same configuration hash (the end of ``run_id``; labels may differ
+    between sweeps), algorithm, configuration and evaluation stage. ``None`` if there is none.
+    """
+    digest = run_id.rpartition("-")[2]
+    wanted = {key: plan[key] for key in ("algo", "config", "evaluation")}
+    for folder in folders:
+        for candidate in sorted(Path(folder, "runs").glob(f"*-{digest}")):
+            try:
+                other = json.loads((candidate / "sweep_run.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if (read_status(candidate).get("state") == "done"
+                    and (candidate / "run" / "config.json").is_file()
+                    and {key: other.get(key) for key in wanted} == wanted):
+                return candidate
+    return None
 
 
 def packs(sweep: Sweep, states: list[RunState], pack_size: int = 0) -> list[Any]:
@@ -370,7 +426,7 @@ class SweepProgress:
 def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
               backend: str = "local", address: str | None = None, cpus_per_run: int = 1,
               gpus_per_run: float = 0.0, progress: bool = True,
-              pack_size: int = 0) -> SweepResult:
+              pack_size: int = 0, reuse: Sequence[str | Path] = ()) -> SweepResult:
     """Run every pending run of ``sweep`` (see the module docstring).
 
     Args:
@@ -384,6 +440,8 @@ def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
         progress: Print progress lines and the final summary to stderr.
         pack_size: Most runs trained together in one process when they differ only in seed
             (or cost limit): 0, no limit; 1, every run in its own process.
+        reuse: Other sweeps' out folders: a run one of them has finished with the same
+            configuration and evaluation stage is copied instead of trained again.
 
     Returns:
         Every run's final state.
@@ -397,8 +455,10 @@ def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
                          f"{pack_size}.")
     if backend == "ray":
         ray_module(address)  # before anything is written or shown
+    folders = reuse_folders(reuse)
     sweep.out.mkdir(parents=True, exist_ok=True)
-    states = prepare(sweep, retry_failed)
+    states = prepare(sweep, retry_failed, reuse=folders)
+    reused = sum(1 for s in states if s.state == "done" and s.reused)
     work = plan_jobs(sweep, states, pack_size)
     display = SweepProgress(states, jobs if backend == "local" else len(work), progress)
     display.jobs = work
@@ -409,6 +469,9 @@ def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
         display.update()
 
     changed()
+    if progress and reused:
+        print(f"sweep: {reused} run(s) copied, finished, from {', '.join(map(str, folders))}",
+              file=sys.stderr, flush=True)
     if progress and skipped:
         print(f"sweep: skipping {skipped} failed run(s) (--retry-failed runs them again)",
               file=sys.stderr, flush=True)
