@@ -6,9 +6,13 @@ training; ``num_envs`` copies stepped in the learner's process take ``num_envs``
 into ``workers`` contiguous shards, each a :class:`~saferl.envs.gym.GymVecEnv` (built by
 :func:`saferl.envs.make`) in its own process, and steps the shards at the same time.
 
-The result is the in-process batch exactly: shard ``j`` holds copies ``o_j … o_j + n_j − 1`` and
-is built and reset with ``seed + o_j``, so copy ``i`` is still seeded with ``seed + i`` and keeps
-its own random streams (tested equal to :class:`~saferl.envs.gym.GymVecEnv` step for step).
+Shard ``j`` holds copies ``o_j … o_j + n_j − 1`` and is built and reset with ``seed + o_j``, so
+copy ``i`` is still seeded with ``seed + i`` and keeps its own random streams; for Bullet's Ball
+the result is the in-process batch exactly (tested equal to :class:`~saferl.envs.gym.GymVecEnv`
+step for step). Bullet's car is not: its physics differs by ≈ 1e-5 at reset with how many
+Bullet copies its process holds (measured: the same copy built first in one process and third
+in another), so a CarCircle run's numbers depend on the worker count as they do on
+``num_envs``; each layout is deterministic.
 
 Workers are started with ``spawn`` (safe next to JAX's threads), so the environment must be an
 id or a picklable factory (a module-level function, not a lambda), and a script that starts
