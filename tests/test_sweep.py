@@ -247,9 +247,12 @@ def test_runs_another_sweep_finished_are_copied_not_retrained(tmp_path, capsys):
                                                         "seed = [0, 1]\ncost_limit = [5]"),
                                  "first.toml"))
     assert run_sweep(first, progress=False).count("done") == 2
-    # Another label (a new axis at its default value), the same configurations, and seed 2.
+    # Another label (a new axis at its default value), the same configurations up to a
+    # resource (checkpoint frequency: not part of a run's identity), and seed 2.
     text = SPEC.replace("seed = [0, 1]\ncost_limit = [5, 50]",
-                        "seed = [0, 1, 2]\ncost_limit = [5]\n'ppo.clip_ratio' = [0.2]")
+                        "seed = [0, 1, 2]\ncost_limit = [5]\n'ppo.clip_ratio' = [0.2]").replace(
+        "checkpoint_every = 1", "checkpoint_every = 2")
+    assert "checkpoint_every = 2" in text
     second = write_spec(tmp_path, text.replace('out = "out"', 'out = "second"'), "second.toml")
     assert main(["sweep", str(second), "--reuse", str(tmp_path / "nowhere")]) == 2
     assert "--reuse folder" in capsys.readouterr().err and not (tmp_path / "second").exists()

@@ -222,10 +222,15 @@ def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:
 def run_hash(algo: str, config: Any) -> str:
     """A short stable hash of what a run computes: its algorithm and resolved configuration,
     without the fields that only say how it runs (:data:`RESOURCE_FIELDS`)."""
-    data = config_to_dict(config)
-    data["run"] = {k: v for k, v in data["run"].items() if k not in RESOURCE_FIELDS}
-    text = json.dumps({"algo": algo, "config": data}, sort_keys=True, default=str)
+    text = json.dumps({"algo": algo, "config": computed_fields(config_to_dict(config))},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def computed_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A configuration dict (``config_to_dict``) without :data:`RESOURCE_FIELDS`: what a run
+    computes, the part of it that names the run."""
+    return {**data, "run": {k: v for k, v in data["run"].items() if k not in RESOURCE_FIELDS}}
 
 
 def run_label(algo: str, values: dict[str, Any]) -> str:

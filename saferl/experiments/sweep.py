@@ -159,19 +159,25 @@ def _copy_run(source: Path, target: Path) -> None:
 def find_reusable(run_id: str, plan: dict[str, Any], folders: Sequence[Path]) -> Path | None:
     """The directory of a finished run, in one of the sweep ``folders``, that computed what
     ``plan`` asks for: the same configuration hash (the end of ``run_id``; labels may differ
-    between sweeps), algorithm, configuration and evaluation stage. ``None`` if there is none.
+    between sweeps), algorithm, configuration up to resources (the run's identity:
+    :func:`~saferl.experiments.spec.computed_fields`) and evaluation stage. ``None`` if there
+    is none.
     """
+    from saferl.experiments.spec import computed_fields
+
+    def identity(record: dict[str, Any]) -> tuple[Any, ...]:
+        return (record["algo"], computed_fields(record["config"]), record["evaluation"])
+
     digest = run_id.rpartition("-")[2]
-    wanted = {key: plan[key] for key in ("algo", "config", "evaluation")}
     for folder in folders:
         for candidate in sorted(Path(folder, "runs").glob(f"*-{digest}")):
             try:
-                other = json.loads((candidate / "sweep_run.json").read_text())
-            except (OSError, ValueError):
+                same = identity(json.loads((candidate / "sweep_run.json").read_text())) == \
+                    identity(plan)
+            except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if (read_status(candidate).get("state") == "done"
-                    and (candidate / "run" / "config.json").is_file()
-                    and {key: other.get(key) for key in wanted} == wanted):
+            if same and read_status(candidate).get("state") == "done" \
+                    and (candidate / "run" / "config.json").is_file():
                 return candidate
     return None
 
