@@ -9,6 +9,12 @@ anywhere still stops the run at the next iteration boundary, with its checkpoint
 An exception raised while a native extension is being imported can abort the interpreter
 (``terminate called after throwing an instance of 'nanobind::python_error'`` when Ctrl-C lands
 inside jaxlib's import); :func:`deferred` holds the interrupt back until such a block ends.
+Code that coordinates threads must not be cut short either: an interrupt landing inside
+``threading.Condition.notify`` (between waking a waiter and removing it from the waiter list)
+makes a later notify wake nobody, so TensorBoard's writer thread never saw its stop signal and
+closing the run hung for ever. The training loop therefore does its bookkeeping (progress file,
+TensorBoard, display, checkpoint) inside :func:`deferred`, and its clean-up inside
+:func:`shielded`.
 """
 
 from __future__ import annotations
@@ -22,26 +28,38 @@ from types import FrameType
 from typing import Any
 
 _requested = threading.Event()
-_deferring = threading.Event()
+_depth = 0  # how many deferred or shielded blocks the main thread is inside
 _default_unraisable = sys.unraisablehook
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     _requested.set()
-    if not _deferring.is_set():
+    if _depth == 0:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Within the block a Ctrl-C is only remembered (the next :func:`check` raises it); the
+    block runs to its end. For work that must finish once begun, such as saving and closing a
+    run that is already stopping. Blocks nest."""
+    global _depth
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
 
 
 @contextmanager
 def deferred() -> Iterator[None]:
     """Within the block a Ctrl-C is only remembered; it is raised as ``KeyboardInterrupt``
-    when the block ends. For imports of native extensions, which must not be interrupted."""
-    _deferring.set()
-    try:
+    when the outermost such block ends. For imports of native extensions and for code that
+    coordinates threads, which must not be interrupted half-way."""
+    with shielded():
         yield
-    finally:
-        _deferring.clear()
-    check()
+    if _depth == 0:
+        check()
 
 
 def _unraisable(unraisable: Any) -> None:

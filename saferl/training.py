@@ -477,18 +477,22 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
             states = engine.init_states()
         else:
             states = engine.place(resumed[0])
-            directory.truncate_progress(start, start * batch, *columns)
+            with interrupts.deferred():  # it opens TensorBoard writers (threads)
+                directory.truncate_progress(start, start * batch, *columns)
         interrupts.check()
         with display:
             for iteration in range(start + 1, total + 1):
-                states, metrics = engine.iterate(states)
+                states, metrics = engine.iterate(states)  # a Ctrl-C may land anywhere in here
                 completed = iteration
-                wall = elapsed + time.time() - began
-                directory.log(iteration, iteration * batch, wall, *columns[:1], metrics,
-                              limits=columns[1])
-                display.update(iteration * batch, metrics)
-                if iteration % config.run.checkpoint_every == 0 or iteration == total:
-                    checkpoint(iteration)
+                # ... but not in the bookkeeping: TensorBoard's writer thread, the progress
+                # file and the checkpoint files must not be cut short (interrupts.py).
+                with interrupts.deferred():
+                    wall = elapsed + time.time() - began
+                    directory.log(iteration, iteration * batch, wall, *columns[:1], metrics,
+                                  limits=columns[1])
+                    display.update(iteration * batch, metrics)
+                    if iteration % config.run.checkpoint_every == 0 or iteration == total:
+                        checkpoint(iteration)
                 if callback is not None:
                     callback(iteration, metrics)
                 interrupts.check()  # a Ctrl-C that something swallowed still stops here
@@ -496,16 +500,20 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         # `states` is the state after the last *completed* iteration (an interrupt inside
         # `iterate` leaves that iteration undone): save it so that nothing done so far is lost
         # (unless that iteration was already checkpointed).
-        if completed > start and directory.latest_checkpoint() != checkpoint_name(completed):
-            checkpoint(completed)
+        with interrupts.shielded():  # a second Ctrl-C must not cut the save short
+            if (completed > start
+                    and directory.latest_checkpoint() != checkpoint_name(completed)):
+                checkpoint(completed)
         raise
     finally:
-        if engine is not None:
-            engine.close()
-        directory.close()
-        if envs:
-            for env in envs:
-                env.close()
+        with interrupts.shielded():
+            if engine is not None:
+                engine.close()
+            directory.close()
+            if envs:
+                for env in envs:
+                    env.close()
+    interrupts.check()  # a Ctrl-C during the closing above: the run is saved, stop here
     plot_curves(directory, tuple(limits[0]), spec.cost_names)
     history = directory.read_progress()
     summary = summarize(history, seeds, spec, tuple(limits[0]), behaviour=behaviour,

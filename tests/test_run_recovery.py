@@ -248,6 +248,65 @@ def test_a_swallowed_interrupt_still_stops_at_the_next_iteration(tmp_path,
     assert saferl.runs.RunDirectory(tmp_path / "run").latest_checkpoint() == "iter_0000001"
 
 
+def test_a_ctrl_c_inside_tensorboard_writing_lets_it_finish_then_stops(runs, tmp_path,
+                                                                         monkeypatch, capsys,
+                                                                         clean_interrupt_flag):
+    """Ctrl-C landing inside TensorBoard's queue once made a later notify wake nobody, and
+    closing the run hung in the writer thread's join; bookkeeping now runs to its end first."""
+    import tensorboardX.writer
+
+    real = tensorboardX.writer.FileWriter.add_summary
+    written = []
+
+    def interrupted(self, summary, global_step=None, walltime=None):
+        if global_step == 1600:  # the second iteration's event
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs at the next bytecode
+        real(self, summary, global_step, walltime)
+        written.append(global_step)
+
+    monkeypatch.setattr(tensorboardX.writer.FileWriter, "add_summary", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "ppo_lag", *FLAGS, "--steps", "3200", "--run-dir", str(run),
+                 "--quiet"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+    assert written == [800, 1600]  # the interrupted write finished; nothing after it ran
+    assert [r["iteration"] for r in numbers(run)] == ["1", "2"]
+    assert saferl.runs.RunDirectory(run).latest_checkpoint() == "iter_0000002"
+    monkeypatch.setattr(tensorboardX.writer.FileWriter, "add_summary", real)
+    interrupts._requested.clear()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert numbers(run) == numbers(runs["four"])
+
+
+def test_deferred_blocks_nest_and_shielded_ones_only_remember():
+    script = textwrap.dedent("""
+        import os, signal
+        from saferl import interrupts
+        interrupts.install()
+        try:
+            with interrupts.deferred():
+                with interrupts.deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                print("inner block ended", flush=True)
+        except KeyboardInterrupt:
+            print("raised after the outer block", flush=True)
+        interrupts._requested.clear()
+        with interrupts.shielded():
+            os.kill(os.getpid(), signal.SIGINT)
+        print("shielded block ended without raising", flush=True)
+        try:
+            interrupts.check()
+        except KeyboardInterrupt:
+            print("the next check raised", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                      signal.SIG_DFL))
+    assert out.stdout.split("\n")[:4] == [
+        "inner block ended", "raised after the outer block",
+        "shielded block ended without raising", "the next check raised"], out
+
+
 def test_a_ctrl_c_inside_a_deferred_block_is_raised_when_the_block_ends():
     # Ctrl-C landing inside jaxlib's import aborted the interpreter ('terminate called after
     # throwing an instance of nanobind::python_error'); the CLI imports JAX inside deferred().
