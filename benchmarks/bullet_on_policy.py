@@ -12,6 +12,12 @@ only its training loop (``fsrl_on_policy.py``). The targets: per task, each safe
 algorithm's deterministic return ≥ FSRL PPO-Lag's, its cost ≤ the limit, and its median wall
 time ≤ 0.6 × FSRL's.
 
+``--raw`` adds, for every task and seed, the floor under saferl's wall time: the same
+number of steps of the host defaults' environment layout (``--raw-copies`` copies over
+``--raw-workers`` worker processes, built with ``saferl.make``) stepped with uniform random
+actions and nothing else, construction included (row ``raw``). Training can be no faster
+than this, so ``raw`` wall / FSRL's wall bounds the reachable ratio from below.
+
 Example::
 
     python benchmarks/bullet_on_policy.py --fsrl-python /work/fsrl-venv/bin/python \\
@@ -46,6 +52,30 @@ def fsrl_run(python: str, algo: str, task: str, seed: int, steps: int, episodes:
             "deterministic": record["deterministic"], "stochastic": record["stochastic"]}
 
 
+def raw_run(task: str, seed: int, steps: int, copies: int, workers: int) -> dict[str, Any]:
+    """The wall time of stepping ``steps`` environment steps in all (as a run of ``steps`` per
+    seed counts them) over ``copies`` copies in ``workers`` processes, random actions."""
+    import time
+
+    import numpy as np
+
+    import saferl
+
+    start = time.perf_counter()
+    envs = saferl.make(task, num_envs=copies, seed=seed, workers=workers)
+    try:
+        rng = np.random.default_rng(seed)
+        low, high = envs.spec.action_space.low, envs.spec.action_space.high
+        envs.reset(seed=seed)
+        for _ in range(-(-steps // copies)):
+            envs.step(rng.uniform(low, high, size=(copies, len(low))).astype(np.float32))
+    finally:
+        envs.close()
+    wall = time.perf_counter() - start
+    return {"library": "raw", "algo": f"{copies} copies / {workers} workers", "task": task,
+            "seed": seed, "wall_s": wall, "steps": -(-steps // copies) * copies}
+
+
 def summarize(rows: list[dict[str, Any]], limit: float) -> list[list[Any]]:
     """Per library × algorithm × task: means over seeds, and the verdicts against FSRL."""
     table = []
@@ -60,6 +90,12 @@ def summarize(rows: list[dict[str, Any]], limit: float) -> list[list[Any]]:
             return statistics.mean(r[mode][key] for r in items)
 
         wall = statistics.median(r["wall_s"] for r in group)
+        if library == "raw":  # stepping only: no policy to evaluate
+            ratio = (wall / statistics.median(r["wall_s"] for r in baseline) if baseline
+                     else float("nan"))
+            table.append([library, algo, task, len(group), wall, "", "", "", "",
+                          f"{ratio:.2f} × FSRL's wall: no training can be faster"])
+            continue
         verdict = ""
         if library == "saferl" and baseline:
             ratio = wall / statistics.median(r["wall_s"] for r in baseline)
@@ -86,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200_000)
     parser.add_argument("--cost-limit", type=float, default=10.0)
     parser.add_argument("--episodes", type=int, default=20)
+    parser.add_argument("--raw", action="store_true",
+                        help="also time random-action stepping of the same layout (the floor)")
+    parser.add_argument("--raw-copies", type=int, default=20)
+    parser.add_argument("--raw-workers", type=int, default=2)
     parser.add_argument("--out", default=None, help="output JSON path")
     args = parser.parse_args(argv)
     code = code_info()
@@ -97,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(fsrl_run(args.fsrl_python, algo, task, seed, args.steps,
                                          args.episodes,
                                          Path(scratch) / f"fsrl_{algo}_{task}_{seed}.json"))
+                    print(json.dumps(rows[-1]), flush=True)
+                if args.raw:
+                    rows.append(raw_run(task, seed, args.steps, args.raw_copies,
+                                        args.raw_workers))
                     print(json.dumps(rows[-1]), flush=True)
                 for algo in args.algos:
                     run_dir = Path(scratch) / f"saferl_{algo}_{task}_{seed}"
