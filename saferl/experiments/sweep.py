@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saferl.experiments.eta import estimate
 from saferl.experiments.spec import Sweep
 
 STATES = ("done", "running", "pending", "failed")
+TICK_SECONDS = 30.0  # how often a running sweep looks at its jobs' progress between events
 
 
 @dataclass
@@ -252,10 +254,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> None:
     """Run the jobs in up to ``slots`` worker subprocesses; ``on_change`` after every start
-    and finish. Ctrl-C interrupts every worker (each checkpoints) and re-raises."""
+    and finish, and every ``TICK_SECONDS`` between. Ctrl-C interrupts every worker (each
+    checkpoints) and re-raises."""
     cores = max(1, (os.cpu_count() or 1) // slots)
     waiting = list(jobs)
     running: dict[int, tuple[subprocess.Popen, Job, Any]] = {}
+    ticked = time.monotonic()
     try:
         while waiting or running:
             while waiting and len(running) < slots:
@@ -269,6 +273,9 @@ def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> Non
                 running[process.pid] = (process, job, log)
                 on_change()
             time.sleep(0.2)
+            if time.monotonic() - ticked >= TICK_SECONDS:
+                ticked = time.monotonic()
+                on_change()  # the ETA moves as the running jobs train
             for pid, (process, job, log) in list(running.items()):
                 if process.poll() is None:
                     continue
@@ -320,7 +327,7 @@ def run_ray(jobs: list[Job], address: str | None, cpus_per_run: int,
         on_change()
         remaining = list(futures)
         while remaining:
-            finished, remaining = ray.wait(remaining, num_returns=1)
+            finished, remaining = ray.wait(remaining, num_returns=1, timeout=TICK_SECONDS)
             for ref in finished:
                 _finish(futures[ref], ray.get(ref))
             on_change()
@@ -395,38 +402,43 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 class SweepProgress:
-    """Plain progress lines: runs done / running / pending / failed, and an ETA from the mean
-    wall time of the worker processes finished so far (a pack counts once)."""
+    """Plain progress lines: runs done / running / pending / failed, and an ETA from the
+    training speed seen so far (:mod:`saferl.experiments.eta`). A line is printed when a count
+    changes, and when only the ETA changed, at most once every ``interval`` seconds."""
 
-    def __init__(self, states: list[RunState], slots: int, enabled: bool = True) -> None:
+    def __init__(self, states: list[RunState], slots: int, enabled: bool = True,
+                 interval: float = 60.0) -> None:
         self.states, self.slots, self.enabled = states, slots, enabled
+        self.interval = interval
         self.jobs: list[Job] = []
         self.last = ""
+        self._last_counts = ""
+        self._printed = 0.0
 
-    def line(self) -> str:
-        """The current counts and ETA."""
+    def counts(self) -> str:
+        """The counts part of the line."""
         counts = {s: sum(1 for r in self.states if r.state == s) for s in STATES}
-        times = [max(r.wall_time or 0.0 for r in job.states) for job in self.jobs
-                 if all(r.state == "done" for r in job.states)]
-        left = sum(1 for job in self.jobs
-                   if any(r.state in ("pending", "running") for r in job.states))
-        eta = ""
-        if times and left:
-            seconds = sum(times) / len(times) * left / max(1, min(self.slots, left))
-            eta = f", ETA {int(seconds // 60)}:{int(seconds % 60):02d}"
         packs = sum(1 for job in self.jobs if len(job.states) > 1)
         packed = f", {packs} pack{'s' if packs != 1 else ''} of runs in one process" \
             if packs else ""
         return (f"sweep: {counts['done']} done, {counts['running']} running, "
                 f"{counts['pending']} pending, {counts['failed']} failed "
-                f"({len(self.states)} runs{packed}{eta})")
+                f"({len(self.states)} runs{packed}")
+
+    def line(self) -> str:
+        """The current counts and ETA."""
+        eta = estimate(self.jobs, self.slots)
+        return self.counts() + (f", {eta})" if eta else ")")
 
     def update(self) -> None:
-        """Print the line if it changed."""
-        line = self.line()
-        if self.enabled and line != self.last:
+        """Print the line if a count changed, or the ETA did and ``interval`` has passed."""
+        counts, line = self.counts(), self.line()
+        now = time.monotonic()
+        due = counts != self._last_counts or (line != self.last
+                                              and now - self._printed >= self.interval)
+        if self.enabled and due:
             print(line, file=sys.stderr, flush=True)
-        self.last = line
+            self.last, self._last_counts, self._printed = line, counts, now
 
 
 def run_sweep(sweep: Sweep, jobs: int = 1, retry_failed: bool = False,
