@@ -287,20 +287,20 @@ class EvalArgs:
     """Evaluate a trained run: deterministic and stochastic episode return and cost per seed,
     against the run's cost limits."""
 
-    run_dir: Annotated[str, tyro.conf.Positional]
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """The run directory."""
     episodes: int = 10
     """Episodes per mode and seed."""
-    member: str | None = None
+    member: Annotated[str | None, tyro.conf.arg(metavar="LABEL")] = None
     """Which member to evaluate: its label (the seed, 3; in a grid of cost limits seed@limit,
     3@20) or its index (default: all)."""
-    seed_index: int | None = None
+    seed_index: Annotated[int | None, tyro.conf.arg(metavar="INDEX")] = None
     """Which of the run's members to evaluate, by index (default: all; see --member)."""
-    checkpoint: int | None = None
+    checkpoint: Annotated[int | None, tyro.conf.arg(metavar="ITERATION")] = None
     """The iteration whose checkpoint to evaluate (default: the newest intact one)."""
     env_seed: int = 10_000
     """Seed of the evaluation environments."""
-    video: str | None = None
+    video: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
     """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
     .mp4 with saferl[video])."""
     thresholds: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="EPS [EPS ...]")] = None
@@ -411,25 +411,25 @@ class SweepArgs:
     its own directory under the spec's out folder, named by a hash of its configuration;
     OUT/sweep.json indexes them."""
 
-    spec: Annotated[str | None, tyro.conf.Positional] = None
+    spec: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="[SPEC.toml]")] = None
     """The sweep spec (.toml); or give --recipe."""
-    recipe: str | None = None
+    recipe: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None
     """Run one of the papers' experiments shipped with saferl (--list-recipes)."""
-    scale: str = "quick"
+    scale: Annotated[str, tyro.conf.arg(metavar="SCALE")] = "quick"
     """With --recipe: quick (native tasks, small budgets), native (the published protocol on native
     tasks), paper (the published protocol on the paper's tasks), or another scale a recipe has
     (--list-recipes)."""
     list_recipes: bool = False
     """Describe every recipe and scale with its size, run nothing."""
-    out: str | None = None
+    out: Annotated[str | None, tyro.conf.arg(metavar="FOLDER")] = None
     """Write the sweep here instead of the spec's out folder (a recipe's: sweeps/NAME-SCALE)."""
     jobs: int = 1
     """Local backend: runs at once, each in its own process with cores // jobs cores."""
     retry_failed: bool = False
     """Run the runs that failed before again."""
-    backend: str = "local"
+    backend: Annotated[str, tyro.conf.arg(metavar="{local,ray}")] = "local"
     """local (subprocesses, nothing to install) or ray (pip install 'saferl[ray]')."""
-    address: str | None = None
+    address: Annotated[str | None, tyro.conf.arg(metavar="HOST:PORT")] = None
     """Ray: the address of a running cluster (default: start a local Ray instance)."""
     cpus_per_run: int = 1
     """Ray: CPUs each run asks for."""
@@ -441,7 +441,7 @@ class SweepArgs:
     dry_run: bool = False
     """Check and expand the spec, list its runs and their states (and which are packed
     together), run nothing."""
-    reuse: tuple[str, ...] = ()
+    reuse: Annotated[tuple[str, ...], tyro.conf.arg(metavar="OTHER_OUT")] = ()
     """Other sweeps' out folders: a run one of them finished with the same configuration and
     evaluation stage is copied from there instead of trained again."""
 
@@ -523,9 +523,9 @@ class ReportArgs:
     aggregates with confidence intervals, the versatile metrics of conditioned policies, and
     curves), with each table as CSV and LaTeX, from run directories or sweep folders."""
 
-    dirs: Annotated[tuple[str, ...], tyro.conf.Positional]
+    dirs: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="DIR [DIR ...]")]
     """Run directories, or folders holding them (a sweep's out folder)."""
-    out: str = "report"
+    out: Annotated[str, tyro.conf.arg(metavar="FOLDER")] = "report"
     """Where to write report.md, tables/ and figures/."""
 
 

@@ -108,3 +108,21 @@ def test_naming_cpo_gives_its_defaults_and_flags_override_the_default_recipe(tmp
     assert main(["train", *flags, "--predictor-alpha", "0.5"]) == 0
     run = json.loads((default / "config.json").read_text())["config"]["run"]
     assert run["safety_predictor"] is True and run["predictor_alpha"] == 0.5
+
+
+@pytest.mark.parametrize(("command", "usage", "options"), [
+    ("eval", "usage: saferl eval [-h] [OPTIONS] RUN",
+     ["--member LABEL", "--checkpoint ITERATION", "--video FILE"]),
+    ("report", "usage: saferl report [-h] DIR [DIR ...] [--out FOLDER]", []),
+    ("sweep", "usage: saferl sweep [-h] [OPTIONS] [SPEC.toml]",
+     ["--recipe NAME", "--scale SCALE", "--out FOLDER", "--address HOST:PORT",
+      "--reuse OTHER_OUT"]),
+])
+def test_help_names_what_each_argument_is(capsys, command, usage, options):
+    """Not tyro's type names (`STR`, `{None}|STR`): what a user must give."""
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert usage in out, out
+    for option in options:
+        assert option in out, (option, out)
+    assert "{None}" not in out and " STR" not in out, out
