@@ -303,6 +303,10 @@ class EvalArgs:
     video: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
     """Write the first deterministic episode (of the first evaluated seed) to this .gif (or
     .mp4 with saferl[video])."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="FILE.json")] = None
+    """Also write the evaluation (episodes, env seed, checkpoint, per member and mode) to this
+    JSON file; RUN/eval.json replaces the run's end-of-run evaluation, which saferl report
+    reads. A threshold-conditioned run writes RUN/versatile.* instead."""
     thresholds: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="EPS [EPS ...]")] = None
     """A threshold-conditioned run (ccpo, the versatile baselines): evaluate the deterministic
     policy at each of these episode-cost thresholds (m numbers per threshold with m
@@ -311,18 +315,25 @@ class EvalArgs:
 
 
 def _eval(args: list[str]) -> int:
-    from saferl.evaluation import check_video_path, evaluate, evaluate_policies
+    from saferl.evaluation import check_video_path, evaluate, evaluate_policies, write_evaluation
     from saferl.policy import Policy, deployed_members, member_index
     from saferl.progress import PipeSafeConsole, print_evaluation
-    from saferl.runs import restore_states
+    from saferl.runs import checkpoint_name, restore_states
 
     opts = _parse(EvalArgs, args, "saferl eval", EvalArgs.__doc__ or "")
     if opts.episodes < 1:
         return _error(f"--episodes must be >= 1; got {opts.episodes}.")
     if opts.video:
-        from pathlib import Path
-
         check_video_path(Path(opts.video))
+    if opts.out:
+        if opts.thresholds is not None:
+            return _error("--out writes a fixed-limit evaluation; with --thresholds the "
+                          "evaluation is written to RUN/versatile.csv, .json and .png.")
+        if not opts.out.endswith(".json"):
+            return _error(f"--out must name a .json file; got {opts.out!r}.")
+        if not Path(opts.out).parent.is_dir():
+            return _error(f"--out {opts.out!r}: folder {str(Path(opts.out).parent)!r} does "
+                          f"not exist.")
     # One restore serves every seed and gives the spec (cost names) without building an env.
     _, entry, config, spec, states, meta = restore_states(
         opts.run_dir, opts.checkpoint,
@@ -352,10 +363,14 @@ def _eval(args: list[str]) -> int:
     if opts.thresholds is not None or first.conditioning is not None:
         return _eval_versatile(opts, policies, f"{entry.name} on {spec.id}")
     record = evaluate_policies(policies, episodes=opts.episodes, seed=opts.env_seed)
+    record["checkpoint"] = checkpoint_name(info["iteration"])
     console = PipeSafeConsole()
     console.print(f"{entry.name} on {spec.id}, checkpoint of iteration {info['iteration']}",
                   highlight=False)
     print_evaluation(record, spec.cost_names, tuple(config.run.cost_limit), console)
+    if opts.out:
+        write_evaluation(opts.run_dir, record, opts.out)
+        console.print(f"evaluation: {opts.out}", highlight=False, soft_wrap=True)
     if opts.video:
         evaluate(first, episodes=1, deterministic=True, seed=opts.env_seed, video=opts.video)
         print(f"video: {opts.video}")
@@ -372,6 +387,10 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
                       f"{opts.run_dir!r} is a {policies[0].info['algo']} run trained for fixed "
                       f"cost limits {policies[0].info['cost_limit']} (evaluate it without "
                       f"--thresholds).")
+    if opts.out:
+        return _error(f"--out writes a fixed-limit evaluation; {opts.run_dir!r} is "
+                      f"threshold-conditioned, and its evaluation is written to "
+                      f"RUN/versatile.csv, .json and .png.")
     if opts.video:
         return _error("--video records one fixed-limit policy and does not combine with "
                       "--thresholds or a threshold-conditioned run; leave --video out." if
@@ -399,7 +418,7 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     print_versatile(result.record(), console)
     paths = write_versatile(opts.run_dir, result, title)
     console.print(f"table: {paths['csv']}; metrics: {paths['json']}; plot: {paths['plot']}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)  # paths stay whole, to copy
     return 0
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from saferl.envs.make import make, render_kwargs
 from saferl.envs.native import NATIVE_TASKS, batch_reset, batch_step, make_task
 from saferl.policy import Policy, deployed_members
-from saferl.runs import checkpoint_name, restore_states
+from saferl.runs import atomic_write, checkpoint_name, restore_states
 
 
 @dataclass
@@ -194,11 +194,13 @@ def evaluate_policies(policies: Sequence[Any], episodes: int = 10, seed: int = 1
     return record
 
 
-def write_evaluation(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write an :func:`evaluate_run` record to ``RUN/eval.json``."""
-    path = Path(run_dir) / "eval.json"
-    path.write_text(json.dumps(record, indent=2))
-    return path
+def write_evaluation(run_dir: str | Path, record: dict[str, Any],
+                     path: str | Path | None = None) -> Path:
+    """Write an :func:`evaluate_run` record to ``RUN/eval.json`` (or to ``path``), whole or
+    not at all."""
+    target = Path(run_dir) / "eval.json" if path is None else Path(path)
+    atomic_write(target, json.dumps(record, indent=2).encode())
+    return target
 
 
 def native_evaluate(policy: Any, task: Any, episodes: int, deterministic: bool,

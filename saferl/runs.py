@@ -173,7 +173,8 @@ def _read_json(path: Path, what: str) -> Any:
             from None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, fsync, rename)."""
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as handle:
         handle.write(data)
@@ -196,7 +197,7 @@ class RunDirectory:
         """Create the folder and write ``config.json`` (algorithm, config, spec, version)."""
         self.path.mkdir(parents=True, exist_ok=True)
         record = {"saferl_version": saferl.__version__, **record}
-        _atomic_write(self.path / "config.json", json.dumps(record, indent=2).encode())
+        atomic_write(self.path / "config.json", json.dumps(record, indent=2).encode())
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json``.
@@ -314,11 +315,11 @@ class RunDirectory:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         name = checkpoint_name(iteration)
         data = flax.serialization.to_bytes(jax.device_get(state))
-        _atomic_write(self.checkpoint_dir / f"{name}.msgpack", data)
+        atomic_write(self.checkpoint_dir / f"{name}.msgpack", data)
         meta = {"iteration": iteration, "time": time.time(), **metadata,
                 "sha256": hashlib.sha256(data).hexdigest()}
-        _atomic_write(self.checkpoint_dir / f"{name}.json", json.dumps(meta, indent=2).encode())
-        _atomic_write(self.checkpoint_dir / "latest.json", json.dumps({"name": name}).encode())
+        atomic_write(self.checkpoint_dir / f"{name}.json", json.dumps(meta, indent=2).encode())
+        atomic_write(self.checkpoint_dir / "latest.json", json.dumps({"name": name}).encode())
         self._prune(keep=name)
         return self.checkpoint_dir / f"{name}.msgpack"
 

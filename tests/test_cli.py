@@ -126,3 +126,26 @@ def test_help_names_what_each_argument_is(capsys, command, usage, options):
     for option in options:
         assert option in out, (option, out)
     assert "{None}" not in out and " STR" not in out, out
+
+
+def test_eval_out_writes_the_evaluation_that_evaluate_run_gives(tmp_path, capsys):
+    from saferl.evaluation import evaluate_run
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "ppo_lag", *small_flags(run_dir)]) == 0
+    out = run_dir / "eval.json"
+    before = json.loads(out.read_text())
+    assert main(["eval", str(run_dir), "--episodes", "3", "--out", str(out)]) == 0
+    assert f"evaluation: {out}" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["episodes"] == 3 and before["episodes"] != 3
+    assert written == json.loads(json.dumps(evaluate_run(run_dir, episodes=3)))
+    for bad, message in ((str(tmp_path / "e.txt"), "--out must name a .json file"),
+                         (str(tmp_path / "no" / "e.json"), "does not exist"),
+                         ):
+        assert main(["eval", str(run_dir), "--out", bad]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["eval", str(run_dir), "--out", str(out), "--thresholds", "10"]) == 2
+    assert "with --thresholds the evaluation is written to RUN/versatile" in \
+        capsys.readouterr().err
+    assert json.loads(out.read_text()) == written  # bad input changed nothing
