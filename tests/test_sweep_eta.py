@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from saferl.experiments.eta import JobWork, describe, estimate, last_progress, remaining
+from saferl.experiments.eta import (
+    JobWork,
+    describe,
+    estimate,
+    job_work,
+    last_progress,
+    remaining,
+)
 from saferl.experiments.sweep import Job, RunState, SweepProgress
 
 HEADER = "iteration,env_steps,wall_time,seed,rollout/ep_return\n"
@@ -22,6 +29,22 @@ def test_the_last_progress_row_skips_one_being_written(tmp_path):
     assert last_progress(path) == (1600, 4.75)
     path.write_text("iteration,seed\n1,0\n")  # no steps or wall time: nothing to go by
     assert last_progress(path) is None
+
+
+def test_the_speed_is_the_recent_one_not_the_warm_up_s(tmp_path):
+    """Off-policy warm-up steps cost almost nothing; the speed after them is what is left."""
+    rows = []
+    for i in range(1, 11):  # 100 steps an iteration: 1 s each for 5, then 10 s each
+        wall = i if i <= 5 else 5 + 10 * (i - 5)
+        rows += [f"{i},{100 * i},{wall}.0,{seed},1.0" for seed in (0, 1)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "progress.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    (tmp_path / "pack.json").write_text(json.dumps(
+        {"algo": "cvpo", "config": {"run": {"steps": 3000}}}))
+    job = job_work(tmp_path, 2, "running")
+    assert (job.steps, job.wall) == (1000, 55.0)
+    assert job.rate == pytest.approx(0.1)  # 10 s per 100 steps; over all rows: 0.055
+    assert remaining([job], slots=1) == (pytest.approx(200.0), 0)  # 2,000 steps left
 
 
 def test_remaining_time_by_hand():

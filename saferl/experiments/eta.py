@@ -4,11 +4,13 @@ Every worker process (a run, or a pack of runs trained together) writes its trai
 ``progress.csv`` as it goes, one row per member and iteration, with the environment steps per
 member and the training wall time so far (carried over a resume). From those rows:
 
-* a **running** job that has logged an iteration has ``wall × (total − steps) / steps`` left;
+* a **running** job that has logged an iteration has ``(total − steps)`` steps left at its
+  recent speed: seconds per step over the second half of its rows so far (the first half
+  holds an off-policy run's warm-up, whose steps cost far less than the ones after it);
 * a job **not yet started** takes as long per step as the jobs seen so far with the same
-  algorithm and the same number of runs in the process (running or done; their seconds per
-  step, averaged); one with no such job yet cannot be estimated, and is counted as such
-  rather than guessed from another algorithm, whose step may cost ten times more;
+  algorithm and the same number of runs in the process (running or done; their recent
+  seconds per step, averaged); one with no such job yet cannot be estimated, and is counted
+  as such rather than guessed from another algorithm, whose step may cost ten times more;
 * the jobs left are laid out over the worker slots in the order they will start, each on the
   slot that frees first: the sweep ends when the last slot does.
 
@@ -38,37 +40,59 @@ class JobWork:
     state: str  # pending, running or done (failed jobs are not counted)
     steps: int = 0  # environment steps per member trained so far (last progress row)
     wall: float = 0.0  # training wall seconds at that row
+    since_steps: int = 0  # an earlier row, about halfway through the file: the speed is
+    since_wall: float = 0.0  # measured from there (off-policy warm-up steps are far cheaper)
 
     @property
     def rate(self) -> float | None:
-        """Training seconds per environment step seen so far (``None`` before any row)."""
+        """Training seconds per environment step lately (``None`` before any row): over the
+        rows since ``since_steps``, or over all of them when there is no earlier row."""
+        if self.steps > self.since_steps > 0 and self.wall > self.since_wall:
+            return (self.wall - self.since_wall) / (self.steps - self.since_steps)
         return self.wall / self.steps if self.steps > 0 and self.wall > 0 else None
 
 
-def last_progress(path: Path) -> tuple[int, float] | None:
-    """``(env_steps, wall_time)`` of the last row of a ``progress.csv`` (``None`` when the
-    file is missing, empty or its last line is cut short)."""
+def _row(line: str, columns: list[str]) -> tuple[int, float] | None:
+    row = next(csv.reader(io.StringIO(line)), [])
+    if len(row) != len(columns):
+        return None  # a row being written, or a line cut by a seek
+    try:
+        return int(row[columns.index("env_steps")]), float(row[columns.index("wall_time")])
+    except ValueError:
+        return None
+
+
+def progress_points(path: Path) -> tuple[tuple[int, float], tuple[int, float]] | None:
+    """``(env_steps, wall_time)`` of a row about halfway through a ``progress.csv`` and of its
+    last complete row, reading two small pieces of the file whatever its size (``None``
+    when it is missing or holds no complete row). The two are the same row when the file is
+    too short to have a middle."""
     try:
         with path.open("rb") as handle:
             header = handle.readline().decode()
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 65536))
+            body = handle.tell()
+            size = handle.seek(0, 2)
+            handle.seek(max(body, size - 65536))
             tail = handle.read().decode(errors="replace").splitlines()
+            handle.seek(body + (size - body) // 2)
+            handle.readline()  # the rest of the line the seek landed in
+            middle = handle.readline().decode(errors="replace")
     except OSError:
         return None
     columns = next(csv.reader(io.StringIO(header)), [])
     if "env_steps" not in columns or "wall_time" not in columns:
         return None
-    for line in reversed(tail[1:] if len(tail) > 1 else []):
-        row = next(csv.reader(io.StringIO(line)), [])
-        if len(row) != len(columns):
-            continue  # a row being written
-        try:
-            return int(row[columns.index("env_steps")]), float(row[columns.index("wall_time")])
-        except ValueError:
-            continue
-    return None
+    last = next((point for line in reversed(tail) if (point := _row(line, columns))), None)
+    if last is None:
+        return None
+    half = _row(middle, columns)
+    return (half if half is not None and half[0] < last[0] else last), last
+
+
+def last_progress(path: Path) -> tuple[int, float] | None:
+    """``(env_steps, wall_time)`` of the last complete row of a ``progress.csv``."""
+    points = progress_points(path)
+    return None if points is None else points[1]
 
 
 def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
@@ -85,9 +109,11 @@ def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
         algo, total = str(description["algo"]), int(description["config"]["run"]["steps"])
     except (TypeError, KeyError, ValueError):
         return None
-    seen = last_progress(directory / "run" / "progress.csv") if state != "pending" else None
-    steps, wall = seen if seen is not None else (0, 0.0)
-    return JobWork(algo, runs, total, state, steps, wall)
+    seen = progress_points(directory / "run" / "progress.csv") if state != "pending" else None
+    if seen is None:
+        return JobWork(algo, runs, total, state)
+    (since_steps, since_wall), (steps, wall) = seen
+    return JobWork(algo, runs, total, state, steps, wall, since_steps, since_wall)
 
 
 def remaining(work: Sequence[JobWork], slots: int) -> tuple[float, int]:
