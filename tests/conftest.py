@@ -1,8 +1,16 @@
 """Shared test settings: a persistent XLA compilation cache keeps repeated compiles cheap."""
 
 import os
+import signal
 
 import jax
+
+# A test suite started in the background by a non-interactive shell (as CI scripts do) has
+# SIGINT ignored, and every process it starts would inherit that: the Ctrl-C tests' children
+# could not be interrupted. Give SIGINT back its default here, once, instead of in each child
+# between fork and exec (preexec_fn), where running Python beside JAX's threads can deadlock.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Two XLA CPU devices, as the `saferl` command sets up: vectorised seeds are sharded across them.
 jax.config.update("jax_num_cpu_devices", 2)

@@ -300,8 +300,7 @@ def test_deferred_blocks_nest_and_shielded_ones_only_remember():
             print("the next check raised", flush=True)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT,
-                                                                      signal.SIG_DFL))
+                         timeout=60)
     assert out.stdout.split("\n")[:4] == [
         "inner block ended", "raised after the outer block",
         "shielded block ended without raising", "the next check raised"], out
@@ -322,8 +321,7 @@ def test_a_ctrl_c_inside_a_deferred_block_is_raised_when_the_block_ends():
             print("raised after the block", flush=True)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT,
-                                                                      signal.SIG_DFL))
+                         timeout=60)
     assert out.stdout.split("\n")[:2] == ["block ran to its end", "raised after the block"], out
 
 
@@ -334,8 +332,7 @@ def _command(run_dir: Path) -> list[str]:
 
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "SAFERL_PROGRESS_INTERVAL": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.mark.parametrize("delay", [0.6, 2.0])

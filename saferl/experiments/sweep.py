@@ -14,11 +14,12 @@ run directory each (:mod:`saferl.experiments.packing`; ``pack_size`` caps or tur
 
 **Local backend**: up to ``jobs`` worker subprocesses (:mod:`saferl.experiments.worker`), each
 started with its share of the cores fixed in the environment before JAX starts (XLA CPU devices
-and thread counts); on Linux every worker dies with the driver (``PR_SET_PDEATHSIG``), so a
-driver killed with SIGKILL leaves no orphan training behind, and a lock file keeps two workers
-off one run. **Ray backend**: the same worker command as one Ray task per pending run or pack,
-with its CPU (and GPU) needs, on a running cluster (``address``) or a local Ray instance; the
-run directories must be on storage every node sees.
+and thread counts); on Linux every worker dies with the driver (``PR_SET_PDEATHSIG``, which
+the worker requests itself: nothing runs between fork and exec in the driver, whose JAX has
+threads), so a driver killed with SIGKILL leaves no orphan training behind, and a lock file
+keeps two workers off one run. **Ray backend**: the same worker command as one Ray task per
+pending run or pack, with its CPU (and GPU) needs, on a running cluster (``address``) or a
+local Ray instance; the run directories must be on storage every node sees.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 from saferl.experiments.eta import estimate
 from saferl.experiments.spec import Sweep
+from saferl.experiments.worker import DRIVER_ENV
 
 STATES = ("done", "running", "pending", "failed")
 TICK_SECONDS = 30.0  # how often a running sweep looks at its jobs' progress between events
@@ -234,22 +236,13 @@ def worker_environment(cores: int) -> dict[str, str]:
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = threads
     env["SAFERL_PROGRESS_INTERVAL"] = env.get("SAFERL_PROGRESS_INTERVAL", "30")
+    env[DRIVER_ENV] = str(os.getpid())  # the worker dies with this process (worker.py)
     return env
 
 
 def worker_command(directory: Path) -> list[str]:
     """The command that runs one run (:mod:`saferl.experiments.worker`)."""
     return [sys.executable, "-m", "saferl.experiments.worker", str(directory)]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: ask the kernel to SIGKILL this process when the driver dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> None:
@@ -267,7 +260,7 @@ def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> Non
                 log = (job.directory / "worker.log").open("ab")
                 process = subprocess.Popen(
                     worker_command(job.directory), stdout=log, stderr=subprocess.STDOUT,
-                    env=worker_environment(cores), preexec_fn=_die_with_parent)
+                    env=worker_environment(cores))
                 for state in job.states:
                     state.state = "running"
                 running[process.pid] = (process, job, log)

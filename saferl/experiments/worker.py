@@ -22,6 +22,8 @@ writes, evaluates and marks done each of its runs' directories.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import traceback
@@ -29,6 +31,26 @@ from pathlib import Path
 from typing import Any
 
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the run is locked by another worker
+DRIVER_ENV = "SAFERL_SWEEP_DRIVER"  # the process id of the sweep driver that started this one
+
+
+def die_with_driver() -> None:
+    """Linux: have the kernel SIGKILL this worker when the driver named by
+    ``SAFERL_SWEEP_DRIVER`` (its parent) dies, so that a driver killed with SIGKILL leaves no
+    training behind. Requested here, first thing after exec, rather than between fork and exec
+    in the driver (``preexec_fn``), where running Python beside JAX's threads can deadlock. A
+    driver already gone by then is seen as a changed parent, and the worker leaves at once."""
+    driver = os.environ.get(DRIVER_ENV)
+    if not driver or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != driver:
+        os._exit(1)
 
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> None:
@@ -176,6 +198,7 @@ def main() -> None:
     if len(sys.argv) != 2:
         print("usage: python -m saferl.experiments.worker RUN_DIR", file=sys.stderr)
         raise SystemExit(2)
+    die_with_driver()
     raise SystemExit(run(Path(sys.argv[1])))
 
 
