@@ -4,13 +4,14 @@ packing (kills of the driver or a worker, and the Ray backend: ``test_sweep_faul
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from saferl.cli import main
 from saferl.experiments.spec import SpecError, load_spec, parse_spec, run_hash
-from saferl.experiments.sweep import prepare, run_sweep
+from saferl.experiments.sweep import prepare, run_sweep, slot_cpus
 from saferl.training import build_config
 
 TINY = {"env": "saferl/BallRun-v0", "num_envs": 4, "rollout_steps": 100, "steps": 800,
@@ -105,6 +106,10 @@ def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
     assert len(sweep.runs) == 8
     result = run_sweep(sweep, jobs=2, progress=False, pack_size=1)
     assert result.count("done") == 4 and result.count("failed") == 4
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) >= 2:
+        pinned = {next(line for line in (r.directory / "worker.log").read_text().splitlines()
+                       if line.startswith("worker ")).split("CPUs ")[1] for r in result.runs}
+        assert pinned == {str(c) for c in sorted(os.sched_getaffinity(0))[:2]}, pinned
     failed = result.failed[0]
     assert "NoSuchTask" in failed.label and "NoSuchTask" in failed.error
     index = json.loads((sweep.out / "sweep.json").read_text())
@@ -278,3 +283,11 @@ def test_runs_another_sweep_finished_are_copied_not_retrained(tmp_path, capsys):
         "episodes = 2", "episodes = 3"), "third.toml")
     assert not any(s.reused for s in prepare(load_spec(third), write=False,
                                              reuse=[first.out]))
+
+
+def test_slots_get_their_own_cpus_of_those_the_driver_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5, 6, 7, 9}, raising=False)
+    assert slot_cpus(2) == [(4, 5), (6, 7)]
+    assert slot_cpus(5) == [(4,), (5,), (6,), (7,), (9,)]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert slot_cpus(3) == [(0,), (1,), (0,)]  # more slots than CPUs: they share, in turn

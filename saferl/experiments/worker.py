@@ -32,6 +32,22 @@ from typing import Any
 
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the run is locked by another worker
 DRIVER_ENV = "SAFERL_SWEEP_DRIVER"  # the process id of the sweep driver that started this one
+CPUS_ENV = "SAFERL_WORKER_CPUS"  # the CPUs of this worker's slot, e.g. "0" or "4,5,6,7"
+
+
+def pin_cpus() -> tuple[int, ...] | None:
+    """Pin this process to the CPUs its sweep slot was given (``SAFERL_WORKER_CPUS``) before
+    JAX starts its threads; returns them (``None`` when none were given or pinning is not
+    possible here)."""
+    given = os.environ.get(CPUS_ENV)
+    if not given or not hasattr(os, "sched_setaffinity"):
+        return None
+    try:
+        cpus = tuple(int(c) for c in given.split(","))
+        os.sched_setaffinity(0, cpus)
+    except (ValueError, OSError):  # CPUs this machine does not have: run unpinned
+        return None
+    return cpus
 
 
 def die_with_driver() -> None:
@@ -199,6 +215,9 @@ def main() -> None:
         print("usage: python -m saferl.experiments.worker RUN_DIR", file=sys.stderr)
         raise SystemExit(2)
     die_with_driver()
+    cpus = pin_cpus()
+    if cpus is not None:
+        print(f"worker {os.getpid()}: CPUs {','.join(map(str, cpus))}", flush=True)
     raise SystemExit(run(Path(sys.argv[1])))
 
 
