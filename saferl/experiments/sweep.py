@@ -230,8 +230,8 @@ def slot_cpus(slots: int) -> list[tuple[int, ...]]:
     """The CPUs of each local worker slot: the CPUs this process may use, cut into ``slots``
     equal groups that do not overlap (with fewer CPUs than slots, slots share them in turn).
 
-    Two one-core workers side by side on two cores (5-seed CCPO packs) ran 7 % slower unpinned
-    than pinned: 46.3 against 43.1 s per 1,000 steps."""
+    Two one-core workers side by side on two cores (5-seed CCPO packs): pinned, they took
+    0.93 × the unpinned time (median of 3 pairs, benchmarks/sweep_pinning.sh)."""
     cpus = (sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else list(range(os.cpu_count() or 1)))
     per = max(1, len(cpus) // max(1, slots))
