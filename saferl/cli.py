@@ -211,17 +211,18 @@ TRAIN_OPTIONS = """Also:
 
 #: The exit status of a run stopped by Ctrl-C (what a shell reports for SIGINT).
 INTERRUPTED = 130
+INTERRUPTED_STATUSES = (130, 143)  # Ctrl-C, SIGTERM
 
 
 def _interrupted(run_dir: str | None) -> int:
-    """The message and exit status (:data:`INTERRUPTED`) of a Ctrl-C."""
-    from pathlib import Path
+    """The message and exit status of a Ctrl-C (:data:`INTERRUPTED`) or a SIGTERM (143)."""
+    from saferl import interrupts
 
     if run_dir is not None and (Path(run_dir) / "config.json").is_file():
         _say(f"\ninterrupted; continue with: saferl train --resume {run_dir}")
     else:
         _say("\ninterrupted before anything was written; nothing to resume.")
-    return INTERRUPTED
+    return interrupts.exit_status()
 
 
 def _train(args: list[str]) -> int:
@@ -466,6 +467,7 @@ class SweepArgs:
 
 
 def _sweep(args: list[str]) -> int:
+    from saferl import interrupts
     from saferl.experiments.spec import SpecError, load_spec
     from saferl.experiments.sweep import run_sweep
 
@@ -511,7 +513,7 @@ def _sweep(args: list[str]) -> int:
     except KeyboardInterrupt:
         again = shlex.join(["saferl", "sweep", *args])
         _say(f"\ninterrupted; every run under way was checkpointed. Continue with: {again}")
-        return INTERRUPTED
+        return interrupts.exit_status()
     return 1 if result.failed else 0
 
 
@@ -662,13 +664,13 @@ def entry() -> None:
     -2, not 130), and XLA's threads torn down mid-compile crashed it now and then (-11).
     """
     status = main()
-    if status == INTERRUPTED:
+    if status in INTERRUPTED_STATUSES:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except (OSError, ValueError):  # a closed pipe
                 pass
-        os._exit(INTERRUPTED)
+        os._exit(status)
     sys.exit(status)
 
 

@@ -1,4 +1,4 @@
-"""Ctrl-C that is never lost: a SIGINT handler that also remembers the request.
+"""Ctrl-C (or SIGTERM) that is never lost: a handler that also remembers the request.
 
 Python turns SIGINT into ``KeyboardInterrupt`` wherever the main thread happens to be; a library
 that catches ``BaseException`` around an import or a callback can swallow it, and the run goes
@@ -29,10 +29,15 @@ from typing import Any
 
 _requested = threading.Event()
 _depth = 0  # how many deferred or shielded blocks the main thread is inside
+_signal = signal.SIGINT  # the signal of the last request
 _default_unraisable = sys.unraisablehook
+#: The signals that ask a run to stop: Ctrl-C, and ``kill`` / a cluster scheduler's time limit.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    global _signal
+    _signal = signal.Signals(signum)
     _requested.set()
     if _depth == 0:
         raise KeyboardInterrupt
@@ -77,15 +82,24 @@ def _unraisable(unraisable: Any) -> None:
 
 
 def install() -> None:
-    """Install the remembering SIGINT handler (main thread only; a no-op elsewhere, or when
-    SIGINT is ignored, as for a background job of a non-interactive shell)."""
+    """Install the remembering handler for SIGINT and SIGTERM: both stop a run at once, with
+    its checkpoint (main thread only; a no-op elsewhere; a signal that is ignored, as SIGINT is
+    for a background job of a non-interactive shell, stays ignored)."""
+    global _signal
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        return
-    signal.signal(signal.SIGINT, _handler)
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _handler)
     sys.unraisablehook = _unraisable
     _requested.clear()
+    _signal = signal.SIGINT
+
+
+def exit_status() -> int:
+    """The exit status of a process stopped by a request: 128 + the signal's number (130
+    after Ctrl-C, 143 after SIGTERM)."""
+    return 128 + int(_signal)
 
 
 def requested() -> bool:

@@ -335,6 +335,15 @@ def _spawn(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
+def _wait_for_progress(process: subprocess.Popen, prefix: bytes) -> None:
+    """Read the child's output until a line starts with ``prefix`` (at most 120 s)."""
+    deadline = time.time() + 120
+    line = b""
+    while time.time() < deadline and not line.startswith(prefix):
+        line = process.stdout.readline()
+    assert line.startswith(b"train "), line
+
+
 @pytest.mark.parametrize("delay", [0.6, 2.0])
 def test_sigint_during_start_up_exits_cleanly_and_resumes(tmp_path, delay):
     run = tmp_path / "run"
@@ -360,11 +369,7 @@ def test_sigint_mid_run_with_a_closed_pipe_still_checkpoints(tmp_path):
     """`saferl train ... 2>&1 | tee log` and Ctrl-C: tee dies first, the run must still save."""
     run = tmp_path / "run"
     process = _spawn(_command(run))
-    deadline = time.time() + 120
-    line = b""
-    while time.time() < deadline and not line.startswith(b"train 1,600/"):
-        line = process.stdout.readline()
-    assert line.startswith(b"train "), line
+    _wait_for_progress(process, b"train 1,600/")
     process.stdout.close()  # the reader (tee) is gone: every later write hits a closed pipe
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)
@@ -373,17 +378,30 @@ def test_sigint_mid_run_with_a_closed_pipe_still_checkpoints(tmp_path):
     assert latest is not None and int(latest.split("_")[1]) >= 2
 
 
+def test_sigterm_stops_a_run_like_ctrl_c_with_its_checkpoint(tmp_path):
+    """`kill PID` or a cluster scheduler's time limit: save, say how to resume, exit 143."""
+    run = tmp_path / "run"
+    process = _spawn(_command(run))
+    _wait_for_progress(process, b"train 1,600/")
+    process.send_signal(signal.SIGTERM)
+    out = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 143, out
+    assert f"continue with: saferl train --resume {run}" in out and "Traceback" not in out
+    latest = saferl.runs.RunDirectory(run).latest_checkpoint()
+    assert latest is not None and int(latest.split("_")[1]) >= 2
+    iterations = int(latest.split("_")[1]) + 1
+    assert main(["train", "--resume", str(run), "--steps", str(800 * iterations),
+                 "--quiet"]) == 0
+    assert len(numbers(run)) == iterations
+
+
 def test_a_run_directory_in_use_turns_a_second_process_away(runs, tmp_path, capsys):
     """Two processes never train into one folder; the holder's lock dies with it (kill -9)."""
     run = tmp_path / "run"
     shutil.copytree(runs["three"], run)
     before = (run / "progress.csv").read_text()
     process = _spawn(_command(run.with_name("live")))
-    deadline = time.time() + 120
-    line = b""
-    while time.time() < deadline and not line.startswith(b"train "):
-        line = process.stdout.readline()
-    assert line.startswith(b"train "), line
+    _wait_for_progress(process, b"train ")
     live = run.with_name("live")
     try:
         assert main(["train", "--resume", str(live), "--quiet"]) == 2

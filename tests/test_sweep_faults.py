@@ -55,6 +55,31 @@ def test_killing_the_driver_leaves_nothing_running_and_the_rerun_finishes(tmp_pa
     assert "resuming" in (pack / "worker.log").read_text()
 
 
+def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_resumes(tmp_path):
+    """A sweep started in the background has SIGINT ignored (so have its workers); SIGTERM
+    (`kill`, a scheduler's time limit) stops it with every run under way checkpointed."""
+    spec = write_spec(tmp_path, LONG)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited, as `cmd &` does
+    try:
+        driver = subprocess.Popen(saferl_command("sweep", str(spec)), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    sweep = load_spec(spec)
+    wait_for_checkpoint(sweep.out, "packs/*/run/checkpoints/iter_*.msgpack", driver)
+    pack = next(sweep.out.glob("packs/*"))
+    time.sleep(1.0)
+    driver.send_signal(signal.SIGTERM)
+    err = driver.communicate(timeout=120)[1].decode()
+    assert driver.returncode == 143, err
+    assert "every run under way was checkpointed" in err and "Traceback" not in err
+    assert "Traceback" not in (pack / "worker.log").read_text()
+    assert not any((sweep.out / "runs" / r.run_id / "status.json").exists() for r in sweep.runs)
+    assert main(["sweep", str(spec)]) == 0
+    assert json.loads((sweep.out / "sweep.json").read_text())["counts"]["done"] == 2
+    assert "resuming" in (pack / "worker.log").read_text()
+
+
 def worker_pids(directory: Path) -> list[int]:
     """Processes running the sweep worker on ``directory`` (from /proc)."""
     found = []

@@ -267,7 +267,7 @@ def worker_command(directory: Path) -> list[str]:
 
 def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> None:
     """Run the jobs in up to ``slots`` worker subprocesses; ``on_change`` after every start
-    and finish, and every ``TICK_SECONDS`` between. Ctrl-C interrupts every worker (each
+    and finish, and every ``TICK_SECONDS`` between. Ctrl-C or SIGTERM stops every worker (each
     checkpoints) and re-raises."""
     groups = slot_cpus(slots)
     free = list(range(slots))
@@ -300,7 +300,9 @@ def run_local(jobs: list[Job], slots: int, on_change: Callable[[], None]) -> Non
                 on_change()
     except KeyboardInterrupt:
         for process, _, _, _ in running.values():
-            process.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: a sweep started in the background has SIGINT ignored, and
+            # its workers inherit that; both stop a worker at once with its checkpoint.
+            process.send_signal(signal.SIGTERM)
         for process, job, log, _ in running.values():
             process.wait()
             log.close()

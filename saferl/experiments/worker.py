@@ -142,7 +142,7 @@ def run(run_dir: Path) -> int:
         write_status(run_dir, "done", wall_time=time.time() - began)
         return 0
     except KeyboardInterrupt:
-        return 130  # interrupted: no status, the next sweep resumes it
+        return interrupts.exit_status()  # interrupted: no status, the next sweep resumes it
     except BaseException as error:
         write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}",
                      traceback=traceback.format_exc(), wall_time=time.time() - began)
@@ -155,6 +155,7 @@ def run_pack(pack_dir: Path) -> int:
     """Train a pack's runs as one multi-member run in ``pack_dir/run`` (or resume it), then
     write each run's directory (:func:`~saferl.experiments.packing.split_member`), evaluate
     it and mark it done; a failure marks every run of the pack not yet done as failed."""
+    from saferl import interrupts
     from saferl.experiments.sweep import read_status
     from saferl.runs import try_lock
 
@@ -193,7 +194,7 @@ def run_pack(pack_dir: Path) -> int:
         write_status(pack_dir, "done", wall_time=time.time() - began)
         return 0
     except KeyboardInterrupt:
-        return 130
+        return interrupts.exit_status()
     except BaseException as error:
         fields = {"error": f"{type(error).__name__}: {error}",
                   "traceback": traceback.format_exc(), "wall_time": time.time() - began,
