@@ -520,12 +520,24 @@ def _sweep(args: list[str]) -> int:
 def _dry_run(sweep: Any, pack_size: int, reuse: tuple[str, ...] = ()) -> int:
     """List a sweep's runs, their states and the packs they would train in; run nothing."""
     from saferl.experiments.sweep import packs, prepare, reuse_folders
+    from saferl.runs import RunDirectory
+
+    def resumes(training: Path) -> str:
+        """Where an interrupted training run (a run's or a pack's) would resume from."""
+        if not (training / "config.json").is_file():
+            return ""
+        latest = RunDirectory(training).latest_checkpoint()
+        return f"(resumes from {latest}) " if latest else "(resumes from scratch) "
 
     states = prepare(sweep, write=False, reuse=reuse_folders(reuse))
     pack_of = {run_id: pack.pack_id for pack in packs(sweep, states, pack_size)
                for run_id in pack.run_ids}
     for state in states:
-        notes = "(resumes) " if state.resumed else ""
+        notes = ""
+        if state.state == "pending":
+            packed = state.run_id in pack_of
+            notes = resumes(sweep.out / "packs" / pack_of[state.run_id] / "run" if packed
+                            else state.directory / "run")
         if state.reused:
             notes += f"(reuses {state.reused}) "
         if state.run_id in pack_of:

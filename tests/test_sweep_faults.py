@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import saferl.runs
 from saferl.cli import main
 from saferl.experiments.spec import load_spec
 from saferl.experiments.sweep import run_sweep
@@ -55,7 +56,8 @@ def test_killing_the_driver_leaves_nothing_running_and_the_rerun_finishes(tmp_pa
     assert "resuming" in (pack / "worker.log").read_text()
 
 
-def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_resumes(tmp_path):
+def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_resumes(tmp_path,
+                                                                                     capsys):
     """A sweep started in the background has SIGINT ignored (so have its workers); SIGTERM
     (`kill`, a scheduler's time limit) stops it with every run under way checkpointed."""
     spec = write_spec(tmp_path, LONG)
@@ -75,6 +77,11 @@ def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_res
     assert "every run under way was checkpointed" in err and "Traceback" not in err
     assert "Traceback" not in (pack / "worker.log").read_text()
     assert not any((sweep.out / "runs" / r.run_id / "status.json").exists() for r in sweep.runs)
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    latest = saferl.runs.RunDirectory(pack / "run").latest_checkpoint()
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pending")]
+    assert len(listed) == 2 and all(f"(resumes from {latest}) (in {pack.name})" in line
+                                    for line in listed), listed
     assert main(["sweep", str(spec)]) == 0
     assert json.loads((sweep.out / "sweep.json").read_text())["counts"]["done"] == 2
     assert "resuming" in (pack / "worker.log").read_text()
