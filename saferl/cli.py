@@ -211,11 +211,11 @@ TRAIN_OPTIONS = """Also:
 
 #: The exit status of a run stopped by Ctrl-C (what a shell reports for SIGINT).
 INTERRUPTED = 130
-INTERRUPTED_STATUSES = (130, 143)  # Ctrl-C, SIGTERM
 
 
 def _interrupted(run_dir: str | None) -> int:
-    """The message and exit status of a Ctrl-C (:data:`INTERRUPTED`) or a SIGTERM (143)."""
+    """The message and exit status of a Ctrl-C (:data:`INTERRUPTED`) or a SIGTERM (143:
+    :func:`saferl.interrupts.exit_status`)."""
     from saferl import interrupts
 
     if run_dir is not None and (Path(run_dir) / "config.json").is_file():
@@ -675,8 +675,10 @@ def entry() -> None:
     extension's embedded Python code during start-up, CPython re-raises SIGINT at exit (status
     -2, not 130), and XLA's threads torn down mid-compile crashed it now and then (-11).
     """
+    from saferl import interrupts
+
     status = main()
-    if status in INTERRUPTED_STATUSES:
+    if status in {128 + int(signum) for signum in interrupts.SIGNALS}:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -12,7 +12,7 @@ from saferl.experiments.eta import (
     describe,
     estimate,
     job_work,
-    last_progress,
+    progress_points,
     remaining,
 )
 from saferl.experiments.sweep import Job, RunState, SweepProgress
@@ -22,13 +22,13 @@ HEADER = "iteration,env_steps,wall_time,seed,rollout/ep_return\n"
 
 def test_the_last_progress_row_skips_one_being_written(tmp_path):
     path = tmp_path / "progress.csv"
-    assert last_progress(path) is None
+    assert progress_points(path) is None
     path.write_text(HEADER)
-    assert last_progress(path) is None
+    assert progress_points(path) is None
     path.write_text(HEADER + "1,800,2.5,0,1.0\n1,800,2.5,1,2.0\n2,1600,4.75,0,3.0\n2,16")
-    assert last_progress(path) == (1600, 4.75)
+    assert progress_points(path)[1] == (1600, 4.75)
     path.write_text("iteration,seed\n1,0\n")  # no steps or wall time: nothing to go by
-    assert last_progress(path) is None
+    assert progress_points(path) is None
 
 
 def test_the_speed_is_the_recent_one_not_the_warm_up_s(tmp_path):

@@ -89,12 +89,6 @@ def progress_points(path: Path) -> tuple[tuple[int, float], tuple[int, float]] |
     return (half if half is not None and half[0] < last[0] else last), last
 
 
-def last_progress(path: Path) -> tuple[int, float] | None:
-    """``(env_steps, wall_time)`` of the last complete row of a ``progress.csv``."""
-    points = progress_points(path)
-    return None if points is None else points[1]
-
-
 def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
     """A job's work from its ``pack.json`` or ``sweep_run.json`` and its training run's
     ``progress.csv`` (``None`` when neither description can be read)."""

@@ -449,11 +449,13 @@ class SweepProgress:
 
     def update(self) -> None:
         """Print the line if a count changed, or the ETA did and ``interval`` has passed."""
-        counts, line = self.counts(), self.line()
-        now = time.monotonic()
-        due = counts != self._last_counts or (line != self.last
-                                              and now - self._printed >= self.interval)
-        if self.enabled and due:
+        if not self.enabled:  # nothing to show: do not read the jobs' progress files
+            return
+        counts, now = self.counts(), time.monotonic()
+        if counts == self._last_counts and now - self._printed < self.interval:
+            return
+        line = self.line()
+        if counts != self._last_counts or line != self.last:
             print(line, file=sys.stderr, flush=True)
             self.last, self._last_counts, self._printed = line, counts, now
 
