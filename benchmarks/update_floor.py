@@ -82,11 +82,14 @@ def child(num_seeds: int, minibatches_timed: int, repeats: int) -> dict[str, Any
 
 
 def spawn(cores: list[int], num_seeds: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Run :func:`child` in a fresh process restricted to ``cores``."""
+    """Run :func:`child` in a fresh process restricted to ``cores``.
+
+    The child pins itself before it imports JAX (no ``preexec_fn``: running Python between
+    fork and exec in a process with threads can deadlock)."""
     command = [sys.executable, __file__, "--child", str(num_seeds),
+               "--cpus", ",".join(map(str, cores)),
                "--minibatches", str(args.minibatches), "--repeats", str(args.repeats)]
-    output = subprocess.run(command, capture_output=True, text=True, check=True,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cores)).stdout
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
     result["cores"] = len(cores)
     return result
@@ -101,8 +104,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all settings")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
+        os.sched_setaffinity(0, [int(cpu) for cpu in args.cpus.split(",")])
         print(json.dumps(child(args.child, args.minibatches, args.repeats)))
         return
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,8 +12,9 @@ import numpy as np
 
 from saferl.envs.make import make, render_kwargs
 from saferl.envs.native import NATIVE_TASKS, batch_reset, batch_step, make_task
+from saferl.files import write_json
 from saferl.policy import Policy, deployed_members
-from saferl.runs import atomic_write, checkpoint_name, restore_states
+from saferl.runs import checkpoint_name, restore_states
 
 
 @dataclass
@@ -199,7 +199,7 @@ def write_evaluation(run_dir: str | Path, record: dict[str, Any],
     """Write an :func:`evaluate_run` record to ``RUN/eval.json`` (or to ``path``), whole or
     not at all."""
     target = Path(run_dir) / "eval.json" if path is None else Path(path)
-    atomic_write(target, json.dumps(record, indent=2).encode())
+    write_json(target, record)
     return target
 
 

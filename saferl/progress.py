@@ -348,12 +348,15 @@ def print_evaluation(evaluation: dict[str, Any], cost_names: tuple[str, ...],
                         "within" if figures[f"cost_{i}_within"] else "OVER"]
             table.add_row(*row)
     console.print(table)
-    console.print(evaluation_verdict(evaluation, cost_names, cost_limit))
+    # One line per mode, never wrapped off a terminal: ``grep "over the limit"`` finds it whole.
+    console.print(evaluation_verdict(evaluation, cost_names, cost_limit), highlight=False,
+                  soft_wrap=True)
 
 
 def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
                        cost_limit: tuple[float, ...]) -> str:
-    """One sentence per mode: is every constraint's mean episode cost within its limit?"""
+    """One sentence per mode, one line each: is every constraint's mean episode cost within its
+    limit?"""
     sentences = []
     for mode in ("deterministic", "stochastic"):
         limits = evaluation.get("member_limits", {})
@@ -367,7 +370,7 @@ def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
         sentences.append(f"deployed {mode} policy: " + (
             "every constraint within its limit." if not over else
             f"over the limit on {', '.join(over)}."))
-    return " ".join(sentences)
+    return "\n".join(sentences)
 
 
 def print_versatile(record: dict[str, Any], console: Console | None = None) -> None:

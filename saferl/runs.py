@@ -46,6 +46,7 @@ from saferl.engine.members import Member, limit_text, member_label
 from saferl.envs.core import EnvSpec
 from saferl.envs.native import NATIVE_TASKS
 from saferl.envs.wrappers import build_task
+from saferl.files import atomic_write, write_json
 
 KEEP_CHECKPOINTS = 3
 LOCK_FILE = ".lock"  # held (flock) by the process training into a run directory
@@ -173,16 +174,6 @@ def _read_json(path: Path, what: str) -> Any:
             from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all (a temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 class RunDirectory:
     """Reads and writes one run directory (see the module docstring)."""
 
@@ -197,7 +188,7 @@ class RunDirectory:
         """Create the folder and write ``config.json`` (algorithm, config, spec, version)."""
         self.path.mkdir(parents=True, exist_ok=True)
         record = {"saferl_version": saferl.__version__, **record}
-        atomic_write(self.path / "config.json", json.dumps(record, indent=2).encode())
+        write_json(self.path / "config.json", record)
 
     def read_config(self) -> dict[str, Any]:
         """The stored ``config.json``.
@@ -318,8 +309,8 @@ class RunDirectory:
         atomic_write(self.checkpoint_dir / f"{name}.msgpack", data)
         meta = {"iteration": iteration, "time": time.time(), **metadata,
                 "sha256": hashlib.sha256(data).hexdigest()}
-        atomic_write(self.checkpoint_dir / f"{name}.json", json.dumps(meta, indent=2).encode())
-        atomic_write(self.checkpoint_dir / "latest.json", json.dumps({"name": name}).encode())
+        write_json(self.checkpoint_dir / f"{name}.json", meta)
+        write_json(self.checkpoint_dir / "latest.json", {"name": name})
         self._prune(keep=name)
         return self.checkpoint_dir / f"{name}.msgpack"
 

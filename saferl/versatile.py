@@ -12,7 +12,6 @@ and return against threshold.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from saferl.core.conditioning import threshold_array
 from saferl.core.versatile import VersatileMetrics, versatile_metrics
 from saferl.envs.native import NATIVE_TASKS, make_task
 from saferl.evaluation import evaluate, native_episodes
+from saferl.files import write_json
 
 
 @dataclass
@@ -216,6 +216,6 @@ def write_versatile(run_dir: str | Path, result: VersatileResult,
     """Write ``versatile.csv``, ``versatile.json`` and ``versatile.png`` into ``run_dir``."""
     run_dir = Path(run_dir)
     json_path = run_dir / "versatile.json"
-    json_path.write_text(json.dumps(result.record(), indent=2))
+    write_json(json_path, result.record())
     return {"csv": result.write_csv(run_dir / "versatile.csv"), "json": json_path,
             "plot": result.plot(run_dir / "versatile.png", title)}

@@ -14,7 +14,7 @@ from rich.console import Console
 from saferl.cli import main
 from saferl.envs.native import make_task
 from saferl.evaluation import EvalResult, evaluate_run
-from saferl.progress import EpisodeCarry, ProgressDisplay, evaluation_verdict
+from saferl.progress import EpisodeCarry, ProgressDisplay, evaluation_verdict, print_evaluation
 from saferl.runs import RunDirectory, carried_series, draw_curves, new_run_dir
 from tests.conftest import SMALL
 
@@ -119,8 +119,24 @@ def test_evaluation_summary_against_hand_computation():
     assert summary["cost_1_over_share"] == 0.5
     record = {"per_seed": {"3": {"deterministic": summary, "stochastic": summary}}}
     assert evaluation_verdict(record, ("a", "b"), (10.0, 0.5)) == (
-        "deployed deterministic policy: over the limit on b of seed 3 (1.00 > 0.5). "
+        "deployed deterministic policy: over the limit on b of seed 3 (1.00 > 0.5).\n"
         "deployed stochastic policy: over the limit on b of seed 3 (1.00 > 0.5).")
+
+
+def test_a_long_verdict_is_one_line_per_mode_in_a_file(tmp_path):
+    # Off a terminal the console is 160 columns wide; eight seeds over the limit make each
+    # sentence longer than that, and it must still be one line (not "12.00 >" / "10)").
+    over = {"return_mean": 1.0, "return_std": 0.0, "cost_0_mean": 12.0, "cost_0_std": 1.0,
+            "cost_0_over_share": 1.0, "cost_0_within": False}
+    record = {"episodes": 5, "env_seed": 0,
+              "per_seed": {str(s): {"deterministic": over, "stochastic": over} for s in range(8)}}
+    with (tmp_path / "log.txt").open("w") as handle:
+        print_evaluation(record, ("cost",), (10.0,), console=Console(file=handle, width=160))
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    verdicts = [line for line in lines if "policy: over the limit" in line]
+    assert [v.split(":")[0] for v in verdicts] == ["deployed deterministic policy",
+                                                   "deployed stochastic policy"]
+    assert all(len(v) > 160 and v.endswith("cost of seed 7 (12.00 > 10).") for v in verdicts)
 
 
 def test_training_ends_with_the_deployed_policy_evaluated(tmp_path, capsys):

@@ -40,6 +40,7 @@ from typing import Any
 from saferl.experiments.eta import estimate
 from saferl.experiments.spec import Sweep
 from saferl.experiments.worker import CPUS_ENV, DRIVER_ENV
+from saferl.files import write_json
 
 STATES = ("done", "running", "pending", "failed")
 TICK_SECONDS = 30.0  # how often a running sweep looks at its jobs' progress between events
@@ -117,7 +118,7 @@ def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True,
             "env_seed": sweep.evaluation.env_seed}}
         if write:
             directory.mkdir(parents=True, exist_ok=True)
-            _write_json(directory / "sweep_run.json", plan)
+            write_json(directory / "sweep_run.json", plan, default=str)
         status = read_status(directory)
         if not status and reuse and not (directory / "run").exists():
             source = find_reusable(planned.run_id, plan, reuse)
@@ -125,7 +126,7 @@ def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True,
                 status = {**read_status(source), "reused_from": str(source)}
                 if write:
                     _copy_run(source / "run", directory / "run")
-                    _write_json(directory / "status.json", status)
+                    write_json(directory / "status.json", status, default=str)
         state = status.get("state", "pending")
         if state == "failed" and retry_failed and write:
             (directory / "status.json").replace(directory / "status.failed.json")
@@ -208,8 +209,9 @@ def plan_jobs(sweep: Sweep, states: list[RunState], pack_size: int = 0) -> list[
     jobs, packed = [], set()
     for pack in packs(sweep, states, pack_size):
         pack.directory.mkdir(parents=True, exist_ok=True)
-        _write_json(pack.directory / "pack.json",
-                    pack.plan({i: by_id[i].directory for i in pack.run_ids}, evaluation))
+        write_json(pack.directory / "pack.json",
+                   pack.plan({i: by_id[i].directory for i in pack.run_ids}, evaluation),
+                   default=str)
         jobs.append(Job(pack.directory, [by_id[i] for i in pack.run_ids]))
         packed.update(pack.run_ids)
     jobs += [Job(s.directory, [s]) for s in states
@@ -221,8 +223,8 @@ def write_index(sweep: Sweep, states: list[RunState]) -> Path:
     """Write ``OUT/sweep.json``: the spec's axes and every run's state."""
     path = sweep.out / "sweep.json"
     counts = {s: sum(1 for r in states if r.state == s) for s in STATES}
-    _write_json(path, {"name": sweep.name, "axes": sweep.axes, "counts": counts,
-                       "runs": {r.run_id: r.record() for r in states}})
+    write_json(path, {"name": sweep.name, "axes": sweep.axes, "counts": counts,
+                      "runs": {r.run_id: r.record() for r in states}}, default=str)
     return path
 
 
@@ -410,12 +412,6 @@ def read_status(directory: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    temporary.replace(path)
 
 
 class SweepProgress:

@@ -30,6 +30,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from saferl.files import write_json
+
 LOCKED_EXIT = 75  # EX_TEMPFAIL: the run is locked by another worker
 DRIVER_ENV = "SAFERL_SWEEP_DRIVER"  # the process id of the sweep driver that started this one
 CPUS_ENV = "SAFERL_WORKER_CPUS"  # the CPUs of this worker's slot, e.g. "0" or "4,5,6,7"
@@ -71,10 +73,7 @@ def die_with_driver() -> None:
 
 def write_status(run_dir: Path, state: str, **fields: Any) -> None:
     """Atomically write ``RUN_DIR/status.json``."""
-    path = run_dir / "status.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"state": state, "time": time.time(), **fields}, indent=2))
-    temporary.replace(path)
+    write_json(run_dir / "status.json", {"state": state, "time": time.time(), **fields})
 
 
 def evaluate_stage(run_dir: Path, stage: dict[str, Any]) -> None:
