@@ -1,4 +1,4 @@
-"""The ``saferl`` command: ``train``, ``eval`` and ``list``.
+"""The ``saferl`` command: ``train``, ``eval``, ``sweep``, ``report`` and ``list``.
 
 ``saferl train [ALGO] [--config FILE] [flags]`` exposes every field of the algorithm's
 configuration as a typed flag (``saferl train ppo_lag --help`` lists them): the shared settings
@@ -437,8 +437,8 @@ class SweepArgs:
     """Run one of the papers' experiments shipped with saferl (--list-recipes)."""
     scale: Annotated[str, tyro.conf.arg(metavar="SCALE")] = "quick"
     """With --recipe: quick (native tasks, small budgets), native (the published protocol on native
-    tasks), paper (the published protocol on the paper's tasks), or another scale a recipe has
-    (--list-recipes)."""
+    tasks), paper (the published protocol on the paper's tasks; library: 5 seeds on the native
+    tasks), or another scale a recipe has (--list-recipes)."""
     list_recipes: bool = False
     """Describe every recipe and scale with its size, run nothing."""
     out: Annotated[str | None, tyro.conf.arg(metavar="FOLDER")] = None

@@ -98,6 +98,32 @@ def test_the_run_hash_ignores_resources_and_nothing_else():
     assert len(run_hash("ppo_lag", base)) == 10
 
 
+def test_overlapped_collection_names_another_run_and_the_default_keeps_its_name():
+    # Overlapped collection steps with the actor from before the last updates: other data,
+    # so another run (and another pack, and another report row). It was once hashed as a
+    # resource; at its default it stays out of the hash, so existing sweep folders keep
+    # their run directories.
+    import hashlib
+    import json
+
+    from saferl.config import config_to_dict
+    from saferl.experiments.packing import pack_key
+    from saferl.experiments.report import IGNORED
+
+    plain = build_config("sac_lag", overrides={"env": "SafetyBallCircle-v0"})
+    overlapped = build_config("sac_lag", overrides={"env": "SafetyBallCircle-v0",
+                                                    "run": {"overlap_collection": True}})
+    assert run_hash("sac_lag", plain) != run_hash("sac_lag", overlapped)
+    assert pack_key("sac_lag", plain) != pack_key("sac_lag", overlapped)
+    assert "overlap_collection" not in IGNORED
+    data = config_to_dict(plain)
+    dropped = ("run_dir", "env_workers", "overlap_collection", "checkpoint_every")
+    data["run"] = {k: v for k, v in data["run"].items() if k not in dropped}
+    before = hashlib.sha256(json.dumps({"algo": "sac_lag", "config": data}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:10]
+    assert run_hash("sac_lag", plain) == before
+
+
 def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
     text = SPEC.replace('env = "saferl/BallRun-v0"\n', '').replace(
         'cost_limit = [5, 50]', 'cost_limit = [5, 50]\nenv = '

@@ -106,7 +106,9 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
     """
     num_envs = validate_num_envs(num_envs)
     if workers != 1:
-        if isinstance(env, str) and (env in NATIVE_TASKS or env.startswith("saferl/")):
+        if isinstance(env, str) and env.startswith("saferl/") and env not in NATIVE_TASKS:
+            raise unknown_env(env)  # a mistyped native id: suggest the nearest, as with 1 worker
+        if isinstance(env, str) and env in NATIVE_TASKS:
             raise EnvError(f"workers={workers!r}: native tasks like {env!r} run inside XLA, not "
                            f"in worker processes; leave workers at 1.")
         if isinstance(env, gymnasium.Env):

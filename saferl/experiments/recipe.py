@@ -9,7 +9,8 @@ A recipe is an ordinary sweep spec shipped with saferl, one TOML file per scale 
 - ``native``: the published protocol (5 seeds, 50 evaluation episodes, the paper's thresholds)
   on the native counterparts of the paper's tasks;
 - ``paper``: the published protocol on the paper's Bullet-Safety-Gym tasks (``saferl[bullet]``),
-  meant for a cluster (``--backend ray``);
+  meant for a cluster (``--backend ray``); ``library``, which reproduces no paper, has 5 seeds
+  and full budgets on the native tasks there;
 - ``bullet-quick`` (``ccpo-main`` only): two of the paper's Bullet tasks at the budget one
   2-core machine affords in about an hour.
 

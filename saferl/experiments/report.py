@@ -39,7 +39,7 @@ import numpy as np
 
 #: Fields that differ between the members of one row (or only say how a run ran).
 IGNORED = ("seed", "seeds", "cost_limit", "limits", "run_dir", "env_workers",
-           "overlap_collection", "checkpoint_every", "eval_episodes")
+           "checkpoint_every", "eval_episodes")
 LAST = 5  # iterations averaged for the final training figures (as the run summary)
 
 

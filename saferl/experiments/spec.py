@@ -6,7 +6,7 @@ A spec (``saferl sweep SPEC.toml``)::
     out = "sweeps/limits"              # optional: default sweeps/<name>, beside the spec
 
     [axes]                             # every combination of these values is one run
-    algo = ["ppo_lag", "cpo"]
+    algo = ["ppo_lag", "trpo_lag"]
     env = ["saferl/BallCircle-v0"]
     seed = [0, 1, 2]
     cost_limit = [10, 20]              # a number, or one per constraint: [[10, 5], [20, 5]]
@@ -14,8 +14,7 @@ A spec (``saferl sweep SPEC.toml``)::
 
     [config]                           # fixed fields of every run (as in a --config file)
     steps = 200000
-    [config.ppo]
-    epochs = 10
+    hidden_sizes = [64, 64]
 
     [evaluation]                       # after training, written into each run directory
     episodes = 10                      # per mode (or per threshold) and run; 0: none
@@ -62,8 +61,13 @@ TOP_LEVEL = ("name", "description", "source", "out", "axes", "config", "grid", "
 GRID_KEYS = ("axes", "config")
 EVALUATION_KEYS = ("episodes", "modes", "thresholds", "env_seed")
 MODES = ("deterministic", "stochastic")
-#: Shared settings that say how a run is executed, not what it computes: left out of its hash.
-RESOURCE_FIELDS = ("run_dir", "env_workers", "overlap_collection", "checkpoint_every")
+#: Shared settings that say how a run is executed, not what it computes: left out of its hash
+#: (worker processes step the same copies to the same numbers as one process).
+RESOURCE_FIELDS = ("run_dir", "env_workers", "checkpoint_every")
+#: Settings that change what a run computes but were once hashed as resources: in the hash only
+#: away from their default, so that runs without them keep the names they always had.
+#: ``overlap_collection`` collects with the actor from before the last updates (other data).
+HASHED_WHEN_SET = {"overlap_collection": False}
 
 
 class SpecError(ValueError):
@@ -228,9 +232,15 @@ def run_hash(algo: str, config: Any) -> str:
 
 
 def computed_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """A configuration dict (``config_to_dict``) without :data:`RESOURCE_FIELDS`: what a run
-    computes, the part of it that names the run."""
-    return {**data, "run": {k: v for k, v in data["run"].items() if k not in RESOURCE_FIELDS}}
+    """A configuration dict (``config_to_dict``) without :data:`RESOURCE_FIELDS`, nor the
+    fields of :data:`HASHED_WHEN_SET` at their defaults: what a run computes, the part of it
+    that names the run."""
+    def hashed(key: str, value: Any) -> bool:
+        if key in HASHED_WHEN_SET:
+            return value != HASHED_WHEN_SET[key]
+        return key not in RESOURCE_FIELDS
+
+    return {**data, "run": {k: v for k, v in data["run"].items() if hashed(k, v)}}
 
 
 def run_label(algo: str, values: dict[str, Any]) -> str:

@@ -59,6 +59,10 @@ def test_unknown_id_suggests_the_nearest_match() -> None:
     assert isinstance(caught.value, EnvError)
     with pytest.raises(UnknownEnvError, match="did you mean 'saferl/BallCircle-v0'"):
         make("saferl/BallCirle-v0")
+    # with worker processes too (saferl train gives host on-policy runs 2): before, a mistyped
+    # native id was told that native tasks cannot use workers
+    with pytest.raises(UnknownEnvError, match="did you mean 'saferl/BallCircle-v0'"):
+        make("saferl/BallCirce-v0", workers=2)
     with pytest.raises(UnknownEnvError, match="run `saferl list`"):
         make("qwertyuiop")
 
