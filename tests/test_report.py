@@ -20,10 +20,14 @@ SPEC = spec_record(make_task("saferl/BallCircle-v0").spec)
 
 
 def synthetic_run(path, algo, seeds, returns, costs, overrides=None, evaluation=None,
-                  versatile=None):
-    """A run directory with ``returns[s][t]`` / ``costs[s][t]`` logged per seed and iteration."""
-    config = build_config(algo, overrides={"run": {"seeds": seeds, "cost_limit": [10.0]},
-                                           **(overrides or {})})
+                  versatile=None, iterations=None):
+    """A run directory with ``returns[s][t]`` / ``costs[s][t]`` logged per seed and iteration,
+    configured for ``iterations`` (default: as many as logged, a finished run)."""
+    run_fields = {"seeds": seeds, "cost_limit": [10.0], **(overrides or {}).get("run", {})}
+    others = {k: v for k, v in (overrides or {}).items() if k != "run"}
+    per_iteration = build_config(algo, overrides={"run": run_fields, **others}).run
+    run_fields["steps"] = (iterations or len(returns[0])) * per_iteration.steps_per_iteration
+    config = build_config(algo, overrides={"run": run_fields, **others})
     run = RunDirectory(path)
     run.write_config({"algo": algo, "config": config_to_dict(config), "spec": SPEC})
     for t in range(len(returns[0])):
@@ -288,3 +292,31 @@ def test_conditioned_rows_with_different_settings_are_told_apart_in_the_figure(
     assert curves == {
         "ctrpo_lag (versatile.behaviour_thresholds=[20.0, 40.0, 60.0])": 5.0,
         "ctrpo_lag (versatile.behaviour_thresholds=[20.0, 30.0, 40.0, 50.0, 60.0, 70.0])": 9.0}
+
+
+def test_unfinished_runs_are_left_out_and_listed(tmp_path):
+    """A run still training (or interrupted) would put an early policy beside final ones: it
+    is left out of every table and listed with how far it got; a sweep folder says how many
+    runs of its index the report holds."""
+    sweep = tmp_path / "sweep"
+    done = synthetic_run(sweep / "runs" / "r1" / "run", "ppo_lag", [0], returns=[[5] * 7],
+                         costs=[[1] * 7])
+    early = synthetic_run(sweep / "runs" / "r2" / "run", "ppo_lag", [1], returns=[[999] * 3],
+                          costs=[[0] * 3], iterations=7)
+    spi = build_config("ppo_lag", overrides={"run": {"seeds": [1]}}).run.steps_per_iteration
+    assert report.unfinished(early) == report.Unfinished(early, 3, 7, spi)
+    assert report.unfinished(done) is None
+    (sweep / "sweep.json").write_text(json.dumps({"runs": {
+        name: {"directory": str(sweep / "runs" / name), "state": state}
+        for name, state in (("r1", "done"), ("r2", "running"), ("r3", "pending"))}}))
+    text = report.write_report([sweep], tmp_path / "out").read_text()
+    final = read_csv(tmp_path / "out" / "tables" / "final.csv")
+    assert [(row["seeds"], row["train_return_mean"]) for row in final] == [("1", "5.0")]
+    assert "1 unfinished run directory is left out" in text
+    assert (f"- `{early}`: 3 of 7 iterations ({3 * spi:,} of {7 * spi:,} steps per seed)"
+            in text)
+    assert (f"Sweep `{sweep}`: 1 of its 3 runs are in this report; the others are not "
+            f"finished (1 pending, 1 running, as its `sweep.json` last recorded).") in text
+    with pytest.raises(FileNotFoundError, match=r"holds no finished run directory \(1 still "
+                                                r"training or interrupted, e\.g\. `"):
+        report.write_report([early], tmp_path / "none")

@@ -23,6 +23,10 @@ run directories given one by one) and writes into ``--out``:
 
 Runs whose settings differ in anything but the seed and the cost limit are never averaged
 together: each set of settings is its own row, labelled by the fields that differ.
+
+Only finished runs (every configured iteration logged) are reported: a run still training or
+interrupted would put an early policy's figures beside final ones. The report lists those it
+left out with how far each got, and for a sweep folder how many runs of its index it holds.
 """
 
 from __future__ import annotations
@@ -86,6 +90,62 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
                                     f"config.json below it).")
         found += below
     return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A run directory left out of a report: ``iteration`` of its ``iterations`` logged."""
+
+    run_dir: Path
+    iteration: int
+    iterations: int
+    steps_per_iteration: int
+
+    def text(self) -> str:
+        """``runs/x/run: 175 of 1,000 iterations (35,000 of 200,000 steps per seed)``."""
+        return (f"`{self.run_dir}`: {self.iteration:,} of {self.iterations:,} iterations "
+                f"({self.iteration * self.steps_per_iteration:,} of "
+                f"{self.iterations * self.steps_per_iteration:,} steps per seed)")
+
+
+def unfinished(run_dir: Path) -> Unfinished | None:
+    """How far an unfinished run directory got; ``None`` when its last configured iteration is
+    logged (``--steps`` given on resume counts: ``config.json`` holds the new total)."""
+    from saferl.runs import RunDirectory, read_run_config
+
+    _, _, config = read_run_config(run_dir)
+    logged = max((int(row["iteration"]) for row in RunDirectory(run_dir).read_progress()),
+                 default=0)
+    if logged >= config.run.iterations:
+        return None
+    return Unfinished(run_dir, logged, config.run.iterations, config.run.steps_per_iteration)
+
+
+def sweep_coverage(paths: list[str | Path], reported: set[Path]) -> list[str]:
+    """One line per sweep folder among ``paths`` (it has ``sweep.json``): how many of the runs
+    in its index this report holds, and the states of the others."""
+    resolved = {path.resolve() for path in reported}
+
+    def held(record: dict[str, Any]) -> bool:
+        return (Path(str(record.get("directory", ""))) / "run").resolve() in resolved
+
+    lines = []
+    for raw in paths:
+        index = _read_json(Path(raw) / "sweep.json")
+        if not index or not isinstance(index.get("runs"), dict):
+            continue
+        runs = index["runs"]
+        others: dict[str, int] = {}
+        for record in runs.values():
+            if not held(record):
+                state = str(record.get("state", "pending"))
+                others[state] = others.get(state, 0) + 1
+        rest = ", ".join(f"{count} {state}" for state, count in sorted(others.items()))
+        count = len(runs) - sum(others.values())
+        lines.append(f"Sweep `{raw}`: {count} of its {len(runs)} runs are in this report"
+                     + (f"; the others are not finished ({rest}, as its `sweep.json` last "
+                        f"recorded)." if others else "."))
+    return lines
 
 
 def read_members(run_dir: Path) -> list[MemberFigures]:
@@ -598,7 +658,15 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     from saferl.runs import safe_name
 
     out = Path(out)
-    members = [m for run in find_runs(paths) for m in read_members(run)]
+    runs = find_runs(paths)
+    left_out = [u for u in map(unfinished, runs) if u is not None]
+    skipped = {u.run_dir for u in left_out}
+    finished = [run for run in runs if run not in skipped]
+    if not finished:
+        shown = ", ".join(repr(str(p)) for p in paths)
+        raise FileNotFoundError(f"{shown} holds no finished run directory ({len(left_out)} "
+                                f"still training or interrupted, e.g. {left_out[0].text()}).")
+    members = [m for run in finished for m in read_members(run)]
     rows = group(members)
     num_costs = max((sum(1 for k in m.train if k.startswith("cost_") and "rate" not in k)
                      for m in members), default=1)
@@ -608,7 +676,11 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     write_table(final, tables, "final")
     lines = ["# saferl report", "",
              f"{len({m.run_dir for m in members})} run directories, {len(members)} trained "
-             f"policies.", "", "## Final figures", "",
+             f"policies." + (f" {len(left_out)} unfinished run director"
+                             f"{'ies are' if len(left_out) != 1 else 'y is'} left out (see the "
+                             f"end)." if left_out else ""), "",
+             *[line + "\n" for line in sweep_coverage(paths, set(finished))],
+             "## Final figures", "",
              f"**train_***: the stochastic policy's training batches, mean of the last {LAST} "
              "iterations with finished episodes; **eval_det** / **eval_sto**: the deployed "
              "policy's evaluation (`eval.json`), deterministic / stochastic. Mean ± std over "
@@ -643,6 +715,10 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
         threshold = versatile_figure(rows, env, figures / f"versatile_{stem}.png")
         if threshold is not None:
             lines += [f"![{env} against the threshold](figures/{threshold.name})", ""]
+    if left_out:
+        lines += ["## Not in this report", "", "Unfinished runs (still training, or "
+                  "interrupted: `saferl train --resume` or the sweep's command finishes them):",
+                  "", *[f"- {u.text()}" for u in left_out], ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
