@@ -82,9 +82,15 @@ def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_res
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pending")]
     assert len(listed) == 2 and all(f"(resumes from {latest}) (in {pack.name})" in line
                                     for line in listed), listed
+    before = float((pack / "run" / "progress.csv").read_text().splitlines()[-1].split(",")[2])
     assert main(["sweep", str(spec)]) == 0
     assert json.loads((sweep.out / "sweep.json").read_text())["counts"]["done"] == 2
     assert "resuming" in (pack / "worker.log").read_text()
+    # the training time counts both attempts; the wall time only the resuming worker's
+    last = float((pack / "run" / "progress.csv").read_text().splitlines()[-1].split(",")[2])
+    for run in sweep.runs:
+        status = json.loads((sweep.out / "runs" / run.run_id / "status.json").read_text())
+        assert status["training_time"] == pytest.approx(last) and last > before > 0
 
 
 def worker_pids(directory: Path) -> list[int]:

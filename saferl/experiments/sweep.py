@@ -56,14 +56,15 @@ class RunState:
     state: str  # pending, running, done, failed
     resumed: bool = False  # pending with a checkpoint: it resumes
     error: str | None = None
-    wall_time: float | None = None
+    wall_time: float | None = None  # its last worker process's seconds
+    training_time: float | None = None  # its training's, over every attempt (resumes)
     reused: str | None = None  # the other sweep's run directory it was copied from
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form for ``sweep.json``."""
         return {"label": self.label, "directory": str(self.directory), "state": self.state,
                 "resumes": self.resumed, "error": self.error, "wall_time": self.wall_time,
-                "reused_from": self.reused}
+                "training_time": self.training_time, "reused_from": self.reused}
 
 
 @dataclass
@@ -137,6 +138,7 @@ def prepare(sweep: Sweep, retry_failed: bool = False, write: bool = True,
                                resumed=(directory / "run" / "config.json").is_file(),
                                error=status.get("error") if state == "failed" else None,
                                wall_time=status.get("wall_time"),
+                               training_time=status.get("training_time"),
                                reused=status.get("reused_from") if state == "done" else None))
     return states
 
@@ -393,6 +395,7 @@ def _finish(job: Job, returncode: int) -> None:
         status = read_status(state.directory)
         if status.get("state") == "done":
             state.state, state.wall_time = "done", status.get("wall_time")
+            state.training_time = status.get("training_time")
         elif status.get("state") == "failed":
             state.state, state.error = "failed", status.get("error")
         elif returncode == 75:  # locked by another worker: it is running elsewhere

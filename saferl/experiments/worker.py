@@ -71,8 +71,18 @@ def die_with_driver() -> None:
         os._exit(1)
 
 
+def training_time(training: Path) -> float | None:
+    """A training run's wall seconds over all its attempts (``progress.csv``'s last
+    ``wall_time``, carried over resumes); ``None`` before its first row."""
+    from saferl.experiments.eta import progress_points
+
+    points = progress_points(training / "progress.csv")
+    return None if points is None else points[1][1]
+
+
 def write_status(run_dir: Path, state: str, **fields: Any) -> None:
-    """Atomically write ``RUN_DIR/status.json``."""
+    """Atomically write ``RUN_DIR/status.json`` (``wall_time``: this worker process's seconds;
+    ``training_time``, where given: the training's over every attempt)."""
     write_json(run_dir / "status.json", {"state": state, "time": time.time(), **fields})
 
 
@@ -138,7 +148,8 @@ def run(run_dir: Path) -> int:
         train_or_resume(training, plan["algo"], plan["config"], plan["label"])
         evaluate_stage(training, plan["evaluation"])
         print(f"saferl sweep worker: {plan['label']} done", flush=True)
-        write_status(run_dir, "done", wall_time=time.time() - began)
+        write_status(run_dir, "done", wall_time=time.time() - began,
+                     training_time=training_time(training))
         return 0
     except KeyboardInterrupt:
         return interrupts.exit_status()  # interrupted: no status, the next sweep resumes it
@@ -189,8 +200,10 @@ def run_pack(pack_dir: Path) -> int:
             evaluate_stage(directory / "run", stage)
             print(f"saferl sweep worker: {run_plan['label']} done (packed)", flush=True)
             write_status(directory, "done", wall_time=time.time() - began,
-                         packed_in=str(pack_dir), pack_runs=len(directories))
-        write_status(pack_dir, "done", wall_time=time.time() - began)
+                         training_time=training_time(training), packed_in=str(pack_dir),
+                         pack_runs=len(directories))
+        write_status(pack_dir, "done", wall_time=time.time() - began,
+                     training_time=training_time(training))
         return 0
     except KeyboardInterrupt:
         return interrupts.exit_status()
