@@ -247,16 +247,20 @@ def floor_fraction(floors: list[dict[str, Any]], chosen: list[dict[str, Any]], e
                    count: int) -> dict[str, Any]:
     """Per-seed steps/s of a setting as a fraction of its update floor (empty without one).
 
-    The floor's per-seed rate at ``epochs`` is ``batch / (epochs × minibatches × t)`` with ``t``
-    the median time of one seed's minibatch of network passes, ``count`` seeds vmapped on every
-    core, measured in the same run.
+    ``update_floor.py``'s ``t`` is the median time of one vmapped call of ``count`` seeds'
+    minibatches divided by ``count`` (one seed's share of the machine). An iteration of
+    ``count`` seeds then takes ``epochs × minibatches × count × t`` and gives each seed
+    ``batch`` steps, so the floor's per-seed rate is ``batch / (epochs × minibatches × count ×
+    t)``. (Until 2026-12-07 the ``count`` was missing: with 4 seeds the floor was the aggregate
+    rate, and the fraction came out 4 × too small.)
     """
     times = [f["ms_per_seed_minibatch"] for f in floors if f["num_seeds"] == count]
     if not times or not chosen:
         return {}
     first = chosen[0]
     floor_ms = median(times)
-    floor_sps = first["batch_per_seed"] / (epochs * first["minibatches"] * floor_ms / 1e3)
+    floor_sps = first["batch_per_seed"] / (epochs * first["minibatches"] * count * floor_ms
+                                           / 1e3)
     return {"floor_ms_per_seed_minibatch": floor_ms, "floor_ms_used": times,
             "floor_sps_per_seed": floor_sps,
             "floor_fraction": median([r["sps_per_seed"] for r in chosen]) / floor_sps}
