@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from saferl.core.conditioning import threshold_array
-from saferl.core.versatile import VersatileMetrics, versatile_metrics
+from saferl.core.versatile import VersatileMetrics, trained_on, versatile_metrics
 from saferl.envs.native import NATIVE_TASKS, make_task
 from saferl.evaluation import evaluate, native_episodes
 from saferl.files import write_json
@@ -68,7 +68,7 @@ class VersatileResult:
                 row[f"cost_{i}_mean"] = float(seed_costs[:, t, i].mean())
                 row[f"cost_{i}_std"] = float(seed_costs[:, t, i].std())
                 row[f"violation_{i}"] = max(0.0, row[f"cost_{i}_mean"] - float(threshold[i]))
-            row["trained_on"] = float(any(np.array_equal(threshold, b) for b in self.behaviour))
+            row["trained_on"] = float(bool(trained_on(threshold[None], self.behaviour)[0]))
             rows.append(row)
         return rows
 
@@ -83,10 +83,9 @@ class VersatileResult:
                 "per_seed": self.per_seed()}
 
     def per_seed(self) -> dict[str, dict[str, float]]:
-        """Each seed's ``Avg R``, ``Avg CV``, ``R-G`` and ``CV-G`` (``{seed: {name: value}}``)."""
-        metrics = self.metrics()
-        columns = {"Avg R": metrics.avg_return, "Avg CV": metrics.avg_violation,
-                   "R-G": metrics.generalized_return, "CV-G": metrics.generalized_violation}
+        """Each seed's ``Avg R``, ``Avg CV``, ``R-G``, ``CV-G`` and, per constraint ``i``,
+        ``CV_i`` / ``CV-G_i`` (``{seed: {name: value}}``)."""
+        columns = self.metrics().columns()
         return {str(seed): {name: float(values[index]) for name, values in columns.items()}
                 for index, seed in enumerate(self.seeds)}
 

@@ -45,14 +45,16 @@ def test_ccpo_main_is_table_1s_protocol():
     sweep = load_recipe("ccpo-main", "paper")
     assert describe(sweep)["algorithms"] == ["ccpo", "vsac_lag", "vddpg_lag", "cppo_lag",
                                              "ctrpo_lag"]
+    # Table 1's five tasks, in its order (Drone-Circle was once left out)
     assert describe(sweep)["envs"] == ["SafetyBallCircle-v0", "SafetyCarCircle-v0",
-                                       "SafetyDroneRun-v0", "SafetyAntRun-v0"]
+                                       "SafetyDroneCircle-v0", "SafetyDroneRun-v0",
+                                       "SafetyAntRun-v0"]
     assert sweep.evaluation.thresholds == PAPER_THRESHOLDS
     for run in sweep.runs:
         trained = (run.config.ccpo.behaviour_thresholds if run.algo == "ccpo"
                    else run.config.versatile.behaviour_thresholds)
         assert tuple(trained) == (20.0, 40.0, 60.0)
-    assert len(sweep.runs) == 5 * 4 * 5
+    assert len(sweep.runs) == 5 * 5 * 5
 
 
 def test_ccpo_sampling_and_ablation_match_tables_2_and_3():
@@ -97,3 +99,27 @@ def test_a_recipe_dry_run_lists_its_packs_and_writes_nothing(tmp_path, capsys):
     assert "6 runs in" in text and "6 of them in 3 packs" in text
     assert "ccpo_BallCircle_seed1_vveFalse" in text
     assert not out.exists()
+
+
+def test_the_step_total_counts_each_policy_of_a_combination_baseline(tmp_path):
+    # C-TRPO-Lag trains one policy per behaviour threshold, each for the run's steps: on
+    # {20, 40, 60} a 12,000-step run is 36,000 environment steps (CCPO's is 12,000). The
+    # listing once counted each run's steps once (175M for ccpo-main's paper scale, not 315M).
+    import tomllib
+
+    from saferl.experiments.spec import parse_spec
+    from saferl.training import build_config
+
+    spec = tomllib.loads('''
+        [axes]
+        algo = ["ctrpo_lag", "ccpo"]
+        [config]
+        env = "saferl/BallCircle-v0"
+        steps = 12000
+    ''')
+    sweep = parse_spec(spec, "size", tmp_path)
+    per_run = {run.algo: run.config.run.iterations * run.config.run.steps_per_iteration
+               for run in sweep.runs}
+    assert build_config("ctrpo_lag").versatile.behaviour_thresholds == (20.0, 40.0, 60.0)
+    assert describe(sweep)["env_steps"] == 3 * per_run["ctrpo_lag"] + per_run["ccpo"]
+    assert per_run["ccpo"] >= 12000

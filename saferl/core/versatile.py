@@ -32,18 +32,31 @@ class VersatileMetrics:
     generalized_violation: np.ndarray
     generalized_violation_per_constraint: np.ndarray
 
-    def summary(self, ddof: int = 0) -> dict[str, tuple[float, float]]:
-        """``{name: (mean, std)}`` over seeds: ``Avg R``, ``Avg CV``, ``R-G``, ``CV-G``, and
-        ``CV_i`` / ``CV-G_i`` per constraint. ``ddof`` of the std (0: population, as numpy;
-        one seed gives std 0)."""
+    def columns(self) -> dict[str, np.ndarray]:
+        """``{name: [S] per seed}``: ``Avg R``, ``Avg CV``, ``R-G``, ``CV-G``, and ``CV_i`` /
+        ``CV-G_i`` per constraint ``i`` (the two Avg CV / CV-G are their sums)."""
         columns = {"Avg R": self.avg_return, "Avg CV": self.avg_violation,
                    "R-G": self.generalized_return, "CV-G": self.generalized_violation}
         for i in range(self.avg_violation_per_constraint.shape[1]):
             columns[f"CV_{i}"] = self.avg_violation_per_constraint[:, i]
             columns[f"CV-G_{i}"] = self.generalized_violation_per_constraint[:, i]
+        return columns
+
+    def summary(self, ddof: int = 0) -> dict[str, tuple[float, float]]:
+        """``{name: (mean, std)}`` over seeds of every :meth:`columns` entry. ``ddof`` of the
+        std (0: population, as numpy; one seed gives std 0)."""
         return {name: (float(np.mean(values)),
                        float(np.std(values, ddof=ddof)) if values.size > ddof else float("nan"))
-                for name, values in columns.items()}
+                for name, values in self.columns().items()}
+
+
+def trained_on(thresholds: np.ndarray, behaviour: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``[T]`` booleans: is each threshold vector of ``thresholds`` (``[T, m]``) one of the
+    behaviour thresholds ``Ẽ`` (``[N]`` or ``[N, m]``)? Every component must match, to 1e-9."""
+    eps = np.asarray(thresholds, np.float64)
+    known = np.asarray(behaviour, np.float64).reshape(-1, eps.shape[-1])
+    return np.any(np.all(np.isclose(eps[:, None, :], known[None], rtol=0, atol=1e-9), axis=-1),
+                  axis=1)
 
 
 def versatile_metrics(thresholds: Sequence[float] | np.ndarray, returns: np.ndarray,
@@ -80,11 +93,7 @@ def versatile_metrics(thresholds: Sequence[float] | np.ndarray, returns: np.ndar
     if costs.shape != (*returns.shape, m):
         raise ValueError(f"costs must be [seeds, thresholds, episodes, {m}] matching returns "
                          f"{returns.shape}; got shape {costs.shape}.")
-    seen = np.zeros(count, bool)
-    if behaviour is not None:
-        known = np.asarray(behaviour, np.float64).reshape(-1, m)
-        seen = np.any(np.all(np.isclose(eps[:, None, :], known[None], rtol=0, atol=1e-9),
-                             axis=-1), axis=1)
+    seen = np.zeros(count, bool) if behaviour is None else trained_on(eps, behaviour)
     mean_return = returns.mean(axis=2)  # [S, T]
     violation = np.maximum(0.0, costs.mean(axis=2) - eps[None])  # [S, T, m]
     new = ~seen

@@ -89,7 +89,14 @@ def load_recipe(name: str, scale: str, out: str | Path | None = None) -> Sweep:
 
 def describe(sweep: Sweep) -> dict[str, Any]:
     """A sweep's size: runs, environment steps in all, evaluation episodes in all, and its
-    algorithms, tasks and seeds."""
+    algorithms, tasks and seeds.
+
+    The steps count every member a run trains (its iterations × steps per iteration, per
+    member): a linear-combination baseline trains one policy per behaviour threshold, each for
+    the run's ``steps``, so C-TRPO-Lag on {20, 40, 60} takes 3 × its ``steps``.
+    """
+    from saferl.engine.members import members
+
     episodes = sweep.evaluation.episodes
     evaluations = 0
     for run in sweep.runs:
@@ -97,7 +104,8 @@ def describe(sweep: Sweep) -> dict[str, Any]:
                       if evaluated_at_thresholds(run.algo, run.config) else 0)
         evaluations += episodes * (thresholds or len(sweep.evaluation.modes))
     return {"runs": len(sweep.runs),
-            "env_steps": sum(run.config.run.steps for run in sweep.runs),
+            "env_steps": sum(run.config.run.iterations * run.config.run.steps_per_iteration
+                             * len(members(run.config)) for run in sweep.runs),
             "eval_episodes": evaluations,
             "algorithms": list(dict.fromkeys(run.algo for run in sweep.runs)),
             "envs": list(dict.fromkeys(run.config.run.env for run in sweep.runs)),

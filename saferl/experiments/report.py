@@ -336,15 +336,23 @@ def conditioned_groups(rows: list[Row]) -> list[tuple[Row, list[MemberFigures]]]
 
 
 def versatile_table(rows: list[Row]) -> list[dict[str, Any]]:
-    """Avg R, Avg CV, R-G, CV-G (mean ± std over seeds) of the conditioned rows."""
+    """Avg R, Avg CV, R-G, CV-G (mean ± std over seeds) of the conditioned rows; with several
+    constraints also each one's ``CV_i`` and ``CV-G_i`` (Avg CV and CV-G are their sums)."""
     table = []
     for row, members in conditioned_groups(rows):
         out: dict[str, Any] = {"task": row.env, "algorithm": row.algo, "settings": row.differs,
                                "seeds": len(members)}
-        for name in ("Avg R", "Avg CV", "R-G", "CV-G"):
+        names = ["Avg R", "Avg CV", "R-G", "CV-G"]
+        per_constraint = sorted({k for m in members for k in (m.versatile or {})
+                                 if k.startswith(("CV_", "CV-G_"))},
+                                key=lambda k: (int(k.rsplit("_", 1)[1]), k.startswith("CV-G")))
+        if len(per_constraint) > 2:  # several constraints: each one's CV and CV-G, too
+            names += per_constraint
+        for name in names:
             key = name.replace(" ", "_").replace("-", "_")
             out[f"{key}_mean"], out[f"{key}_std"] = mean_std(
-                [m.versatile[name] for m in members if m.versatile is not None])
+                [m.versatile[name] for m in members
+                 if m.versatile is not None and name in m.versatile])
         table.append(out)
     return table
 

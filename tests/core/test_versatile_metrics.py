@@ -1,6 +1,8 @@
 """Versatile metrics (Avg R, Avg CV, R-G, CV-G, per constraint and summed) against hand-computed
 values (ALGORITHMS.md §6)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,33 @@ def test_no_generalised_threshold_gives_nan_and_no_behaviour_set_uses_all():
 def test_bad_shapes_are_one_sentence(thresholds, returns, costs, match):
     with pytest.raises(ValueError, match=match):
         versatile_metrics(thresholds, returns, costs)
+
+
+def test_two_constraints_each_ones_violation_reaches_the_record_and_the_report():
+    """With two constraints Avg CV is the sum of the two CV_i (ALGORITHMS.md §6); each seed's
+    CV_i and CV-G_i reach versatile.json and the report's table, and a threshold counts as
+    trained on in the table exactly when it does in the metrics (every component, to 1e-9)."""
+    from saferl.experiments import report
+    from saferl.versatile import VersatileResult
+
+    thresholds = np.array([[10.0, 5.0], [20.0 + 1e-12, 5.0], [30.0, 10.0]])
+    behaviour = np.array([[20.0, 5.0]])
+    returns = np.array([[[100.0, 100.0], [200.0, 200.0], [300.0, 300.0]]])  # [1 seed, 3, 2]
+    costs = np.zeros((1, 3, 2, 2))
+    costs[0, :, :, 0] = [[12.0, 14.0], [20.0, 20.0], [30.0, 36.0]]  # means 13, 20, 33
+    costs[0, :, :, 1] = [[6.0, 6.0], [9.0, 9.0], [10.0, 10.0]]  # means 6, 9, 10
+    result = VersatileResult(thresholds, returns, costs, (3,), behaviour, ("a", "b"), True)
+    # violations: constraint a: 3, 0, 3 -> CV_0 = 2, CV-G_0 (thresholds 1 and 3) = 3;
+    #             constraint b: 1, 4, 0 -> CV_1 = 5/3, CV-G_1 = 0.5
+    seed = result.per_seed()["3"]
+    assert seed["CV_0"] == pytest.approx(2.0) and seed["CV-G_0"] == pytest.approx(3.0)
+    assert seed["CV_1"] == pytest.approx(5 / 3) and seed["CV-G_1"] == pytest.approx(0.5)
+    assert seed["Avg CV"] == pytest.approx(2.0 + 5 / 3)
+    assert seed["CV-G"] == pytest.approx(3.5)
+    assert [row["trained_on"] for row in result.table()] == [0.0, 1.0, 0.0]
+    member = report.MemberFigures(Path("r"), "env", "ccpo", 3, (0.0, 0.0), {}, {}, {},
+                                  conditioned=True)
+    member.versatile = seed
+    table = report.versatile_table(report.group([member]))
+    assert table[0]["CV_1_mean"] == pytest.approx(5 / 3)
+    assert table[0]["CV_G_0_mean"] == pytest.approx(3.0)
