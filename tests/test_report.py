@@ -320,3 +320,21 @@ def test_unfinished_runs_are_left_out_and_listed(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"holds no finished run directory \(1 still "
                                                 r"training or interrupted, e\.g\. `"):
         report.write_report([early], tmp_path / "none")
+
+
+def test_the_aggregate_is_the_interquartile_mean_not_the_mean(tmp_path):
+    """Eight seeds, one far off: the IQM keeps the middle half (2, 3, 4, 5: 3.5), the mean
+    would be 15.125. With three seeds (the test above) the two cannot be told apart."""
+    pytest.importorskip("rliable")
+    from rliable import metrics
+
+    returns = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0]
+    synthetic_run(tmp_path / "runs" / "eight", "ppo_lag", list(range(8)),
+                  returns=[[r] * 7 for r in returns], costs=[[1.0] * 7] * 8,
+                  evaluation=[(r, 1.0) for r in returns])
+    rows = report_rows(tmp_path)
+    table, _ = report.aggregate_table(rows, repetitions=200)
+    scores = np.array(returns)[:, None]
+    assert table[0]["return_iqm"] == pytest.approx(3.5)
+    assert table[0]["return_iqm"] == pytest.approx(metrics.aggregate_iqm(scores))
+    assert table[0]["ci_low"] <= 3.5 <= table[0]["ci_high"] and np.mean(returns) == 15.125

@@ -159,10 +159,24 @@ def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
         path.with_suffix(".json").unlink()
     (target / "run" / "checkpoints" / "latest.json").unlink()
     stamps = {r.run_id: (r.directory / "status.json").stat().st_mtime_ns for r in done[1:]}
+    failed_stamps = {r.run_id: ((r.directory / "status.json").stat().st_mtime_ns,
+                                (r.directory / "worker.log").stat().st_size)
+                     for r in result.failed}
+    kept = int(checkpoints[0].stem.split("_")[1])
     again = run_sweep(load_spec(tmp_path / "spec.toml"), jobs=1, progress=False)
     assert again.count("done") == 4 and again.count("failed") == 4  # failed ones skipped
-    assert without_wall_time((target / "run" / "progress.csv").read_text()) == \
-        without_wall_time(before)
+    after = (target / "run" / "progress.csv").read_text()
+    assert without_wall_time(after) == without_wall_time(before)
+    # resumed from the checkpoint, not trained again from scratch: the rows up to it are the
+    # first attempt's, wall times included
+    def up_to_kept(text: str) -> list[str]:
+        return [row for row in text.splitlines()[1:] if int(row.split(",")[0]) <= kept]
+    assert up_to_kept(after) == up_to_kept(before) and up_to_kept(before)
+    # failed runs are not retried unless asked: their status and log are untouched
+    assert {r.run_id: ((r.directory / "status.json").stat().st_mtime_ns,
+                       (r.directory / "worker.log").stat().st_size)
+            for r in result.failed} == failed_stamps
+    assert not any((r.directory / "status.failed.json").exists() for r in result.failed)
     assert {r.run_id: (r.directory / "status.json").stat().st_mtime_ns
             for r in done[1:]} == stamps  # finished runs were not redone
     assert "failed" in json.loads((failed.directory / "status.json").read_text())["state"]
@@ -317,3 +331,61 @@ def test_slots_get_their_own_cpus_of_those_the_driver_may_use(monkeypatch):
     assert slot_cpus(5) == [(4,), (5,), (6,), (7,), (9,)]
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert slot_cpus(3) == [(0,), (1,), (0,)]  # more slots than CPUs: they share, in turn
+
+
+def test_workers_get_their_threads_and_devices_before_jax_and_no_preexec_fn(monkeypatch,
+                                                                            tmp_path):
+    """A worker's XLA devices and thread pools are fixed in its environment (read when its
+    JAX starts), a device count already set is replaced, and the driver starts it with a plain
+    fork-exec: no Python runs between fork and exec (``preexec_fn``) in a process whose JAX
+    threads may be running."""
+    from saferl.experiments import sweep as sweep_module
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=7 --xla_other=1")
+    env = sweep_module.worker_environment(2, (0, 1))
+    assert env["XLA_FLAGS"].split() == ["--xla_other=1",
+                                        "--xla_force_host_platform_device_count=2"]
+    assert [env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")] \
+        == ["2", "2", "2"]
+    assert env["SAFERL_WORKER_CPUS"] == "0,1" and env["SAFERL_SWEEP_DRIVER"] == str(os.getpid())
+
+    started = []
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            started.append(kwargs)
+            self.pid, self.returncode = 12345, 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Recorded)
+    monkeypatch.setattr(sweep_module, "_finish", lambda job, code: None)
+    sweep_module.run_local([sweep_module.Job(tmp_path, [])], 1, lambda: None)
+    assert len(started) == 1 and "preexec_fn" not in started[0]
+    assert started[0]["env"]["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count="
+                                                   f"{len(sweep_module.slot_cpus(1)[0])}")
+
+
+def test_a_conditioned_policy_is_evaluated_at_the_specs_thresholds(tmp_path):
+    """The evaluation stage of a threshold-conditioned run: ``episodes`` at each of the spec's
+    ``thresholds`` (not its behaviour thresholds), written as ``versatile.*`` into the run
+    directory; packed seeds each get their own."""
+    run_fields = {"env": "saferl/BallRun-v0", "num_envs": 4, "rollout_steps": 10,
+                  "steps": 400, "warmup_steps": 80, "batch_size": 32, "update_ratio": 0.5,
+                  "hidden_sizes": [16, 16]}
+    spec = write_spec(tmp_path, "out = \"out\"\n[axes]\nalgo = [\"vsac_lag\"]\nseed = [0, 1]\n"
+                      "[config]\n" + "\n".join(f"{k} = {json.dumps(v)}"
+                                               for k, v in run_fields.items())
+                      + "\n[evaluation]\nepisodes = 2\nthresholds = [10, 35]\n")
+    sweep = load_spec(spec)
+    result = run_sweep(sweep, progress=False)
+    assert result.count("done") == 2
+    for run in sweep.runs:
+        run_dir = sweep.out / "runs" / run.run_id / "run"
+        record = json.loads((run_dir / "versatile.json").read_text())
+        assert record["thresholds"] == [[10.0], [35.0]] and record["episodes"] == 2
+        assert record["seeds"] == [run.config.run.seed] and record["deterministic"] is True
+        assert [row["threshold_0"] for row in record["table"]] == [10.0, 35.0]
+        assert (run_dir / "versatile.csv").is_file() and (run_dir / "versatile.png").is_file()
+        assert not (run_dir / "eval.json").exists()

@@ -158,3 +158,12 @@ def test_the_ray_backend_without_a_cluster_is_one_sentence(tmp_path, capsys):
     assert main(["sweep", str(spec), "--backend", "ray", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not connect to the Ray cluster at '127.0.0.1:1'" in err[0]
+
+
+def test_the_ray_backend_without_ray_installed_is_one_sentence(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if saferl[ray] were not installed
+    spec = write_spec(tmp_path, SPEC)
+    assert main(["sweep", str(spec), "--backend", "ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'saferl[ray]'" in err[0], err
+    assert not (load_spec(spec).out / "runs").exists()  # refused before anything was written

@@ -11,7 +11,8 @@ worker
    an interrupted one;
 3. runs the evaluation stage (``eval.json``, or ``versatile.*`` for a conditioned policy at the
    spec's thresholds);
-4. writes ``RUN_DIR/status.json``: ``done``, or ``failed`` with the error and the log's tail.
+4. writes ``RUN_DIR/status.json``: ``done``, or ``failed`` with the error and its traceback
+   (``RUN_DIR/worker.log`` holds the whole output).
 
 A worker killed mid-run (SIGKILL, a lost node) leaves no status: the next ``saferl sweep``
 resumes it from its checkpoint. Given a pack's directory (``pack.json``: runs trained together,
