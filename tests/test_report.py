@@ -167,9 +167,18 @@ def test_curves_lines_are_the_means_of_the_logged_episodes(runs, tmp_path, saved
     # Seeds 0, 1 (run a) and 2 (run b) at every iteration: mean of the three returns.
     expected = [np.mean([t, 10 + t, 5 if t < 6 else 9]) for t in range(7)]
     np.testing.assert_allclose(line.get_ydata(), expected)
+    # the band is mean ± the population std of the same three seeds
+    seeds = np.array([[t, 10 + t, 5 if t < 6 else 9] for t in range(7)])
+    band = ret_ax.collections[ret_ax.lines.index(line)].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx((seeds.mean(1) - seeds.std(1)).min())
+    assert band.max() == pytest.approx((seeds.mean(1) + seeds.std(1)).max())
     cost_ax = saved_figures[-1].axes[1]
     dashed = [l for l in cost_ax.lines if l.get_linestyle() == "--"]
     assert dashed and all(l.get_ydata()[0] == 10.0 for l in dashed)
+    # the cost line is drawn like the return line (no smoothing of one and not the other)
+    cost = next(l for l in cost_ax.lines if l.get_label() == line.get_label())
+    np.testing.assert_allclose(cost.get_ydata(), [np.mean([20, 30, 1]) if t < 2 else
+                                                  np.mean([8, 12, 1]) for t in range(7)])
     assert math.isfinite(line.get_ydata()[-1])
     rate_ax = saved_figures[-1].axes[2]  # the logged training cost rate, 0.01 per iteration
     rate = next(l for l in rate_ax.lines if l.get_label() == line.get_label())

@@ -167,3 +167,40 @@ def test_the_ray_backend_without_ray_installed_is_one_sentence(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'saferl[ray]'" in err[0], err
     assert not (load_spec(spec).out / "runs").exists()  # refused before anything was written
+
+
+def test_after_a_driver_sigkill_the_rerun_redoes_nothing_finished_and_loses_nothing(tmp_path):
+    """One job at a time: a short run finishes, a long one has checkpointed when the driver is
+    killed. The rerun leaves the finished run as it was (status untouched) and resumes the
+    other: its rows up to the checkpoint are the first attempt's, wall times included."""
+    tiny = "\n".join(line for line in SPEC.split("[config]\n")[1].split("[evaluation]")[0]
+                     .splitlines() if not line.startswith("steps"))
+    text = (f'out = "out"\n[config]\n{tiny}\n'
+            '[[grid]]\naxes = { algo = ["ppo_lag"], seed = [0], cost_limit = [5] }\n'
+            'config = { steps = 800 }\n'
+            '[[grid]]\naxes = { algo = ["ppo_lag"], seed = [0], cost_limit = [50] }\n'
+            'config = { steps = 40000 }\n')
+    spec = write_spec(tmp_path, text)
+    sweep = load_spec(spec)
+    short, long = (sweep.out / "runs" / r.run_id for r in sweep.runs)
+    driver = subprocess.Popen(saferl_command("sweep", str(spec), "--jobs", "1",
+                                             "--pack-size", "1"),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    wait_for_checkpoint(long, "run/checkpoints/iter_*.msgpack", driver)
+    assert json.loads((short / "status.json").read_text())["state"] == "done"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)  # the worker dies with its driver
+    stamp = (short / "status.json").stat().st_mtime_ns
+    checkpoint = saferl.runs.RunDirectory(long / "run").latest_checkpoint()
+    kept = int(checkpoint.split("_")[1])
+    before = [row for row in (long / "run" / "progress.csv").read_text().splitlines()[1:]
+              if int(row.split(",")[0]) <= kept]
+    assert before and not (long / "status.json").exists()
+    assert main(["sweep", str(spec), "--jobs", "1", "--pack-size", "1"]) == 0
+    assert (short / "status.json").stat().st_mtime_ns == stamp  # not redone
+    after = (long / "run" / "progress.csv").read_text().splitlines()[1:]
+    assert after[:len(before)] == before  # nothing lost, nothing recomputed
+    assert int(after[-1].split(",")[0]) == sweep.runs[1].config.run.iterations
+    assert "resuming" in (long / "worker.log").read_text()
