@@ -47,6 +47,24 @@ def test_the_speed_is_the_recent_one_not_the_warm_up_s(tmp_path):
     assert remaining([job], slots=1) == (pytest.approx(200.0), 0)  # 2,000 steps left
 
 
+def test_one_iteration_across_a_pause_does_not_set_the_speed(tmp_path):
+    """A suspended laptop (or a stopped worker) makes one iteration last an hour; the median
+    over the recent iterations keeps the speed they really ran at."""
+    rows, wall = [], 0.0
+    for i in range(1, 21):  # 100 steps an iteration at 2 s, except iteration 15: 3,600 s
+        wall += 3600.0 if i == 15 else 2.0
+        rows += [f"{i},{100 * i},{wall},{seed},1.0" for seed in (0, 1)]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "progress.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    (tmp_path / "pack.json").write_text(json.dumps(
+        {"algo": "ccpo", "config": {"run": {"steps": 4000}}}))
+    job = job_work(tmp_path, 2, "running")
+    assert job.rate == pytest.approx(0.02)  # 2 s per 100 steps
+    assert remaining([job], slots=1) == (pytest.approx(40.0), 0)  # 2,000 steps left
+    # the mean since the halfway row would have said (3,638 - 20) / 1,000 s per step
+    assert (job.wall - job.since_wall) / (job.steps - job.since_steps) > 3.0
+
+
 def test_remaining_time_by_hand():
     work = [
         JobWork("sac_lag", 5, 1000, "running", steps=250, wall=100.0),  # 0.4 s/step: 300 left

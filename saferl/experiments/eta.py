@@ -5,8 +5,10 @@ Every worker process (a run, or a pack of runs trained together) writes its trai
 member and the training wall time so far (carried over a resume). From those rows:
 
 * a **running** job that has logged an iteration has ``(total − steps)`` steps left at its
-  recent speed: seconds per step over the second half of its rows so far (the first half
-  holds an off-policy run's warm-up, whose steps cost far less than the ones after it);
+  recent speed: the median seconds per step of its iterations in the second half of its rows
+  so far (the first half holds an off-policy run's warm-up, whose steps cost far less than the
+  ones after it; the median, because one iteration that spanned a suspended laptop or a
+  stopped process would otherwise set the speed for hours), read from the file's last 64 KB;
 * a job **not yet started** takes as long per step as the jobs seen so far with the same
   algorithm and the same number of runs in the process (running or done; their recent
   seconds per step, averaged); one with no such job yet cannot be estimated, and is counted
@@ -23,7 +25,9 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import itertools
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +46,15 @@ class JobWork:
     wall: float = 0.0  # training wall seconds at that row
     since_steps: int = 0  # an earlier row, about halfway through the file: the speed is
     since_wall: float = 0.0  # measured from there (off-policy warm-up steps are far cheaper)
+    step_seconds: float | None = None  # the median seconds per step of the iterations since
 
     @property
     def rate(self) -> float | None:
-        """Training seconds per environment step lately (``None`` before any row): over the
-        rows since ``since_steps``, or over all of them when there is no earlier row."""
+        """Training seconds per environment step lately (``None`` before any row): the median
+        over the iterations since ``since_steps`` when known, else the mean over the rows since
+        then, or over all of them when there is no earlier row."""
+        if self.step_seconds is not None:
+            return self.step_seconds
         if self.steps > self.since_steps > 0 and self.wall > self.since_wall:
             return (self.wall - self.since_wall) / (self.steps - self.since_steps)
         return self.wall / self.steps if self.steps > 0 and self.wall > 0 else None
@@ -67,6 +75,29 @@ def progress_points(path: Path) -> tuple[tuple[int, float], tuple[int, float]] |
     last complete row, reading two small pieces of the file whatever its size (``None``
     when it is missing or holds no complete row). The two are the same row when the file is
     too short to have a middle."""
+    seen = _progress_pieces(path)
+    return None if seen is None else seen[:2]
+
+
+def step_seconds(path: Path) -> float | None:
+    """The median seconds per environment step of the iterations logged in a
+    ``progress.csv``'s last 64 KB after its halfway row (``None`` with fewer than one such
+    iteration). Rows of one iteration (one per member) count once."""
+    seen = _progress_pieces(path)
+    if seen is None:
+        return None
+    (since, _), _, tail = seen
+    points = sorted({point for point in tail if point[0] >= since})
+    rates = [(b_wall - a_wall) / (b_steps - a_steps)
+             for (a_steps, a_wall), (b_steps, b_wall) in itertools.pairwise(points)
+             if b_steps > a_steps and b_wall >= a_wall]
+    return statistics.median(rates) if rates else None
+
+
+def _progress_pieces(path: Path) -> tuple[tuple[int, float], tuple[int, float],
+                                          list[tuple[int, float]]] | None:
+    """The halfway row, the last complete row and every complete row of the last 64 KB of a
+    ``progress.csv``, each as ``(env_steps, wall_time)`` (see :func:`progress_points`)."""
     try:
         with path.open("rb") as handle:
             header = handle.readline().decode()
@@ -82,11 +113,12 @@ def progress_points(path: Path) -> tuple[tuple[int, float], tuple[int, float]] |
     columns = next(csv.reader(io.StringIO(header)), [])
     if "env_steps" not in columns or "wall_time" not in columns:
         return None
-    last = next((point for line in reversed(tail) if (point := _row(line, columns))), None)
-    if last is None:
+    rows = [point for line in tail if (point := _row(line, columns))]
+    if not rows:
         return None
+    last = rows[-1]
     half = _row(middle, columns)
-    return (half if half is not None and half[0] < last[0] else last), last
+    return (half if half is not None and half[0] < last[0] else last), last, rows
 
 
 def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
@@ -103,11 +135,13 @@ def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
         algo, total = str(description["algo"]), int(description["config"]["run"]["steps"])
     except (TypeError, KeyError, ValueError):
         return None
-    seen = progress_points(directory / "run" / "progress.csv") if state != "pending" else None
+    path = directory / "run" / "progress.csv"
+    seen = progress_points(path) if state != "pending" else None
     if seen is None:
         return JobWork(algo, runs, total, state)
     (since_steps, since_wall), (steps, wall) = seen
-    return JobWork(algo, runs, total, state, steps, wall, since_steps, since_wall)
+    return JobWork(algo, runs, total, state, steps, wall, since_steps, since_wall,
+                   step_seconds(path))
 
 
 def remaining(work: Sequence[JobWork], slots: int) -> tuple[float, int]:
