@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -31,17 +32,23 @@ def test_the_last_progress_row_skips_one_being_written(tmp_path):
     assert progress_points(path) is None
 
 
+def two_seed_job(folder: Path, walls: list[float], algo: str, steps: int) -> JobWork:
+    """A running pack of two seeds whose iteration ``i`` (100 steps each) ended at
+    ``walls[i - 1]`` seconds of training."""
+    rows = [f"{i},{100 * i},{wall},{seed},1.0" for i, wall in enumerate(walls, 1)
+            for seed in (0, 1)]
+    (folder / "run").mkdir()
+    (folder / "run" / "progress.csv").write_text(HEADER + "\n".join(rows) + "\n")
+    (folder / "pack.json").write_text(json.dumps(
+        {"algo": algo, "config": {"run": {"steps": steps}}}))
+    return job_work(folder, 2, "running")
+
+
 def test_the_speed_is_the_recent_one_not_the_warm_up_s(tmp_path):
     """Off-policy warm-up steps cost almost nothing; the speed after them is what is left."""
-    rows = []
-    for i in range(1, 11):  # 100 steps an iteration: 1 s each for 5, then 10 s each
-        wall = i if i <= 5 else 5 + 10 * (i - 5)
-        rows += [f"{i},{100 * i},{wall}.0,{seed},1.0" for seed in (0, 1)]
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "progress.csv").write_text(HEADER + "\n".join(rows) + "\n")
-    (tmp_path / "pack.json").write_text(json.dumps(
-        {"algo": "cvpo", "config": {"run": {"steps": 3000}}}))
-    job = job_work(tmp_path, 2, "running")
+    # 100 steps an iteration: 1 s each for 5, then 10 s each
+    job = two_seed_job(tmp_path, [float(i if i <= 5 else 5 + 10 * (i - 5))
+                                  for i in range(1, 11)], "cvpo", 3000)
     assert (job.steps, job.wall) == (1000, 55.0)
     assert job.rate == pytest.approx(0.1)  # 10 s per 100 steps; over all rows: 0.055
     assert remaining([job], slots=1) == (pytest.approx(200.0), 0)  # 2,000 steps left
@@ -50,15 +57,9 @@ def test_the_speed_is_the_recent_one_not_the_warm_up_s(tmp_path):
 def test_one_iteration_across_a_pause_does_not_set_the_speed(tmp_path):
     """A suspended laptop (or a stopped worker) makes one iteration last an hour; the median
     over the recent iterations keeps the speed they really ran at."""
-    rows, wall = [], 0.0
-    for i in range(1, 21):  # 100 steps an iteration at 2 s, except iteration 15: 3,600 s
-        wall += 3600.0 if i == 15 else 2.0
-        rows += [f"{i},{100 * i},{wall},{seed},1.0" for seed in (0, 1)]
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "progress.csv").write_text(HEADER + "\n".join(rows) + "\n")
-    (tmp_path / "pack.json").write_text(json.dumps(
-        {"algo": "ccpo", "config": {"run": {"steps": 4000}}}))
-    job = job_work(tmp_path, 2, "running")
+    # 100 steps an iteration at 2 s, except iteration 15: 3,600 s
+    job = two_seed_job(tmp_path, list(itertools.accumulate(
+        3600.0 if i == 15 else 2.0 for i in range(1, 21))), "ccpo", 4000)
     assert job.rate == pytest.approx(0.02)  # 2 s per 100 steps
     assert remaining([job], slots=1) == (pytest.approx(40.0), 0)  # 2,000 steps left
     # the mean since the halfway row would have said (3,638 - 20) / 1,000 s per step
