@@ -269,14 +269,55 @@ class RunDirectory:
                     flush_secs=10, filename_suffix=f".{time.time_ns()}")
         return self._writers[name]
 
-    def read_progress(self) -> list[dict[str, float]]:
-        """All rows of ``progress.csv`` as dicts of floats (NaN where empty)."""
+    def _progress_rows(self) -> tuple[list[str], list[tuple[int, list[str]]]]:
+        """``progress.csv``'s header and its complete rows with their line numbers.
+
+        A last line without its newline (a process killed while writing it, a full disk) is an
+        unfinished row and is left out; any other row whose field count differs from the
+        header's makes the file damaged.
+
+        Raises:
+            RunDirectoryError: A row in the middle is cut or has extra fields (one sentence
+                naming the file and the line).
+        """
         path = self.path / "progress.csv"
         if not path.is_file():
-            return []
-        with path.open() as handle:
-            return [{k: float(v) if v not in ("", "nan") else math.nan for k, v in row.items()}
-                    for row in csv.DictReader(handle)]
+            return [], []
+        text = path.read_text(errors="replace")
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines = lines[:-1]  # unfinished: written again when its iteration is redone
+        if not lines:
+            return [], []
+        rows = list(csv.reader(lines))
+        header = rows[0]
+        for number, row in enumerate(rows[1:], start=2):
+            if len(row) != len(header):
+                raise RunDirectoryError(
+                    f"progress file {str(path)!r} is damaged at line {number}: {len(row)} "
+                    f"fields where its header has {len(header)}.")
+        return header, list(enumerate(rows[1:], start=2))
+
+    def read_progress(self) -> list[dict[str, float]]:
+        """All complete rows of ``progress.csv`` as dicts of floats (NaN where empty).
+
+        Raises:
+            RunDirectoryError: The file is damaged: a row cut in the middle of the file, or a
+                value that is not a number (one sentence naming the line and the column).
+        """
+        header, rows = self._progress_rows()
+        out = []
+        for number, row in rows:
+            values = {}
+            for name, value in zip(header, row, strict=True):
+                try:
+                    values[name] = float(value) if value not in ("", "nan") else math.nan
+                except ValueError:
+                    raise RunDirectoryError(
+                        f"progress file {str(self.path / 'progress.csv')!r} is damaged at line "
+                        f"{number}, column {name!r}: {value!r} is not a number.") from None
+            out.append(values)
+        return out
 
     def truncate_progress(self, iteration: int, env_steps: int, seeds: Sequence[int],
                           limits: Sequence[Sequence[float]] | None = None) -> None:
@@ -284,11 +325,10 @@ class RunDirectory:
         members as :meth:`log` names them)."""
         path = self.path / "progress.csv"
         if path.is_file():
-            with path.open() as handle:
-                rows = list(csv.reader(handle))
-            kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= iteration]
+            header, rows = self._progress_rows()
+            kept = [row for _, row in rows if row[0].isdigit() and int(row[0]) <= iteration]
             with path.open("w", newline="") as handle:
-                csv.writer(handle).writerows(kept)
+                csv.writer(handle).writerows([header, *kept] if header else [])
         for index, seed in enumerate(seeds):
             self._writer(_tb_name(seed, None if limits is None else limits[index]),
                          purge_step=env_steps + 1)

@@ -380,6 +380,8 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
         notes.append(f"{path} has no checkpoint yet: training from scratch.")
         directory.truncate_progress(0, 0, *member_columns(config))
         return _loop(entry, config, spec, task, envs, directory, None, progress, callback, notes)
+    if checkpoint is None:
+        checkpoint = _logged_checkpoint(directory, notes)
     damaged: list[str] = []
     record, entry, config, spec, states, meta = restore_states(
         path, checkpoint, on_damaged=damaged.append)
@@ -402,6 +404,22 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
                  f"{config.run.iterations * batch:,} per seed); {redone}.")
     return _loop(entry, config, spec, task, envs, directory, (states, meta), progress,
                  callback, notes)
+
+
+def _logged_checkpoint(directory: RunDirectory, notes: list[str]) -> str | None:
+    """The checkpoint to resume from when ``progress.csv`` ends before the newest one (its
+    last rows lost after the run, e.g. a file cut short): the newest at or before the last
+    logged iteration, so that no iteration goes unlogged; ``None`` (the newest) otherwise."""
+    names = directory.checkpoint_names()  # newest first
+    logged = max((int(r["iteration"]) for r in directory.read_progress()), default=0)
+    if not names or int(names[0].split("_")[1]) <= logged:
+        return None
+    earlier = [n for n in names if int(n.split("_")[1]) <= logged]
+    if not earlier:
+        return None
+    notes.append(f"progress.csv ends at iteration {logged}, before checkpoint {names[0]}: "
+                 f"resuming from {earlier[0]} so that every iteration is logged.")
+    return earlier[0]
 
 
 def _extend(path: Path, config: Any, steps: int | None, iteration: int) -> Any:

@@ -438,3 +438,31 @@ def test_a_run_directory_in_use_turns_a_second_process_away(runs, tmp_path, caps
         assert [p.name for p in empty.iterdir()] == [".lock"]
     finally:
         held.close()
+
+
+def test_a_progress_row_cut_short_is_redone_and_a_garbled_one_is_named(runs, tmp_path, capsys):
+    """A kill or a full disk while progress.csv's last row is written leaves it cut short:
+    resume drops it and redoes its iteration, and report reads the rest (both crashed with a
+    traceback). A value that is not a number is one sentence naming the line and column."""
+    run = tmp_path / "cut"
+    shutil.copytree(runs["three"], run)
+    text = (run / "progress.csv").read_bytes()
+    (run / "progress.csv").write_bytes(text[:-20])  # the last row without its end
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 2  # unfinished now
+    assert "holds no finished run directory" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--steps", "3200"]) == 0
+    assert numbers(run) == numbers(runs["four"])
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert "every iteration is logged" in capsys.readouterr().err
+
+    garbled = tmp_path / "garbled"
+    shutil.copytree(runs["three"], garbled)
+    lines = (garbled / "progress.csv").read_text().splitlines()
+    header, second = lines[0].split(","), lines[2].split(",")
+    second[header.index("rollout/ep_return")] = "-@@#xx"
+    lines[2] = ",".join(second)
+    (garbled / "progress.csv").write_text("\n".join(lines) + "\n")
+    assert main(["report", str(garbled), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "progress.csv' is damaged at line 3, column " \
+        "'rollout/ep_return': '-@@#xx' is not a number." in err, err
