@@ -471,6 +471,11 @@ def _loop(entry: Algorithm, config: Any, spec: EnvSpec, task: NativeTask | None,
         display.note(f"steps {config.run.steps:,} is not a whole number of iterations of "
                      f"{batch:,} steps (num_envs × rollout_steps): training {total * batch:,} "
                      f"steps per seed ({total} iterations).")
+    warmup = getattr(config.run, "warmup_iterations", None)
+    if resumed is None and warmup is not None and warmup >= total:
+        display.note(f"steps {total * batch:,} per seed are all random warm-up (warmup_steps "
+                     f"{config.run.warmup_steps:,}): this run will not learn; give more steps "
+                     f"or a smaller --warmup-steps.")
     limit = spec.max_episode_steps
     if (resumed is None and entry.family == "on_policy" and entry.constrained and limit
             and config.run.rollout_steps % limit):

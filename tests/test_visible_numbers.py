@@ -213,3 +213,16 @@ def test_a_grid_of_limits_is_shown_per_limit(tmp_path):
     assert summary["per_seed"]["1@20"]["rollout/ep_return"] == pytest.approx((3 + 6) / 2)
     assert summary["constraints_satisfied"] is False  # seed 1 at 20: cost 30 > 20
     assert summary["member_limits"]["0@40"] == [40.0]
+
+
+def test_a_run_that_is_all_warm_up_says_it_will_not_learn(tmp_path, capsys):
+    # saferl train sac_lag --steps 3000 with the default 5,000 warm-up steps used to print a
+    # summary and verdicts as if it had trained
+    flags = ["train", "sac_lag", "--env", "saferl/BallRun-v0", "--num-envs", "4",
+             "--rollout-steps", "10", "--steps", "400", "--hidden-sizes", "16", "16",
+             "--batch-size", "32", "--eval-episodes", "0"]
+    assert main([*flags, "--run-dir", str(tmp_path / "a")]) == 0
+    assert ("steps 400 per seed are all random warm-up (warmup_steps 5,000): this run will "
+            "not learn") in capsys.readouterr().err
+    assert main([*flags, "--warmup-steps", "80", "--run-dir", str(tmp_path / "b")]) == 0
+    assert "warm-up" not in capsys.readouterr().err
