@@ -63,6 +63,11 @@ modes = ["deterministic"]
     ("[axes]\nalgo = ['ccpo']\nlimits = [[20, 40]]", "leave limits out"),
     ("[axes]\nalgo = ['ppo_lag']\n[evaluation]\nmodes = ['greedy']", "evaluation.modes must"),
     ("[axes]\nseed = [0]", "no algorithm"),
+    # checked at planning, not first in the worker
+    ("[axes]\nalgo = ['ppo_lag']\n[config]\nenv = 'saferl/BalRun-v0'",
+     "Unknown environment id 'saferl/BalRun-v0'; did you mean 'saferl/BallRun-v0'"),
+    ("[axes]\nalgo = ['ppo_lag']\n[config]\nenv = 'saferl/BallRun-v0'\nenv_kwargs = {nope = 1}",
+     "env_kwargs key 'nope' is not a parameter of 'saferl/BallRun-v0'"),
 ])
 def test_bad_specs_are_one_sentence_before_anything_runs(tmp_path, text, message):
     path = write_spec(tmp_path, text)
@@ -127,7 +132,7 @@ def test_overlapped_collection_names_another_run_and_the_default_keeps_its_name(
 def test_skip_done_resume_interrupted_isolate_and_retry_failed(tmp_path):
     text = SPEC.replace('env = "saferl/BallRun-v0"\n', '').replace(
         'cost_limit = [5, 50]', 'cost_limit = [5, 50]\nenv = '
-        '["saferl/BallRun-v0", "saferl/NoSuchTask-v0"]')
+        '["saferl/BallRun-v0", "saferl_no_such_module:NoSuchTask-v0"]')  # fails in the worker
     sweep = load_spec(write_spec(tmp_path, text))
     assert len(sweep.runs) == 8
     result = run_sweep(sweep, jobs=2, progress=False, pack_size=1)

@@ -91,6 +91,27 @@ def time_limit(env_id: str, env_kwargs: dict[str, Any] | None = None) -> int | N
     return None
 
 
+def check_env_id(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+    """Refuse, without building anything heavy, an id no backend could know: a native id not
+    among the native tasks (or ``env_kwargs`` its task refuses), a Bullet-style id of no Bullet
+    task, or a plain id gymnasium has not registered. Ids of a module (``pkg.mod:Name``) and
+    Safety-Gymnasium ids are left to :func:`make_local`, which imports them.
+
+    Raises:
+        UnknownEnvError: The id is unknown (the message suggests the nearest ids).
+        EnvError: A native task refuses ``env_kwargs`` (its own sentence).
+    """
+    if env_id in NATIVE_TASKS:
+        make_task(env_id, **(env_kwargs or {}))
+        return
+    if env_id.startswith("saferl/"):
+        raise unknown_env(env_id)
+    if (BULLET_ID.match(env_id) or ":" in env_id or is_safety_gymnasium_id(env_id)
+            or env_id in gymnasium.registry):
+        return
+    raise unknown_env(env_id)
+
+
 def unknown_env(env_id: str) -> UnknownEnvError:
     """The error for an id no backend knows, suggesting the nearest known ids."""
     candidates = list(list_envs())

@@ -200,6 +200,8 @@ def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:
             the axis values that led to it).
     """
     from saferl.algos.registry import get_algorithm
+    from saferl.envs.core import EnvError
+    from saferl.envs.resolve import check_env_id
     from saferl.training import build_config, check_grid
 
     algo = values.get("algo", fixed.get("algo"))
@@ -214,7 +216,8 @@ def plan_run(values: dict[str, Any], fixed: dict[str, Any]) -> PlannedRun:
     try:
         config = build_config(algo, overrides=overrides)
         check_grid(get_algorithm(algo), config)
-    except (ConfigError, ValueError, TypeError) as error:
+        check_env_id(config.run.env, config.run.env_kwargs)  # not only in the worker
+    except (ConfigError, EnvError, ValueError, TypeError) as error:
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
         raise SpecError(f"the run {shown} is not a valid {algo} configuration: "
                         f"{str(error).rstrip('.')}.") from None
