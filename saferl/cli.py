@@ -318,7 +318,7 @@ class EvalArgs:
 def _eval(args: list[str]) -> int:
     from saferl.evaluation import check_video_path, evaluate, evaluate_policies, write_evaluation
     from saferl.policy import Policy, deployed_members, member_index
-    from saferl.progress import PipeSafeConsole, print_evaluation
+    from saferl.progress import print_evaluation, wide_console
     from saferl.runs import checkpoint_name, restore_states
 
     opts = _parse(EvalArgs, args, "saferl eval", EvalArgs.__doc__ or "")
@@ -365,7 +365,7 @@ def _eval(args: list[str]) -> int:
         return _eval_versatile(opts, policies, f"{entry.name} on {spec.id}")
     record = evaluate_policies(policies, episodes=opts.episodes, seed=opts.env_seed)
     record["checkpoint"] = checkpoint_name(info["iteration"])
-    console = PipeSafeConsole()
+    console = wide_console()
     console.print(f"{entry.name} on {spec.id}, checkpoint of iteration {info['iteration']}",
                   highlight=False)
     print_evaluation(record, spec.cost_names, tuple(config.run.cost_limit), console)
@@ -380,7 +380,7 @@ def _eval(args: list[str]) -> int:
 
 def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     """``saferl eval RUN --thresholds …``: the versatile evaluation of a conditioned run."""
-    from saferl.progress import PipeSafeConsole, print_versatile
+    from saferl.progress import print_versatile, wide_console
     from saferl.versatile import evaluate_versatile, write_versatile
 
     if policies[0].conditioning is None:
@@ -413,7 +413,7 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
                                     seed=opts.env_seed)
     except ValueError as error:
         return _error(str(error).replace("thresholds must", "--thresholds must", 1))
-    console = PipeSafeConsole()
+    console = wide_console()
     console.print(f"{title}, checkpoint of iteration {policies[0].info['iteration']}",
                   highlight=False)
     print_versatile(result.record(), console)

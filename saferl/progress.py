@@ -235,7 +235,14 @@ class ProgressDisplay:
 
 def stderr_console() -> Console:
     """A console on stderr; off a terminal wide enough that tables keep one line per row."""
-    console = PipeSafeConsole(stderr=True)
+    return wide_console(stderr=True)
+
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console on stdout (or stderr); off a terminal (a file, a pipe) 160 columns wide, so
+    that tables keep one line per row instead of rich's default 80 (``saferl eval > file``
+    split ``42.30 ±`` from ``29.76``)."""
+    console = PipeSafeConsole(stderr=stderr)
     if not console.is_terminal:
         console.width = max(console.width, 160)
     return console

@@ -226,3 +226,22 @@ def test_a_run_that_is_all_warm_up_says_it_will_not_learn(tmp_path, capsys):
             "not learn") in capsys.readouterr().err
     assert main([*flags, "--warmup-steps", "80", "--run-dir", str(tmp_path / "b")]) == 0
     assert "warm-up" not in capsys.readouterr().err
+
+
+def test_saferl_eval_tables_keep_one_line_per_row_in_a_file(capsys):
+    """``saferl eval RUN > file`` printed through rich's default 80 columns, which split a
+    two-constraint table's ``42.30 ±`` from ``29.76``; its console is as wide as train's."""
+    from saferl.progress import wide_console
+
+    figures = {"return_mean": 42.3, "return_std": 29.76}
+    for i in range(2):
+        figures.update({f"cost_{i}_mean": 12.25, f"cost_{i}_std": 3.5,
+                        f"cost_{i}_over_share": 0.5, f"cost_{i}_within": False})
+    record = {"episodes": 5, "env_seed": 0,
+              "per_seed": {"0": {"deterministic": figures, "stochastic": figures}}}
+    console = wide_console()  # stdout, which capsys makes a non-terminal, as a file is
+    assert console.width >= 160
+    print_evaluation(record, ("cost_outside", "cost_speed"), (10.0, 5.0), console=console)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and all(row.count("12.25 ± 3.50") == 2 and "42.30 ± 29.76" in row
+                                  for row in rows), rows
