@@ -315,6 +315,9 @@ def test_unfinished_runs_are_left_out_and_listed(tmp_path):
     spi = build_config("ppo_lag", overrides={"run": {"seeds": [1]}}).run.steps_per_iteration
     assert report.unfinished(early) == report.Unfinished(early, 3, 7, spi)
     assert report.unfinished(done) is None
+    broken = synthetic_run(sweep / "runs" / "r4" / "run", "ppo_lag", [2], returns=[[5] * 7],
+                           costs=[[1] * 7])
+    (broken / "config.json").write_text("{not json")  # one damaged run: the others go on
     (sweep / "sweep.json").write_text(json.dumps({"runs": {
         name: {"directory": str(sweep / "runs" / name), "state": state}
         for name, state in (("r1", "done"), ("r2", "running"), ("r3", "pending"))}}))
@@ -322,6 +325,8 @@ def test_unfinished_runs_are_left_out_and_listed(tmp_path):
     final = read_csv(tmp_path / "out" / "tables" / "final.csv")
     assert [(row["seeds"], row["train_return_mean"]) for row in final] == [("1", "5.0")]
     assert "1 unfinished run directory is left out" in text
+    assert "1 damaged run directory is left out" in text
+    assert f"- `{broken}`: configuration file '{broken / 'config.json'}' is damaged" in text
     assert (f"- `{early}`: 3 of 7 iterations ({3 * spi:,} of {7 * spi:,} steps per seed)"
             in text)
     assert (f"Sweep `{sweep}`: 1 of its 3 runs are in this report; the others are not "

@@ -667,14 +667,28 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
 
     out = Path(out)
     runs = find_runs(paths)
-    left_out = [u for u in map(unfinished, runs) if u is not None]
-    skipped = {u.run_dir for u in left_out}
-    finished = [run for run in runs if run not in skipped]
+    left_out: list[Unfinished] = []
+    damaged: dict[Path, str] = {}  # a damaged run is named and left out; the others go on
+    members: list[MemberFigures] = []
+    finished: list[Path] = []
+    for run in runs:
+        try:
+            late = unfinished(run)
+            if late is None:
+                members += read_members(run)
+                finished.append(run)
+            else:
+                left_out.append(late)
+        except (ValueError, FileNotFoundError) as error:  # RunDirectoryError is a ValueError
+            damaged[run] = str(error)
     if not finished:
         shown = ", ".join(repr(str(p)) for p in paths)
+        if not left_out:
+            raise FileNotFoundError(next(iter(damaged.values())) if len(damaged) == 1 else
+                                    f"{shown} holds no readable run directory: every one is "
+                                    f"damaged, e.g. {next(iter(damaged.values()))}")
         raise FileNotFoundError(f"{shown} holds no finished run directory ({len(left_out)} "
                                 f"still training or interrupted, e.g. {left_out[0].text()}).")
-    members = [m for run in finished for m in read_members(run)]
     rows = group(members)
     num_costs = max((sum(1 for k in m.train if k.startswith("cost_") and "rate" not in k)
                      for m in members), default=1)
@@ -686,7 +700,10 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
              f"{len({m.run_dir for m in members})} run directories, {len(members)} trained "
              f"policies." + (f" {len(left_out)} unfinished run director"
                              f"{'ies are' if len(left_out) != 1 else 'y is'} left out (see the "
-                             f"end)." if left_out else ""), "",
+                             f"end)." if left_out else "")
+             + (f" {len(damaged)} damaged run director"
+                f"{'ies are' if len(damaged) != 1 else 'y is'} left out (see the end)."
+                if damaged else ""), "",
              *[line + "\n" for line in sweep_coverage(paths, set(finished))],
              "## Final figures", "",
              f"**train_***: the stochastic policy's training batches, mean of the last {LAST} "
@@ -723,10 +740,15 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
         threshold = versatile_figure(rows, env, figures / f"versatile_{stem}.png")
         if threshold is not None:
             lines += [f"![{env} against the threshold](figures/{threshold.name})", ""]
+    if left_out or damaged:
+        lines += ["## Not in this report", ""]
     if left_out:
-        lines += ["## Not in this report", "", "Unfinished runs (still training, or "
-                  "interrupted: `saferl train --resume` or the sweep's command finishes them):",
-                  "", *[f"- {u.text()}" for u in left_out], ""]
+        lines += ["Unfinished runs (still training, or interrupted: `saferl train --resume` or "
+                  "the sweep's command finishes them):", "",
+                  *[f"- {u.text()}" for u in left_out], ""]
+    if damaged:
+        lines += ["Damaged run directories (a file missing or unreadable):", "",
+                  *[f"- `{run}`: {reason}" for run, reason in damaged.items()], ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
