@@ -9,6 +9,7 @@ one. The sweep driver uses it without importing JAX.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,21 @@ def write_json(path: Path, payload: Any, default: Callable[[Any], Any] | None = 
     """Write ``payload`` as indented JSON to ``path`` atomically (see :func:`atomic_write`).
 
     ``default`` converts values JSON cannot hold (``str`` for paths); without it such a value
-    raises ``TypeError`` before anything is written.
+    raises ``TypeError`` before anything is written. A float that is not finite (an R-G with no
+    threshold outside the behaviour set) is written as ``null``: ``NaN`` is not JSON, and
+    strict parsers refuse the file.
     """
-    atomic_write(path, json.dumps(payload, indent=2, default=default).encode())
+    text = json.dumps(_finite(payload), indent=2, default=default, allow_nan=False)
+    atomic_write(path, text.encode())
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth of dicts, lists and tuples) as
+    ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -52,3 +52,17 @@ def test_the_sweep_driver_and_worker_modules_do_not_import_jax() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_value_that_is_not_finite_is_written_as_null(tmp_path: Path) -> None:
+    # versatile.json held a bare NaN (R-G with every threshold a behaviour one), which is not
+    # JSON: strict parsers refused the file
+    import numpy as np
+
+    path = tmp_path / "versatile.json"
+    files.write_json(path, {"R-G": {"mean": float("nan"), "std": np.float64("inf")},
+                            "table": [1.5, (float("-inf"), 2)]})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=pytest.fail) == {
+        "R-G": {"mean": None, "std": None}, "table": [1.5, [None, 2]]}

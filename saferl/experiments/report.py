@@ -190,7 +190,9 @@ def _attach_versatile(members: list[MemberFigures], record: dict[str, Any]) -> N
     for seed, figures in record.get("per_seed", {}).items():
         for member in members:
             if str(member.seed) == seed:
-                member.versatile = {k: float(v) for k, v in figures.items()}
+                # null: a metric with nothing to average (R-G with no new threshold)
+                member.versatile = {k: math.nan if v is None else float(v)
+                                    for k, v in figures.items()}
                 member.versatile_table = record.get("table")
 
 
