@@ -352,3 +352,15 @@ def test_the_aggregate_is_the_interquartile_mean_not_the_mean(tmp_path):
     assert table[0]["return_iqm"] == pytest.approx(3.5)
     assert table[0]["return_iqm"] == pytest.approx(metrics.aggregate_iqm(scores))
     assert table[0]["ci_low"] <= 3.5 <= table[0]["ci_high"] and np.mean(returns) == 15.125
+
+
+def test_a_seed_from_several_run_directories_is_pointed_out(tmp_path):
+    """Three copies of one seed-0 run are one row of "3 seeds"; the report says so."""
+    for name in ("a", "b", "c"):
+        synthetic_run(tmp_path / "runs" / name, "ppo_lag", [0], returns=[[5] * 7],
+                      costs=[[1] * 7])
+    synthetic_run(tmp_path / "runs" / "d", "ppo_lag", [1], returns=[[5] * 7], costs=[[1] * 7])
+    text = report.write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    warnings = [line for line in text.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "seed 0 comes from 3 run directories" in warnings[0]
+    assert all(f"`{tmp_path / 'runs' / n}`" in warnings[0] for n in "abc")

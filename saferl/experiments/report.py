@@ -244,6 +244,23 @@ def group(members: list[MemberFigures]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.env, r.algo, r.limit, r.differs))
 
 
+def repeated_seeds(rows: list[Row]) -> list[str]:
+    """One sentence per row in which a seed comes from more than one run directory (copies of
+    a run, or the same run trained twice): its figures count once per directory."""
+    notes = []
+    for row in rows:
+        where: dict[int, list[Path]] = {}
+        for member in row.members:
+            where.setdefault(member.seed, []).append(member.run_dir)
+        for seed, dirs in where.items():
+            if len(set(dirs)) > 1:
+                shown = ", ".join(f"`{d}`" for d in dict.fromkeys(dirs))
+                notes.append(f"**{row_label(row, with_limit=True)}**: seed {seed} comes from "
+                             f"{len(set(dirs))} run directories ({shown}); each counts as a "
+                             f"seed of its own in this row's figures.")
+    return notes
+
+
 def limit_label(row: Row) -> str:
     """The row's training limit, or ``conditioned`` for a policy trained on a mixture of
     behaviour thresholds."""
@@ -707,6 +724,7 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
                 f"{'ies are' if len(damaged) != 1 else 'y is'} left out (see the end)."
                 if damaged else ""), "",
              *[line + "\n" for line in sweep_coverage(paths, set(finished))],
+             *[f"Warning: {line}\n" for line in repeated_seeds(rows)],
              "## Final figures", "",
              f"**train_***: the stochastic policy's training batches, mean of the last {LAST} "
              "iterations with finished episodes; **eval_det** / **eval_sto**: the deployed "
