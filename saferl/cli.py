@@ -659,6 +659,10 @@ def _main(argv: list[str]) -> int:
     except (UnknownAlgorithmError, ConfigError, EnvError, MissingBackendError, ValueError,
             FileExistsError, FileNotFoundError, IndexError) as error:
         return _error(str(error))
+    except BrokenPipeError:  # `saferl train --help | head`: the reader has gone, say nothing
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a process ended by SIGPIPE
     except OSError as error:  # a file system refusal, e.g. the disk filled up mid-run
         where = f" {error.filename!r}" if error.filename else ""
         return _error(f"cannot write{where}: {(error.strerror or str(error)).lower()}.")

@@ -72,6 +72,7 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
         # names
         (["trian"], "Did you mean 'train'"),
         (["train", "ppo_lgs"], "Did you mean 'ppo_lag'"),
+        (["train", "PPO_LAG"], "Did you mean 'ppo_lag'"),  # names are lower case
         (["train", "ppo_lag", "--env", "SafetyBalCircle-v0"], "SafetyBallCircle-v0"),
         (["train", "ppo_lag", "--env", "native:BallCircle"],
          "Environment id 'native:BallCircle': no module named 'native' to import"),

@@ -149,3 +149,18 @@ def test_eval_out_writes_the_evaluation_that_evaluate_run_gives(tmp_path, capsys
     assert "with --thresholds the evaluation is written to RUN/versatile" in \
         capsys.readouterr().err
     assert json.loads(out.read_text()) == written  # bad input changed nothing
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """``saferl train ppo_lag --help | head -c 10``: the pipe closes under the help text; the
+    command stops with the shell's SIGPIPE status and no 'cannot write: broken pipe'."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [str(Path(sys.executable).parent / "saferl"), "train", "ppo_lag", "--help"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and len(process.stdout.read(10)) == 10
+    process.stdout.close()
+    err = process.communicate(timeout=60)[1].decode()
+    assert process.returncode == 141 and err == "", (process.returncode, err)

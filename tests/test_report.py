@@ -324,6 +324,7 @@ def test_unfinished_runs_are_left_out_and_listed(tmp_path):
     text = report.write_report([sweep], tmp_path / "out").read_text()
     final = read_csv(tmp_path / "out" / "tables" / "final.csv")
     assert [(row["seeds"], row["train_return_mean"]) for row in final] == [("1", "5.0")]
+    assert text.splitlines()[2].startswith("1 run directory, 1 trained policy. ")
     assert "1 unfinished run directory is left out" in text
     assert "1 damaged run directory is left out" in text
     assert f"- `{broken}`: configuration file '{broken / 'config.json'}' is damaged" in text

@@ -160,7 +160,7 @@ def get_algorithm(name: str) -> Algorithm:
     """Look up an algorithm, or raise :class:`UnknownAlgorithmError` naming the nearest match."""
     if name in ALGORITHMS:
         return ALGORITHMS[name]
-    close = difflib.get_close_matches(name, list(ALGORITHMS), n=1, cutoff=0.4)
+    close = difflib.get_close_matches(str(name).lower(), list(ALGORITHMS), n=1, cutoff=0.4)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownAlgorithmError(
         f"Unknown algorithm {name!r}.{hint} Valid algorithms: {', '.join(sorted(ALGORITHMS))}.")

@@ -244,6 +244,11 @@ def group(members: list[MemberFigures]) -> list[Row]:
     return sorted(rows, key=lambda r: (r.env, r.algo, r.limit, r.differs))
 
 
+def _count(count: int, stem: str, one: str, many: str) -> str:
+    """``1 run directory``, ``5 run directories``."""
+    return f"{count} {stem}{one if count == 1 else many}"
+
+
 def repeated_seeds(rows: list[Row]) -> list[str]:
     """One sentence per row in which a seed comes from more than one run directory (copies of
     a run, or the same run trained twice): its figures count once per directory."""
@@ -716,8 +721,9 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     final = final_table(rows, num_costs)
     write_table(final, tables, "final")
     lines = ["# saferl report", "",
-             f"{len({m.run_dir for m in members})} run directories, {len(members)} trained "
-             f"policies." + (f" {len(left_out)} unfinished run director"
+             f"{_count(len({m.run_dir for m in members}), 'run director', 'y', 'ies')}, "
+             f"{_count(len(members), 'trained polic', 'y', 'ies')}."
+             + (f" {len(left_out)} unfinished run director"
                              f"{'ies are' if len(left_out) != 1 else 'y is'} left out (see the "
                              f"end)." if left_out else "")
              + (f" {len(damaged)} damaged run director"
