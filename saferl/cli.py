@@ -307,7 +307,8 @@ class EvalArgs:
     out: Annotated[str | None, tyro.conf.arg(metavar="FILE.json")] = None
     """Also write the evaluation (episodes, env seed, checkpoint, per member and mode) to this
     JSON file; RUN/eval.json replaces the run's end-of-run evaluation, which saferl report
-    reads. A threshold-conditioned run writes RUN/versatile.* instead."""
+    reads. For a threshold-conditioned run (or with --thresholds) FILE.json, FILE.csv and
+    FILE.png hold the evaluation across thresholds; without --out it replaces RUN/versatile.*."""
     thresholds: Annotated[tuple[str, ...] | None, tyro.conf.arg(metavar="EPS [EPS ...]")] = None
     """A threshold-conditioned run (ccpo, the versatile baselines): evaluate the deterministic
     policy at each of these episode-cost thresholds (m numbers per threshold with m
@@ -327,9 +328,6 @@ def _eval(args: list[str]) -> int:
     if opts.video:
         check_video_path(Path(opts.video))
     if opts.out:
-        if opts.thresholds is not None:
-            return _error("--out writes a fixed-limit evaluation; with --thresholds the "
-                          "evaluation is written to RUN/versatile.csv, .json and .png.")
         if not opts.out.endswith(".json"):
             return _error(f"--out must name a .json file; got {opts.out!r}.")
         if not Path(opts.out).parent.is_dir():
@@ -388,10 +386,6 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
                       f"{opts.run_dir!r} is a {policies[0].info['algo']} run trained for fixed "
                       f"cost limits {policies[0].info['cost_limit']} (evaluate it without "
                       f"--thresholds).")
-    if opts.out:
-        return _error(f"--out writes a fixed-limit evaluation; {opts.run_dir!r} is "
-                      f"threshold-conditioned, and its evaluation is written to "
-                      f"RUN/versatile.csv, .json and .png.")
     if opts.video:
         return _error("--video records one fixed-limit policy and does not combine with "
                       "--thresholds or a threshold-conditioned run; leave --video out." if
@@ -417,8 +411,12 @@ def _eval_versatile(opts: EvalArgs, policies: list[Any], title: str) -> int:
     console.print(f"{title}, checkpoint of iteration {policies[0].info['iteration']}",
                   highlight=False)
     print_versatile(result.record(), console)
-    paths = write_versatile(opts.run_dir, result, title)
-    console.print(f"table: {paths['csv']}; metrics: {paths['json']}; plot: {paths['plot']}",
+    target = Path(opts.out) if opts.out else Path(opts.run_dir) / "versatile.json"
+    replaced = opts.out is None and target.is_file()
+    paths = write_versatile(opts.run_dir, result, title, stem=target.with_suffix(""))
+    console.print(f"table: {paths['csv']}; metrics: {paths['json']}; plot: {paths['plot']}"
+                  + (" (these replace the run's earlier evaluation, which saferl report reads; "
+                     "--out FILE.json writes elsewhere)" if replaced else ""),
                   highlight=False, soft_wrap=True)  # paths stay whole, to copy
     return 0
 

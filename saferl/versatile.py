@@ -210,11 +210,12 @@ def evaluate_versatile(policy: Any | Sequence[Any], thresholds: Sequence[Any] | 
                            first.conditioning.behaviour, names, deterministic)
 
 
-def write_versatile(run_dir: str | Path, result: VersatileResult,
-                    title: str = "") -> dict[str, Path]:
-    """Write ``versatile.csv``, ``versatile.json`` and ``versatile.png`` into ``run_dir``."""
-    run_dir = Path(run_dir)
-    json_path = run_dir / "versatile.json"
+def write_versatile(run_dir: str | Path, result: VersatileResult, title: str = "",
+                    stem: str | Path | None = None) -> dict[str, Path]:
+    """Write ``versatile.csv``, ``versatile.json`` and ``versatile.png`` into ``run_dir`` (or
+    ``STEM.csv``, ``STEM.json`` and ``STEM.png``)."""
+    stem = Path(run_dir) / "versatile" if stem is None else Path(stem)
+    json_path = stem.with_name(stem.name + ".json")
     write_json(json_path, result.record())
-    return {"csv": result.write_csv(run_dir / "versatile.csv"), "json": json_path,
-            "plot": result.plot(run_dir / "versatile.png", title)}
+    return {"csv": result.write_csv(stem.with_name(stem.name + ".csv")), "json": json_path,
+            "plot": result.plot(stem.with_name(stem.name + ".png"), title)}

@@ -225,6 +225,17 @@ def test_eval_with_thresholds_prints_the_table_and_writes_csv_json_and_plot(nati
     assert record["seeds"] == [0, 1] and record["episodes"] == 3
     assert set(record["metrics"]) >= {"Avg R", "Avg CV", "R-G", "CV-G"}
     assert (native_run.run_dir / "versatile.png").stat().st_size > 10_000
+    # run again: it says it replaced the run's evaluation; --out keeps the run's as it is
+    assert main(["eval", run_dir, "--thresholds", "10", "70", "--episodes", "2"]) == 0
+    assert "these replace the run's earlier evaluation" in capsys.readouterr().out
+    kept = (native_run.run_dir / "versatile.json").read_text()
+    elsewhere = native_run.run_dir.parent / "mine.json"
+    assert main(["eval", run_dir, "--thresholds", "25", "--episodes", "2",
+                 "--out", str(elsewhere)]) == 0
+    assert "replace" not in capsys.readouterr().out
+    assert (native_run.run_dir / "versatile.json").read_text() == kept
+    assert json.loads(elsewhere.read_text())["thresholds"] == [[25.0]]
+    assert elsewhere.with_suffix(".csv").is_file() and elsewhere.with_suffix(".png").is_file()
     # Bad thresholds: one sentence, nothing written.
     assert main(["eval", run_dir, "--thresholds", "10", "-4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
