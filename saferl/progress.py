@@ -19,13 +19,12 @@ import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from saferl.envs.core import EnvSpec
 
@@ -139,12 +138,16 @@ class ProgressDisplay:
         if self.plain:
             # Wide enough for every figure: rich would cut a line at 80 columns off a terminal.
             self.console.width = max(self.console.width, 120 + 24 * len(cost_limit))
+        # The times before the figures: on an 80-column terminal rich shrinks the columns, and
+        # the figures (last, cut at their end) are what may go, not the elapsed time and ETA.
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
-            MofNCompleteColumn(), TextColumn("{task.fields[sps]} steps/s"),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, disable=not enabled or self.plain,
-            transient=False)
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=16),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f}"), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[sps]} steps/s"),
+            TextColumn("{task.fields[stats]}",
+                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+            console=self.console, disable=not enabled or self.plain, transient=False,
+            expand=True)
         self._task = self._progress.add_task("train", total=total_steps, completed=start_steps,
                                              sps="-", stats="")
         self._start_steps = self._last_steps = start_steps

@@ -245,3 +245,23 @@ def test_saferl_eval_tables_keep_one_line_per_row_in_a_file(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("│")]
     assert len(rows) == 2 and all(row.count("12.25 ± 3.50") == 2 and "42.30 ± 29.76" in row
                                   for row in rows), rows
+
+
+def test_on_an_80_column_terminal_the_bar_keeps_its_times_and_counts():
+    """rich shrinks every column of the live bar to fit; the figures, last, are what is cut,
+    not the elapsed time and the ETA (both were cut to "0:00:…"), and the step count has its
+    thousands separators like every other line."""
+    import re
+
+    spec = make_task("saferl/BallCircle-v0").spec
+    metrics = {"rollout/ep_return": np.array([402.7]), "rollout/ep_cost_0": np.array([0.08]),
+               "lagrange/lambda_0": np.array([5.938])}
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=True, color_system=None)
+    with ProgressDisplay(200_000, spec, (10.0,), console=console, interval=0) as display:
+        display.update(22_400, metrics)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.getvalue()).replace("\r", "\n")
+    line = [row for row in text.splitlines() if "22,400" in row][-1]
+    assert len(line) <= 80 and "22,400/200,000" in line, line
+    assert re.search(r"\d:\d\d:\d\d ETA (\d:\d\d:\d\d|-:--:--)", line), line
+    assert "steps/s R 402.7" in line, line
