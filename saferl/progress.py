@@ -265,7 +265,7 @@ def print_summary(summary: dict[str, Any], spec: EnvSpec, cost_limit: tuple[floa
     console = console or stderr_console()
     windows = summary.get("windows", {s: summary["window"] for s in summary["per_seed"]})
     console.print(f"saferl: training figures of {run_dir} ({_window_text(windows)}; the "
-                  f"stochastic policy's training batches)", highlight=False)
+                  f"stochastic policy's training batches)", highlight=False, soft_wrap=True)
     table = Table()
     member_limits = summary.get("member_limits")  # a grid of cost limits
     table.add_column("seed" if member_limits is None else "seed@limit")

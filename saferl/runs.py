@@ -198,6 +198,8 @@ class RunDirectory:
             RunDirectoryError: ``config.json`` is damaged (named in the message).
         """
         path = self.path / "config.json"
+        if not self.path.exists():
+            raise FileNotFoundError(f"run directory {str(self.path)!r} does not exist.")
         if not path.is_file():
             raise FileNotFoundError(
                 f"{str(self.path)!r} is not a saferl run directory (no config.json).")

@@ -318,11 +318,13 @@ def train(algo: str | None = None, env: str | None = None, *,
     check_grid(entry, config)
     path = Path(config.run.run_dir) if config.run.run_dir else new_run_dir(algo, config.run.env)
     _check_no_run(path)
-    existed = path.exists()
+    # the folders this start creates (the run's and any missing parents, e.g. runs/): a failed
+    # start removes those it leaves empty
+    created = [p for p in (path, *path.parents) if not p.exists()]
     check_writable(path)
     with exclusive(path):
         _check_no_run(path)  # again under the lock: another process may have started there
-        return _start(entry, config, path, existed, progress, callback)
+        return _start(entry, config, path, created, progress, callback)
 
 
 def _check_no_run(path: Path) -> None:
@@ -333,7 +335,7 @@ def _check_no_run(path: Path) -> None:
             f"(CLI: --resume {path}) to continue it, or choose another run_dir.")
 
 
-def _start(entry: Algorithm, config: Any, path: Path, existed: bool, progress: bool,
+def _start(entry: Algorithm, config: Any, path: Path, created: list[Path], progress: bool,
            callback: Callback | None) -> TrainResult:
     """Train a new run into ``path`` (writable, locked by this process, without a run)."""
     directory = RunDirectory(path)
@@ -347,10 +349,11 @@ def _start(entry: Algorithm, config: Any, path: Path, existed: bool, progress: b
         directory.write_config(record)
         raise
     except BaseException:
-        if not existed and path.is_dir() and not any(p.name != LOCK_FILE
-                                                     for p in path.iterdir()):
+        if created and path.is_dir() and not any(p.name != LOCK_FILE for p in path.iterdir()):
             (path / LOCK_FILE).unlink(missing_ok=True)
-            path.rmdir()  # bad input loses nothing and leaves nothing behind
+            for folder in created:  # bad input loses nothing and leaves nothing behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     record["spec"] = spec_record(spec)
     directory.write_config(record)

@@ -119,14 +119,14 @@ def cases(existing: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "ppo_lag", *small_flags("/proc/saferl-run")], "cannot write the run directory"),
         (["train", "ppo_lag", *small_flags(run)], "already holds a run"),
         # resume
-        (["train", "--resume", "no/such/run"], "not a saferl run directory"),
+        (["train", "--resume", "no/such/run"], "does not exist"),
         (["train", "--resume", run, "--steps", "800"], "fewer than the 1,600 steps"),
         (["train", "--resume", run, "--steps", "2.5e0"], "--steps must be a whole number"),
         (["train", "--resume", run, "--checkpoint", "7"], "has no checkpoint 'iter_0000007'"),
         (["train", "--resume", run, "--checkpoint", "last"], "must be an iteration number"),
         (["train", "--resume", run, "--env", "x"], "--resume takes only --steps"),
         # eval
-        (["eval", "no/such/run"], "not a saferl run directory"),
+        (["eval", "no/such/run"], "does not exist"),
         (["eval", run, "--episodes", "0"], "--episodes must be >= 1"),
         (["eval", run, "--seed-index", "3"], "--seed-index must be from 0 to 0"),
         (["eval", run, "--member", "0@20"], "--member '0@20' is not in this run; its members "
@@ -266,3 +266,16 @@ def test_a_copy_of_the_existing_run_still_resumes_after_the_table(existing, tmp_
     assert main(["train", "--resume", str(copy), "--steps", "2400", "--quiet"]) == 0
     rows = (copy / "progress.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3
+
+
+def test_a_failed_start_removes_the_parent_folders_it_made(tmp_path, monkeypatch, capsys):
+    # the default run folder is runs/<algo>-…: a bad --env left an empty runs/ behind
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "ppo_lag", "--env", "saferl/BallCirc-v0"]) == 2
+    assert "did you mean 'saferl/BallCircle-v0'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "keep").mkdir()
+    assert main(["train", "ppo_lag", "--env", "saferl/BallCirc-v0", "--run-dir",
+                 str(tmp_path / "keep" / "a" / "b")]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]  # one it did not make stays
+    assert list((tmp_path / "keep").iterdir()) == []
