@@ -494,12 +494,12 @@ class RunDirectory:
         if not names:
             raise FileNotFoundError(f"Run directory {str(self.path)!r} has no checkpoint yet.")
         errors = []
-        for candidate in names:
+        for index, candidate in enumerate(names):
             try:
                 return self.read_checkpoint(template, candidate)
             except DamagedCheckpointError as error:
-                errors.append(str(error))
-                if on_damaged is not None:
+                errors.append(str(error).rstrip("."))
+                if on_damaged is not None and index + 1 < len(names):  # an older one is left
                     on_damaged(str(error))
         raise DamagedCheckpointError(
             f"every checkpoint of {str(self.path)!r} is damaged ({'; '.join(errors)}); start a "

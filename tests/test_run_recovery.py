@@ -201,6 +201,10 @@ def test_every_checkpoint_damaged_is_one_sentence(runs, tmp_path, capsys):
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "every checkpoint of" in err[0], err
+    # eval says "an older one" only while one is left: 3 checkpoints, 2 such lines
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("Evaluating an older one.") == 2 and ".;" not in err, err
 
 
 @pytest.fixture
