@@ -19,14 +19,17 @@ from saferl.experiments.spec import load_spec
 from saferl.experiments.sweep import run_sweep
 from tests.test_sweep import SPEC, without_wall_time, write_spec
 
-LONG = SPEC.replace("steps = 800", "steps = 40000").replace("seed = [0, 1]", "seed = [0]")
+# Long enough that a run is still training a few seconds after its first checkpoint: at
+# 40,000 steps an idle machine finished the whole pack within the second the SIGTERM test
+# waited after it, and a run was done before it was interrupted.
+LONG = SPEC.replace("steps = 800", "steps = 200000").replace("seed = [0, 1]", "seed = [0]")
 
 
 def wait_for_checkpoint(folder: Path, pattern: str, process: subprocess.Popen) -> None:
     deadline = time.time() + 240
     while time.time() < deadline and not list(folder.glob(pattern)):
         assert process.poll() is None, "the sweep ended before its first checkpoint"
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert list(folder.glob(pattern)), f"{folder / pattern} never appeared"
 
 
@@ -70,7 +73,7 @@ def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_res
     sweep = load_spec(spec)
     wait_for_checkpoint(sweep.out, "packs/*/run/checkpoints/iter_*.msgpack", driver)
     pack = next(sweep.out.glob("packs/*"))
-    time.sleep(1.0)
+    time.sleep(0.3)
     driver.send_signal(signal.SIGTERM)
     err = driver.communicate(timeout=120)[1].decode()
     assert driver.returncode == 143, err
