@@ -94,6 +94,9 @@ def test_final_figures_against_hand_computation(runs, tmp_path):
     assert float(main_row["eval_det_within_share"]) == pytest.approx(2 / 3)  # 15 > 10
     text = path.read_text()
     assert "stochastic policy's training batches" in text and "deterministic" in text
+    one_seed = next(line for line in text.splitlines() if "lagrange.lr=0.5" in line
+                    and line.startswith("| saferl/"))
+    assert "±" not in one_seed and "| 1.00 |" in one_seed, one_seed  # no "1.00 ± 0.00"
 
     versatile = read_csv(tmp_path / "out" / "tables" / "versatile.csv")
     assert len(versatile) == 1 and versatile[0]["algorithm"] == "ccpo"
@@ -362,6 +365,7 @@ def test_a_seed_from_several_run_directories_is_pointed_out(tmp_path):
                       costs=[[1] * 7])
     synthetic_run(tmp_path / "runs" / "d", "ppo_lag", [1], returns=[[5] * 7], costs=[[1] * 7])
     text = report.write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    assert "(no run here has an `eval.json`: no evaluation columns)" in text
     warnings = [line for line in text.splitlines() if line.startswith("Warning:")]
     assert len(warnings) == 1 and "seed 0 comes from 3 run directories" in warnings[0]
     assert all(f"`{tmp_path / 'runs' / n}`" in warnings[0] for n in "abc")

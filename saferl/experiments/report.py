@@ -575,7 +575,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             if key not in row:
                 return ""
             mean, std = row[key], row[key[:-5] + "_std"]
-            return "–" if not math.isfinite(mean) else f"{mean:.2f} ± {std:.2f}"
+            if not math.isfinite(mean):
+                return "–"
+            return f"{mean:.2f}" if row.get("seeds") == 1 else f"{mean:.2f} ± {std:.2f}"
         if key.endswith("_share"):
             value = row.get(key, math.nan)
             return "–" if not math.isfinite(value) else f"{100 * value:.0f} %"
@@ -733,9 +735,13 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
              *[f"Warning: {line}\n" for line in repeated_seeds(rows)],
              "## Final figures", "",
              f"**train_***: the stochastic policy's training batches, mean of the last {LAST} "
-             "iterations with finished episodes; **eval_det** / **eval_sto**: the deployed "
-             "policy's evaluation (`eval.json`), deterministic / stochastic. Mean ± std over "
-             "seeds; `within_share`: the share of seeds whose cost is within the limit. Rows "
+             "iterations with finished episodes"
+             + ("; **eval_det** / **eval_sto**: the deployed policy's evaluation (`eval.json`), "
+                "deterministic / stochastic" if any(k.startswith("eval_") for r in final
+                                                    for k in r) else
+                " (no run here has an `eval.json`: no evaluation columns)")
+             + ". Mean ± std over seeds (a row of one seed shows its value alone); "
+             "`within_share`: the share of seeds whose cost is within the limit. Rows "
              "whose settings differ are listed apart, the differing fields under `settings`.",
              "", markdown(final), "Tables: `tables/final.csv`, `tables/final.tex`.", ""]
     aggregate, note = aggregate_table(rows)
