@@ -300,6 +300,11 @@ class RunDirectory:
                     f"fields where its header has {len(header)}.")
         return header, list(enumerate(rows[1:], start=2))
 
+    def logged_iteration(self) -> int:
+        """The last iteration ``progress.csv`` has a complete row of (0 for none)."""
+        return max((int(row[0]) for _, row in self._progress_rows()[1] if row[0].isdigit()),
+                   default=0)
+
     def read_progress(self) -> list[dict[str, float]]:
         """All complete rows of ``progress.csv`` as dicts of floats (NaN where empty).
 

@@ -398,7 +398,7 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
             directory.set_aside(name)
     # Host simulators cannot be checkpointed: their episodes restart.
     states = entry.engine.prepare_resume(states, config, host=task is None)
-    logged = max((int(r["iteration"]) for r in directory.read_progress()), default=iteration)
+    logged = directory.logged_iteration() or iteration
     redo = max(0, logged - iteration)
     batch = config.run.steps_per_iteration
     redone = (f"redoing {redo} iteration{'s' if redo != 1 else ''} logged after it" if redo
@@ -414,7 +414,7 @@ def _logged_checkpoint(directory: RunDirectory, notes: list[str]) -> str | None:
     last rows lost after the run, e.g. a file cut short): the newest at or before the last
     logged iteration, so that no iteration goes unlogged; ``None`` (the newest) otherwise."""
     names = directory.checkpoint_names()  # newest first
-    logged = max((int(r["iteration"]) for r in directory.read_progress()), default=0)
+    logged = directory.logged_iteration()
     if not names or int(names[0].split("_")[1]) <= logged:
         return None
     earlier = [n for n in names if int(n.split("_")[1]) <= logged]

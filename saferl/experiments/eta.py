@@ -84,9 +84,11 @@ def step_seconds(path: Path) -> float | None:
     ``progress.csv``'s last 64 KB after its halfway row (``None`` with fewer than one such
     iteration). Rows of one iteration (one per member) count once."""
     seen = _progress_pieces(path)
-    if seen is None:
-        return None
-    (since, _), _, tail = seen
+    return None if seen is None else _median_rate(seen[0][0], seen[2])
+
+
+def _median_rate(since: int, tail: list[tuple[int, float]]) -> float | None:
+    """:func:`step_seconds` from the rows already read."""
     points = sorted({point for point in tail if point[0] >= since})
     rates = [(b_wall - a_wall) / (b_steps - a_steps)
              for (a_steps, a_wall), (b_steps, b_wall) in itertools.pairwise(points)
@@ -135,13 +137,12 @@ def job_work(directory: Path, runs: int, state: str) -> JobWork | None:
         algo, total = str(description["algo"]), int(description["config"]["run"]["steps"])
     except (TypeError, KeyError, ValueError):
         return None
-    path = directory / "run" / "progress.csv"
-    seen = progress_points(path) if state != "pending" else None
+    seen = _progress_pieces(directory / "run" / "progress.csv") if state != "pending" else None
     if seen is None:
         return JobWork(algo, runs, total, state)
-    (since_steps, since_wall), (steps, wall) = seen
+    (since_steps, since_wall), (steps, wall), tail = seen
     return JobWork(algo, runs, total, state, steps, wall, since_steps, since_wall,
-                   step_seconds(path))
+                   _median_rate(since_steps, tail))
 
 
 def remaining(work: Sequence[JobWork], slots: int) -> tuple[float, int]:

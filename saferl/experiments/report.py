@@ -114,8 +114,7 @@ def unfinished(run_dir: Path) -> Unfinished | None:
     from saferl.runs import RunDirectory, read_run_config
 
     _, _, config = read_run_config(run_dir)
-    logged = max((int(row["iteration"]) for row in RunDirectory(run_dir).read_progress()),
-                 default=0)
+    logged = RunDirectory(run_dir).logged_iteration()
     if logged >= config.run.iterations:
         return None
     return Unfinished(run_dir, logged, config.run.iterations, config.run.steps_per_iteration)
@@ -725,12 +724,9 @@ def write_report(paths: list[str | Path], out: str | Path) -> Path:
     lines = ["# saferl report", "",
              f"{_count(len({m.run_dir for m in members}), 'run director', 'y', 'ies')}, "
              f"{_count(len(members), 'trained polic', 'y', 'ies')}."
-             + (f" {len(left_out)} unfinished run director"
-                             f"{'ies are' if len(left_out) != 1 else 'y is'} left out (see the "
-                             f"end)." if left_out else "")
-             + (f" {len(damaged)} damaged run director"
-                f"{'ies are' if len(damaged) != 1 else 'y is'} left out (see the end)."
-                if damaged else ""), "",
+             + "".join(f" {_count(len(group), kind + ' run director', 'y is', 'ies are')} "
+                       f"left out (see the end)." for kind, group
+                       in (("unfinished", left_out), ("damaged", damaged)) if group), "",
              *[line + "\n" for line in sweep_coverage(paths, set(finished))],
              *[f"Warning: {line}\n" for line in repeated_seeds(rows)],
              "## Final figures", "",
