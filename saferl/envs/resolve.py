@@ -92,10 +92,11 @@ def time_limit(env_id: str, env_kwargs: dict[str, Any] | None = None) -> int | N
 
 
 def check_env_id(env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Refuse, without building anything heavy, an id no backend could know: a native id not
-    among the native tasks (or ``env_kwargs`` its task refuses), a Bullet-style id of no Bullet
-    task, or a plain id gymnasium has not registered. Ids of a module (``pkg.mod:Name``) and
-    Safety-Gymnasium ids are left to :func:`make_local`, which imports them.
+    """Refuse, without building anything heavy, an id no backend could know: a ``saferl/`` id
+    that is not a native task (or ``env_kwargs`` its task refuses), or a plain id gymnasium has
+    not registered. Bullet-Safety-Gym ids (by their pattern), ids of a module
+    (``pkg.mod:Name``) and Safety-Gymnasium ids are left to :func:`make_local`, which imports
+    them.
 
     Raises:
         UnknownEnvError: The id is unknown (the message suggests the nearest ids).
