@@ -457,8 +457,8 @@ class SweepArgs:
     """Most runs trained together in one process when they differ only in seed (or cost
     limit): 0, no limit; 1, every run in its own process."""
     dry_run: bool = False
-    """Check and expand the spec, list its runs and their states (and which are packed
-    together), run nothing."""
+    """Check and expand the spec, list its runs and their states (which are packed together,
+    which another sweep is training now), run nothing."""
     reuse: Annotated[tuple[str, ...], tyro.conf.arg(metavar="OTHER_OUT")] = ()
     """Other sweeps' out folders: a run one of them finished with the same configuration and
     evaluation stage is copied from there instead of trained again."""
@@ -516,31 +516,39 @@ def _sweep(args: list[str]) -> int:
 
 
 def _dry_run(sweep: Any, pack_size: int, reuse: tuple[str, ...] = ()) -> int:
-    """List a sweep's runs, their states and the packs they would train in; run nothing."""
+    """List a sweep's runs (state, label, directory, then notes: where an interrupted run
+    resumes, the run it would copy, its pack, the process training it now); run nothing."""
     from saferl.experiments.sweep import packs, prepare, reuse_folders
-    from saferl.runs import RunDirectory
+    from saferl.runs import RunDirectory, lock_holder
 
-    def resumes(training: Path) -> str:
+    def resumes(training: Path) -> str | None:
         """Where an interrupted training run (a run's or a pack's) would resume from."""
         if not (training / "config.json").is_file():
-            return ""
+            return None
         latest = RunDirectory(training).latest_checkpoint()
-        return f"(resumes from {latest}) " if latest else "(resumes from scratch) "
+        return f"resumes from {latest}" if latest else "resumes from scratch"
 
     states = prepare(sweep, write=False, reuse=reuse_folders(reuse))
     pack_of = {run_id: pack.pack_id for pack in packs(sweep, states, pack_size)
                for run_id in pack.run_ids}
+    width = max((len(state.label) for state in states), default=0)
     for state in states:
-        notes = ""
+        shown, notes = state.state, []
         if state.state == "pending":
             packed = state.run_id in pack_of
-            notes = resumes(sweep.out / "packs" / pack_of[state.run_id] / "run" if packed
-                            else state.directory / "run")
+            holder = lock_holder(state.directory)
+            if holder is not None:  # another sweep's worker is training it now
+                shown, notes = "running", [f"in process {holder}"]
+            else:
+                notes.append(resumes(sweep.out / "packs" / pack_of[state.run_id] / "run"
+                                     if packed else state.directory / "run"))
         if state.reused:
-            notes += f"(reuses {state.reused}) "
+            notes.append(f"reuses {state.reused}")
         if state.run_id in pack_of:
-            notes += f"(in {pack_of[state.run_id]}) "
-        print(f"{state.state:8s} {notes}{state.label}  {state.directory}")
+            notes.append(f"in {pack_of[state.run_id]}")
+        said = ", ".join(note for note in notes if note)
+        print(f"{shown:8s} {state.label:{width}s}  {state.directory}"
+              + (f"  ({said})" if said else ""))
     packs = len(set(pack_of.values()))
     print(f"{len(sweep.runs)} runs in {sweep.out}" + (
         f"; {len(pack_of)} of them in {packs} pack{'s' if packs != 1 else ''} (one process "

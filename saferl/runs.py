@@ -97,6 +97,24 @@ def try_lock(directory: str | Path) -> IO[str] | None:
     return handle
 
 
+def lock_holder(directory: str | Path) -> int | None:
+    """The id of a live saferl process recorded in ``directory/.lock``, or ``None``.
+
+    A look that takes no lock (a probe that took one could turn away a worker starting at
+    that moment): the lock file keeps its holder's id after the holder exits, so the id
+    counts only while that process is alive and runs saferl (its command line says so).
+    For listings; :func:`try_lock` is what decides who trains.
+    """
+    try:
+        text = (Path(directory) / LOCK_FILE).read_text().strip()
+        if not text.isdigit() or int(text) == os.getpid():
+            return None
+        command = Path(f"/proc/{text}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return int(text) if b"saferl" in command else None
+
+
 @contextlib.contextmanager
 def exclusive(directory: str | Path) -> Iterator[None]:
     """Hold ``directory``'s lock (:func:`try_lock`) for the ``with`` block.

@@ -201,6 +201,43 @@ def test_sweep_command_bad_input_and_dry_run(tmp_path, capsys):
     assert main(["sweep", str(spec), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("pending") == 4 and "4 runs in" in out
+    # one column per field, whatever the notes: each run's directory starts at one offset
+    listed = [line for line in out.splitlines() if line.startswith("pending")]
+    assert len({line.index(str(tmp_path)) for line in listed}) == 1, listed
+
+
+def test_a_dry_run_beside_a_running_sweep_says_which_runs_are_training(tmp_path, capsys):
+    # A run whose lock a live saferl process holds is listed as running, by that process;
+    # the listing takes no lock itself (the holder keeps it), and a stale lock file whose
+    # process has gone says nothing.
+    import subprocess
+    import sys
+
+    from saferl.runs import LOCK_FILE, lock_holder
+
+    spec = write_spec(tmp_path, SPEC)
+    sweep = load_spec(spec)
+    busy = sweep.out / "runs" / sweep.runs[0].run_id
+    busy.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, saferl.runs; h = saferl.runs.try_lock("
+         "sys.argv[1]); print(h is not None, flush=True); time.sleep(60)", str(busy)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        assert lock_holder(busy) == holder.pid
+        assert main(["sweep", str(spec), "--dry-run", "--pack-size", "1"]) == 0
+        out = capsys.readouterr().out
+        (line,) = [line for line in out.splitlines() if str(busy) in line]
+        assert line.startswith("running") and f"(in process {holder.pid})" in line
+        assert out.count("pending") == 3
+        assert (busy / LOCK_FILE).read_text().strip() == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_holder(busy) is None  # the file still names the process; it has exited
+    assert main(["sweep", str(spec), "--dry-run", "--pack-size", "1"]) == 0
+    assert capsys.readouterr().out.count("pending") == 4
 
 
 def test_parse_spec_names_the_sweep_after_its_file(tmp_path):

@@ -83,7 +83,7 @@ def test_sigterm_to_a_background_sweep_checkpoints_its_workers_and_the_rerun_res
     assert main(["sweep", str(spec), "--dry-run"]) == 0
     latest = saferl.runs.RunDirectory(pack / "run").latest_checkpoint()
     listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pending")]
-    assert len(listed) == 2 and all(f"(resumes from {latest}) (in {pack.name})" in line
+    assert len(listed) == 2 and all(f"(resumes from {latest}, in {pack.name})" in line
                                     for line in listed), listed
     before = float((pack / "run" / "progress.csv").read_text().splitlines()[-1].split(",")[2])
     assert main(["sweep", str(spec)]) == 0

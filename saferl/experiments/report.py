@@ -442,6 +442,7 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
                     "mean and stratified-bootstrap confidence intervals).")
     table = []
     sources = set()
+    alone = 0  # rows of one seed
     for index, row in enumerate(rows):
         evaluated = all("deterministic" in m.evaluation for m in row.members)
         key = f"{metric}_mean" if metric != "return" else "return_mean"
@@ -453,6 +454,9 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
         if scores.shape[0] == 0:
             continue
         point, interval = bootstrap_iqm(scores, repetitions, seed + index)
+        if scores.shape[0] == 1:  # resampling one seed gives it back: [x, x] is no interval
+            interval = np.full((2, 1), math.nan)
+            alone += 1
         table.append({"task": row.env, "algorithm": row.algo,
                       "limit": limit_label(row), "settings": row.differs,
                       "figures": source, "seeds": scores.shape[0],
@@ -460,7 +464,8 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
                       "ci_low": float(interval[0, 0]), "ci_high": float(interval[1, 0])})
     note = (f"Interquartile mean over seeds of the {metric.replace('_', ' ')} "
             f"({' / '.join(sorted(sources))} figures), 95 % stratified-bootstrap interval "
-            f"({repetitions} resamples, rliable).")
+            f"({repetitions} resamples, rliable)."
+            + (f" {_count(alone, 'row', '', 's')} of one seed: no interval (–)." if alone else ""))
     return table, note
 
 
