@@ -7,7 +7,7 @@ for a user: the first run of a configuration compiles cold, later ones find it w
 says which) — then evaluates the final policy over ``--episodes`` episodes, deterministic and
 stochastic (:func:`saferl.evaluation.evaluate_run`). ``ccpo`` is threshold-conditioned: its
 rows are the deterministic policy at the evaluation thresholds ``--thresholds`` (Avg R, Avg CV,
-ALGORITHMS.md §6) and at the run's cost limit.
+docs/algorithms/ccpo.md) and at the run's cost limit.
 
 A candidate is a named set of configuration overrides (``--candidate NAME=JSON``, any number);
 ``defaults`` (no overrides) is always available. Runs go one after another, never beside each

@@ -1,4 +1,4 @@
-"""CCPO against the four versatile baselines of seeds/002 on one task (ALGORITHMS.md §6).
+"""CCPO against the four versatile baselines of Yao et al. 2023 on one task (docs: ccpo.md).
 
 Every algorithm trains on the behaviour thresholds Ẽ = {20, 40, 60} (range E = [10, 70]) with
 the same seeds, vectorised in one process: CCPO, V-SAC-Lag and V-DDPG-Lag as one conditioned
@@ -52,7 +52,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
                   "versatile": {"behaviour_thresholds": BEHAVIOUR, "threshold_range": RANGE}},
 }
 ON_POLICY = ("cppo_lag", "ctrpo_lag")
-# seeds/002 Table 1, Ball-Circle: Avg R and Avg CV of each method (Bullet, the paper's budget).
+# Yao et al. 2023, Table 1, Ball-Circle: Avg R and Avg CV per method (Bullet, the paper's budget).
 PAPER = {"ccpo": (710.86, 0.59), "vsac_lag": (774.16, 5.32), "cppo_lag": (637.85, 3.11),
          "ctrpo_lag": (699.38, 4.50)}
 

@@ -36,7 +36,7 @@ EVALUATION = [float(x) for x in range(10, 75, 5)]
 RUN = {"warmup_steps": 2000, "hidden_sizes": [64, 64], "update_ratio": 0.25, "gamma": 0.95,
        "buffer_size": 4000}
 CVPO = {"num_samples": 16, "mstep_iterations": 3, "dual_iterations": 5}
-# seeds/002 Table 1 (CCPO): Avg R, Avg CV.
+# Yao et al. 2023, Table 1 (CCPO): Avg R, Avg CV.
 PAPER = {"BallCircle": (710.86, 20.47, 0.59, 0.31), "CarCircle": (406.06, None, 1.60, None)}
 
 

@@ -386,7 +386,7 @@ def evaluation_verdict(evaluation: dict[str, Any], cost_names: tuple[str, ...],
 def print_versatile(record: dict[str, Any], console: Console | None = None) -> None:
     """Print a versatile evaluation (:meth:`saferl.versatile.VersatileResult.record`): per
     threshold the return and each cost beside the threshold (mean ± std over seeds), then Avg R,
-    Avg CV, R-G and CV-G (ALGORITHMS.md §6)."""
+    Avg CV, R-G and CV-G (docs/algorithms/ccpo.md)."""
     console = console or stderr_console()
     seeds = len(record["seeds"])
     mode = "deterministic" if record["deterministic"] else "stochastic"

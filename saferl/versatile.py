@@ -4,9 +4,9 @@ One conditioned policy (CCPO) acts at every threshold ``ε`` of a list; each thr
 same episodes (same initial states and action noise on native tasks, the same environment seed
 on host ones), so the thresholds differ only by the policy's response. The result holds every
 episode, the per-threshold table (mean ± std over seeds of each seed's mean return and cost),
-the metrics of ALGORITHMS.md §6 (Avg R, Avg CV, R-G, CV-G; :mod:`saferl.core.versatile`), a CSV
-and the ``versatile.png`` plot: episode cost against threshold beside the line cost = threshold,
-and return against threshold.
+the metrics of docs/algorithms/ccpo.md (Avg R, Avg CV, R-G, CV-G; :mod:`saferl.core.versatile`),
+a CSV and the ``versatile.png`` plot: episode cost against threshold beside the line cost =
+threshold, and return against threshold.
 """
 
 from __future__ import annotations

@@ -253,7 +253,7 @@ def q_threshold(episode_limit: jax.Array, gamma: float, episode_length: int) -> 
     """``ε_Q = ε (1 − γ^T) / ((1 − γ) T)``: the per-step discounted value of an episode limit.
 
     A policy that spreads its ``ε`` episode cost evenly over ``T`` steps has a cost value of
-    ``ε/T · Σ_{t<T} γ^t`` at the start state (ALGORITHMS.md §1).
+    ``ε/T · Σ_{t<T} γ^t`` at the start state (docs/algorithms/index.md).
     """
     return episode_limit * (1.0 - gamma**episode_length) / ((1.0 - gamma) * episode_length)
 

@@ -1,10 +1,10 @@
 """CCPO: constraint-conditioned policy optimisation (Yao et al., NeurIPS 2023), versatile safe RL.
 
 One policy ``π(a | s, ε)`` for every episode-cost threshold ``ε`` in a range ``E``, trained on a
-few behaviour thresholds ``Ẽ ⊂ E`` and used zero-shot at the others (seeds/002; ALGORITHMS.md
-§6, whose reconstruction choices (R) are the documented fields of :class:`CCPOParams`). It is
-CVPO's update (:mod:`saferl.algos.cvpo`, whose pure steps this module composes) with every
-state of a minibatch paired with one *condition* ``ε_i``:
+few behaviour thresholds ``Ẽ ⊂ E`` and used zero-shot at the others (Yao et al. 2023;
+docs/algorithms/ccpo.md, whose reconstruction choices (R) are the documented fields of
+:class:`CCPOParams`). It is CVPO's update (:mod:`saferl.algos.cvpo`, whose pure steps this module
+composes) with every state of a minibatch paired with one *condition* ``ε_i``:
 
 1. **Conditions** — stage 1 (pre-training, the first ``pretrain_fraction`` of the steps): the
    behaviour thresholds ``Ẽ``. Stage 2 (versatile fine-tuning): ``Ẽ`` and ``sampled_conditions``
@@ -89,7 +89,7 @@ DUAL_INITS = ("interpolate", "nearest")
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class CCPOParams(VersatileParams):
-    """CCPO's own hyperparameters; every (R) choice of ALGORITHMS.md §6 is one of them. The
+    """CCPO's own hyperparameters; every (R) choice of docs/algorithms/ccpo.md is one of them. The
     thresholds (``Ẽ``, ``E``, ``m``; the ``behaviour`` and ``bounds`` views) are those of every
     versatile algorithm (:class:`~saferl.algos.actor_critic.VersatileParams`).
 
@@ -203,7 +203,7 @@ class CCPONetworks(NamedTuple):
 
     actor: ConditionedTanhGaussianActor
     critics: VVECritics | ConditionedQCritics
-    q_factor: float  # ε_Q = q_factor · ε (ALGORITHMS.md §1, the task's episode length T)
+    q_factor: float  # ε_Q = q_factor · ε (docs/algorithms/index.md, the task's episode length T)
 
 
 class CCPOAgent(NamedTuple):
@@ -473,8 +473,9 @@ def _lagrangian_step(config: CCPOConfig, networks: CCPONetworks, agent: CCPOAgen
                      thresholds: jax.Array, condition: Condition
                      ) -> tuple[Any, Any, tuple[jax.Array, jax.Array, jax.Array], dict]:
     """``cvi=False``: one Adam step on the conditioned SAC-Lag loss
-    ``(α log π(a|s,ε) − Q_r(s,a|ε) + λ(ε)ᵀQ_c(s,a|ε)) / (1 + Σλ(ε))`` (ALGORITHMS.md §2),
-    averaged per condition then over conditions, ``a = tanh(u)`` reparametrised."""
+    ``(α log π(a|s,ε) − Q_r(s,a|ε) + λ(ε)ᵀQ_c(s,a|ε)) / (1 + Σλ(ε))``
+    (docs/algorithms/lagrangian.md), averaged per condition then over conditions, ``a = tanh(u)``
+    reparametrised."""
     params = config.ccpo
     actor_tx, _ = _optimizers(config)
     k = _num_reward(config)

@@ -1,11 +1,11 @@
 """C-PPO-Lag and C-TRPO-Lag: one policy per behaviour threshold, deployed as their combination.
 
-The linear-combination baselines of seeds/002 (ALGORITHMS.md §6). Training is the limits grid
-of the engine: ``ppo_lag`` (``trpo_lag``) under every behaviour threshold ``ε_1 < … < ε_N`` of
-``versatile.behaviour_thresholds`` at once, one member per (seed, threshold), in one process
-(:func:`saferl.engine.members.members`; the configuration's :attr:`limit_grid` names the
-thresholds). The deployed policy of a seed is threshold-conditioned: at ``ε ∈ [ε_k, ε_{k+1}]``
-it is ``π = w₁ π_k + w₂ π_{k+1}`` with
+The linear-combination baselines of Yao et al. 2023 (docs/algorithms/ccpo.md). Training is the
+limits grid of the engine: ``ppo_lag`` (``trpo_lag``) under every behaviour threshold ``ε_1 < … <
+ε_N`` of ``versatile.behaviour_thresholds`` at once, one member per (seed, threshold), in one
+process (:func:`saferl.engine.members.members`; the configuration's :attr:`limit_grid` names the
+thresholds). The deployed policy of a seed is threshold-conditioned: at ``ε ∈ [ε_k, ε_{k+1}]`` it is
+``π = w₁ π_k + w₂ π_{k+1}`` with
 
     w₁ = (ε_{k+1} − ε) / (ε_{k+1} − ε_k),   w₂ = 1 − w₁,
 

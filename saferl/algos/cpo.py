@@ -6,10 +6,11 @@ Each iteration solves, around the current policy θ_k (x = θ − θ_k),
 
 with g the reward-surrogate gradient, B the cost-surrogate gradients, c = Ĵ_C − d the constraint
 values and H the Fisher matrix of the mean KL. ``c`` and ``B`` are both in **episode units**
-(the per-sample cost surrogate is scaled by the mean episode length; ALGORITHMS.md §1), and cost
-advantages are centred, not scaled. :func:`saferl.core.cpo.cpo_step` returns the exact solution
-(all five cases for one constraint, the empty-piece case of the dual, the recovery step when no
-point of the trust region is feasible, and the numerically exact dual for several constraints).
+(the per-sample cost surrogate is scaled by the mean episode length; docs/algorithms/index.md),
+and cost advantages are centred, not scaled. :func:`saferl.core.cpo.cpo_step` returns the exact
+solution (all five cases for one constraint, the empty-piece case of the dual, the recovery step
+when no point of the trust region is feasible, and the numerically exact dual for several
+constraints).
 
 The step is then backtracked (ratio 0.8) until: mean KL ≤ δ; the reward surrogate improved
 (skipped for recovery steps); and each cost surrogate rose by at most ``max(−c_i, 0)``. If no
@@ -73,7 +74,7 @@ def update(config: CPOConfig, networks: OnPolicyNetworks, agent: AgentState, bat
                              cost_advantage, problem_key)
     constraint = batch.episode_cost - batch.cost_limit
 
-    # 2. The exact solution of the quadratic subproblem (ALGORITHMS.md §3).
+    # 2. The exact solution of the quadratic subproblem (docs/algorithms/trust-region.md).
     step, info = cpo_step(problem.g, problem.B, constraint, problem.fvp, settings.target_kl,
                           cg_iterations=settings.cg_iterations)
 

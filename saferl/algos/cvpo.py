@@ -1,6 +1,6 @@
 """CVPO: constrained variational policy optimisation (Liu et al. 2022), safe RL as inference.
 
-Per gradient update (ALGORITHMS.md §5):
+Per gradient update (docs/algorithms/cvpo.md):
 
 1. **Critics** — twin reward critics (or one) and one critic per cost regress
    ``y = signal + γ^h Q'(s', a')`` with ``a' ~ π(·|s')`` and target networks (n-step windows;
@@ -176,7 +176,7 @@ def update_multipliers(config: CVPOConfig, agent: CVPOAgent, episode_cost: jax.A
 
 
 class Condition(NamedTuple):
-    """The condition paired with every state of a minibatch (CCPO, ALGORITHMS.md §6).
+    """The condition paired with every state of a minibatch (CCPO, docs/algorithms/ccpo.md).
 
     CVPO's steps take ``condition=None``: one policy, one dual, one Q threshold. With a
     condition the networks are called with each state's threshold as an extra input, the E-step
@@ -226,7 +226,7 @@ def critic_update(config: CVPOConfig, networks: CVPONetworks, actor_params: Any,
 
     ``a' ~ π(·|s')`` from ``actor_params`` (CVPO passes the online actor), scored by the target
     critics (``min`` over the reward twins). With a condition every transition's target is taken
-    at its own threshold: ``Q̄(s', a' | ε_b)``, ``a' ~ π(·|s', ε_b)`` (ALGORITHMS.md §6, VVE).
+    at its own threshold: ``Q̄(s', a' | ε_b)``, ``a' ~ π(·|s', ε_b)`` (docs/algorithms/ccpo.md, VVE).
 
     Returns:
         New critic parameters, Adam state and the loss.
@@ -304,7 +304,7 @@ def estep_solve(params: CVPOParams, q_reward: jax.Array, q_costs: jax.Array, dua
         q_limit: ``[m]`` (unused with a condition: ``condition.q_limit``).
         condition: Optional per-state condition: condition ``i``'s dual minimises
             ``g_i(η_i, λ_i) = η_i κ + λ_iᵀ ε_Q,i + η_i E_{s paired with i}[log mean_j exp(…)]``
-            (seeds/002 eq. 10 per condition) over its ``members`` only, one solve per
+            (Yao et al. 2023, eq. 10 per condition) over its ``members`` only, one solve per
             condition in a ``lax.map``. (Not ``vmap``: batched, the solver's ``cond``-s
             would run both branches and every condition would wait for the slowest; measured
             on 256 states × 32 samples and 6 conditions, 10–15 ms against 0.7–1 ms.)
@@ -351,7 +351,7 @@ def mstep(config: CVPOConfig, networks: CVPONetworks, actor_params: Any, actor_o
         condition: Optional per-state condition: the likelihood is then the mean over the
             conditions (those paired with at least one state) of each condition's mean weighted
             likelihood, and each condition's KLs have their own multipliers (CCPO's M-step,
-            seeds/002 "Versatile M-step").
+            Yao et al. 2023, "Versatile M-step").
 
     Returns:
         New actor parameters, Adam state, KL multipliers, and metrics.

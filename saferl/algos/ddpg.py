@@ -7,7 +7,7 @@ A deterministic actor ``a = tanh(f(s))`` explores with Gaussian noise. Per gradi
    ``min_k Q'_rk`` in the target, target-policy smoothing (``a' = clip(μ'(s') + clip(ε, ±c))``),
    and delayed actor/target updates (every ``policy_delay`` critic updates).
 2. **Actor** minimises ``(−Q_r(s, μ(s)) + Σ_i λ_i Q_ci(s, μ(s))) / (1 + Σ_i λ_i)``
-   (ALGORITHMS.md §2; TD3 uses its first reward critic, as the paper does).
+   (docs/algorithms/lagrangian.md; TD3 uses its first reward critic, as the paper does).
 3. **Targets** (actor and critics) by Polyak averaging.
 
 The multipliers are updated once per iteration from the collected episodes' cost (default) or

@@ -33,7 +33,7 @@ leading seed axis, steps 1–4 are ``vmap``-ped (a single seed runs unbatched, s
 devices, as in the on-policy engine. Cost limits are traced arrays.
 
 **Q thresholds.** The critics estimate discounted per-step cost values, so an episode limit
-``ε`` becomes ``ε_Q = ε (1 − γ^T) / ((1 − γ) T)`` (ALGORITHMS.md §1) with ``T`` the episode
+``ε`` becomes ``ε_Q = ε (1 − γ^T) / ((1 − γ) T)`` (docs/algorithms/index.md) with ``T`` the episode
 length: ``episode_length`` if given, else the environment's time limit. For tasks whose
 episodes can end early this ``T`` is an upper bound.
 """

@@ -1,6 +1,6 @@
 """Projection-based Constrained Policy Optimization (Yang et al., 2020).
 
-Two steps per iteration (ALGORITHMS.md §4):
+Two steps per iteration (docs/algorithms/trust-region.md):
 
 1. the TRPO reward step ``θ½ = θ_k + √(2δ/q)·H⁻¹g``;
 2. the projection of θ½ back onto the linearised constraint set ``{θ : aᵢᵀ(θ − θ_k) + cᵢ ≤ 0}``

@@ -102,12 +102,12 @@ class Batch(NamedTuple):
 
     ``advantages`` and ``returns`` have ``1 + m`` channels: the reward, then each cost. They are
     raw GAE values: each algorithm normalises the reward channel and centres the cost channels
-    (ALGORITHMS.md §1). ``episode_cost`` (``[m]``) is the constraint-cost estimate in episode
-    units: the mean (γ_c-discounted) cost of the batch's finished episodes; if none finished,
-    the previous estimate; before any episode has finished, the cost critics' λ-returns at the
-    rollout's first states (then ``has_episode_cost`` is false). ``episode_length`` is the mean
-    length of the batch's finished episodes (or the time limit when none finished), which CPO
-    needs to put gradients in episode units.
+    (docs/algorithms/index.md). ``episode_cost`` (``[m]``) is the constraint-cost estimate in
+    episode units: the mean (γ_c-discounted) cost of the batch's finished episodes; if none
+    finished, the previous estimate; before any episode has finished, the cost critics' λ-returns at
+    the rollout's first states (then ``has_episode_cost`` is false). ``episode_length`` is the mean
+    length of the batch's finished episodes (or the time limit when none finished), which CPO needs
+    to put gradients in episode units.
     """
 
     observations: jax.Array
@@ -173,7 +173,7 @@ def reward_cost_advantages(advantages: jax.Array) -> tuple[jax.Array, jax.Array]
     """Split raw GAE channels: the reward advantage normalised, the cost advantages centred.
 
     Cost advantages are centred but **not** scaled: their magnitude is the constraint's
-    magnitude, which the Lagrangian, CPO and PCPO rely on (ALGORITHMS.md §1).
+    magnitude, which the Lagrangian, CPO and PCPO rely on (docs/algorithms/index.md).
     """
     reward = advantages[:, 0]
     reward = (reward - reward.mean()) / (reward.std() + 1e-8)

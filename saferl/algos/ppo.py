@@ -5,7 +5,7 @@ unconstrained baseline). ``ppo_lag`` maximises the Lagrangian ``J_R − Σ λ_i 
 once per iteration the multipliers are updated from the batch's episode cost (gradient ascent or
 PID, :mod:`saferl.core.lagrange`), then the policy follows the clipped surrogate of
 
-    Â = (Â_R − Σ_i λ_i Â_Ci) / (1 + Σ_i λ_i)            (ALGORITHMS.md §2)
+    Â = (Â_R − Σ_i λ_i Â_Ci) / (1 + Σ_i λ_i)            (docs/algorithms/lagrangian.md)
 
 with ``Â_R`` normalised and ``Â_Ci`` centred only. The division keeps the advantage's scale
 bounded as the multipliers grow. Critics for the reward and every cost regress their GAE

@@ -2,7 +2,7 @@
 
 ``sac`` ignores costs (the unconstrained baseline; its cost critics are still trained, so that
 their estimates can be logged). ``sac_lag`` maximises the Lagrangian with one multiplier per
-constraint (ALGORITHMS.md §2); per gradient update:
+constraint (docs/algorithms/lagrangian.md); per gradient update:
 
 1. **Critics** — twin reward critics and one critic per cost regress
    ``y_r = r + γ^h (min_k Q'_rk(s', a') − α log π(a'|s'))`` and ``y_ci = c_i + γ^h Q'_ci(s', a')``

@@ -3,8 +3,8 @@
 The maths lives in :mod:`saferl.core.trust_region` and :mod:`saferl.core.cpo`; this module only
 connects it to the policy and the batch: the flat-parameter surrogates and their gradients, the
 Fisher-vector product of the batch's mean KL, the line search with the acceptance tests of
-ALGORITHMS.md §3, and the critic regression. Each algorithm's ``update`` (in ``trpo.py``,
-``cpo.py``, ``pcpo.py``) reads top to bottom using these.
+docs/algorithms/trust-region.md, and the critic regression. Each algorithm's ``update`` (in
+``trpo.py``, ``cpo.py``, ``pcpo.py``) reads top to bottom using these.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def policy_problem(networks: OnPolicyNetworks, settings: TrustRegionParams, poli
     """Build the surrogates, their gradients and the Fisher-vector product.
 
     The cost surrogate is scaled by the mean episode length T so that its gradient is in the
-    units of the episode-level constraint value ``c = Ĵ_C − d`` (ALGORITHMS.md §1; jachiam's
+    units of the episode-level constraint value ``c = Ĵ_C − d`` (docs/algorithms/index.md; jachiam's
     convention). Without this, ``c`` (episode units) would be compared with a per-step gradient
     and almost every update would fall into the pure-TRPO or pure-recovery case.
     """

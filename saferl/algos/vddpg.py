@@ -1,4 +1,4 @@
-"""V-DDPG-Lag: the versatile DDPG-Lagrangian baseline of CCPO (seeds/002; ALGORITHMS.md §6).
+"""V-DDPG-Lag: the versatile DDPG-Lagrangian baseline of CCPO (Yao et al. 2023; docs: ccpo.md).
 
 DDPG-Lag (:mod:`saferl.algos.ddpg`) whose actor and critics take the normalised threshold
 ``ε̃`` as an extra input, ``a = μ(s, ε)`` and ``Q(s, a | ε)``, trained on the behaviour

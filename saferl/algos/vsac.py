@@ -1,4 +1,4 @@
-"""V-SAC-Lag: the versatile SAC-Lagrangian baseline of CCPO (seeds/002; ALGORITHMS.md §6).
+"""V-SAC-Lag: the versatile SAC-Lagrangian baseline of CCPO (Yao et al. 2023; docs: ccpo.md).
 
 SAC-Lag (:mod:`saferl.algos.sac`) whose actor and critics take the normalised threshold ``ε̃``
 as an extra input, ``π(a | s, ε)`` and ``Q(s, a | ε)``, trained on the behaviour thresholds

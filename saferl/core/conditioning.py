@@ -1,5 +1,5 @@
 """Threshold conditioning: validated threshold sets, normalised thresholds, polynomial features,
-and the conditioned networks of versatile safe RL (CCPO, Yao et al. 2023; ALGORITHMS.md §6).
+and the conditioned networks of versatile safe RL (CCPO, Yao et al. 2023; docs/algorithms/ccpo.md).
 
 A *threshold* is the episode-cost limit ``ε ∈ ℝᵐ`` (one entry per constraint) a conditioned
 policy is asked to honour. Networks never see ``ε`` itself but ``ε̃``, each entry mapped

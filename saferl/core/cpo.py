@@ -6,7 +6,7 @@ built from
 * ``g`` — gradient of the **reward** surrogate (we *ascend* it; reward-ascent signs are used
   everywhere in this module, unlike OmniSafe/SafePO which mix loss and ascent signs);
 * ``B`` — gradients of the cost surrogates, one column ``b_i`` per constraint, shape ``[n, m]``,
-  in the **same units** as ``c`` (episode units: see ALGORITHMS.md §1);
+  in the **same units** as ``c`` (episode units: see docs/algorithms/index.md);
 * ``c`` — constraint values ``J_C(π_k) − d``, shape ``[m]`` (``c > 0``: violated);
 * ``H`` — the Fisher matrix (Hessian of the mean KL), given as an explicit matrix or as a
   Hessian-vector product callable (then ``H⁻¹`` products are computed by conjugate
@@ -24,9 +24,9 @@ With ``v = H⁻¹g``, ``W = H⁻¹B``, ``q = gᵀv``, ``r = Bᵀv`` (``[m]``), `
 
 and the primal solution is ``x = (1/λ)H⁻¹(g − Bν)``.
 
-Case numbers (``CPOInfo.case``), following the table of ALGORITHMS.md §3 (which is
+Case numbers (``CPOInfo.case``), following the table of docs/algorithms/trust-region.md (which is
 jachiam/cpo's ``optim_case``), for ``m = 1`` with ``w = H⁻¹b``, ``r = gᵀw``, ``s = bᵀw``,
-``A = q − r²/s`` and ``Bm = 2δ − c²/s`` (the ``B`` of ALGORITHMS.md §3):
+``A = q − r²/s`` and ``Bm = 2δ − c²/s`` (the ``B`` of docs/algorithms/trust-region.md):
 
 ====  ===================================================  =========================
 case  condition                                            step
@@ -579,7 +579,7 @@ def pcpo_step(
     sweeps: int | None = None,
     method: str = "cyclic",
 ) -> tuple[Array, PCPOInfo]:
-    """Projection-based CPO step (Yang et al. 2020, eq. (8)-(9); ALGORITHMS.md §4).
+    """Projection-based CPO step (Yang et al. 2020, eq. (8)-(9); docs/algorithms/trust-region.md).
 
     Step 1, the TRPO reward step: ``x_½ = √(2δ/q)·H⁻¹g`` (``x_half`` in the code).
     Step 2, projection of ``x_½`` onto the linearised constraint set

@@ -6,7 +6,7 @@
     max_q  E_s E_q[Q_r]   s.t.   E_s E_q[Q_ci] ≤ ε_Q,i,   E_s KL(q ‖ π_old) ≤ κ
 
 has the solution ``q(a_j|s) ∝ exp((Q_r − λᵀQ_c)/η)`` over the samples, where ``(η, λ)``
-minimise the convex dual (ALGORITHMS.md §5)
+minimise the convex dual (docs/algorithms/cvpo.md)
 
     g(η, λ) = ηκ + λᵀε_Q + η · E_s[ log (1/K) Σ_j exp((Q_r,j − λᵀQ_c,j)/η) ],   η > 0, λ ≥ 0.
 
@@ -18,7 +18,7 @@ increases; it stops at a small Newton decrement), warm-started from the previous
 is unbounded below in that ``λ`` and the cap makes the weights put all their mass on the
 least-costly actions.
 
-**Conditions (CCPO, ALGORITHMS.md §6).** Every function of the dual takes an optional
+**Conditions (CCPO, docs/algorithms/ccpo.md).** Every function of the dual takes an optional
 ``state_mask`` ``[B]`` (the states of the minibatch that belong to one condition, as 0/1 or any
 non-negative weights) that turns ``E_s`` into the mean over those states, and ``q_limit`` may be
 per state (``[B, m]``), entering as its mean over the same states: one solve per condition
@@ -63,7 +63,8 @@ def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl
         q_reward: ``[B, K]`` reward Q-values of the sampled actions.
         q_costs: ``[B, K, m]`` cost Q-values.
         kl_bound: κ.
-        q_limit: ``[m]`` the Q thresholds ε_Q (ALGORITHMS.md §1), or ``[B, m]`` one per state.
+        q_limit: ``[m]`` the Q thresholds ε_Q (docs/algorithms/index.md), or ``[B, m]`` one per
+            state.
         state_mask: ``[B]`` optional weights of the states in ``E_s`` (one condition's states).
     """
     eta, lam = variables[0], variables[1:]

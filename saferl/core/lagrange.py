@@ -119,7 +119,7 @@ def lagrangian_advantage(config: LagrangeConfig, state: LagrangeState, episode_c
                          cost_limit: jax.Array, has_estimate: jax.Array,
                          reward_advantage: jax.Array, cost_advantage: jax.Array
                          ) -> tuple[LagrangeState, jax.Array, dict[str, jax.Array]]:
-    """Update the multipliers once, then combine the advantages (ALGORITHMS.md §2).
+    """Update the multipliers once, then combine the advantages (docs/algorithms/lagrangian.md).
 
     Before any episode has finished (``has_estimate`` false) the multipliers are left alone.
     The advantage is ``(Â_R − Σ_i λ_i Â_Ci) / (1 + Σ_i λ_i)``: dividing by ``1 + Σλ`` keeps its

@@ -8,7 +8,7 @@ inputs, so it is exact in float64 when ``jax_enable_x64`` is on).
 * :func:`conjugate_gradient` — solves ``Hx = b`` with a fixed maximum number of iterations
   (Schulman et al. 2015, Appendix C; Achiam et al. 2017, Section 6.1).
 * :func:`backtracking_line_search` — the step-size search of TRPO/CPO, with a pluggable
-  acceptance test; :func:`trust_region_accept` is the CPO test of ALGORITHMS.md §3.
+  acceptance test; :func:`trust_region_accept` is the CPO test of docs/algorithms/trust-region.md.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def backtracking_line_search(
     acceptance. The first accepted candidate is returned. This keeps the search
     agnostic to the test: TRPO accepts when KL ≤ δ and the surrogate improved; CPO adds
     "cost-surrogate increase ≤ max(−c, 0)" and drops the surrogate test in recovery (Achiam et
-    al. 2017, Section 6.1; ALGORITHMS.md §3) — see :func:`trust_region_accept`.
+    al. 2017, Section 6.1; docs/algorithms/trust-region.md) — see :func:`trust_region_accept`.
 
     Args:
         evaluate: ``frac → accept`` or ``frac → (accept, metrics)`` where ``frac`` is a scalar
@@ -274,7 +274,7 @@ def trust_region_accept(
 ) -> Array:
     """The TRPO/CPO acceptance test for one line-search candidate.
 
-    Accepts when (ALGORITHMS.md §3; Achiam et al. 2017, Section 6.1):
+    Accepts when (docs/algorithms/trust-region.md; Achiam et al. 2017, Section 6.1):
 
     * ``kl ≤ kl_slack · δ`` (the quadratic model of the KL may be optimistic);
     * ``surrogate_improvement > 0`` — skipped when ``recovery`` is True, since the recovery step

@@ -1,6 +1,7 @@
 """Metrics of a versatile (threshold-conditioned) policy over evaluation thresholds (numpy).
 
-ALGORITHMS.md §6 / seeds/002 Table 1. For evaluation thresholds ``ε ∈ E_eval`` and one seed:
+docs/algorithms/ccpo.md / Yao et al. 2023, Table 1. For evaluation thresholds ``ε ∈ E_eval``
+and one seed:
 
 * **Avg R** — the mean over ``ε`` of the mean episode return at ``ε``;
 * **Avg CV** — the mean over ``ε`` of the violation ``max(0, mean episode cost − ε)``; with ``m``

@@ -6,7 +6,7 @@ are stored separately, and ``next_observations`` is the *true* next observation 
 of an episode that ended, not the first of the next), so that:
 
 * termination stops bootstrapping (the episode really ended);
-* truncation by a time limit bootstraps from the true last observation (ALGORITHMS.md §1).
+* truncation by a time limit bootstraps from the true last observation (docs/algorithms/index.md).
 
 Because rows are contiguous in time per copy, :func:`replay_sample` can assemble n-step returns
 ``Σ_{k<h} γ^k r_{t+k} + γ^h·Q(s_{t+h}, ·)`` that stop at the first episode end inside the

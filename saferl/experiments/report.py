@@ -470,7 +470,7 @@ def aggregate_table(rows: list[Row], metric: str = "return", repetitions: int = 
 
 
 def normalised_table(rows: list[Row], num_costs: int) -> tuple[list[dict[str, Any]], str]:
-    """The Safety Gym normalised metrics (Ray et al. 2019; ALGORITHMS.md §8) of every row on a
+    """The Safety Gym normalised metrics (Ray et al. 2019) of every row on a
     task that has one unconstrained ``ppo`` row, per seed against PPO's mean over its seeds:
     ``J_r / J_r^PPO``, ``max(0, J_c − d) / max(1e-6, J_c^PPO − d)`` (``d`` the row's limit)
     and ``ρ_c / ρ_c^PPO`` (the training cost rate). ``J`` is the deterministic evaluation when

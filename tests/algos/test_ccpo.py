@@ -1,6 +1,6 @@
 """CCPO's algorithmic core: configuration messages, the stage schedule and condition pairing,
 per-condition duals against SciPy, the M-step KL bounds per condition, the ablations, acting
-(ALGORITHMS.md §6). CCPO with one fixed condition equal to CVPO: test_ccpo_equals_cvpo.py."""
+(docs/algorithms/ccpo.md). CCPO with one fixed condition equal to CVPO: test_ccpo_equals_cvpo.py."""
 
 import jax
 import jax.numpy as jnp

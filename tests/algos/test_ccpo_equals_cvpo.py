@@ -1,5 +1,6 @@
 """CCPO with one behaviour threshold, no fine-tuning stage and the threshold input held fixed is
-CVPO: one update from the same state, batch and key gives the same numbers (ALGORITHMS.md §6).
+CVPO: one update from the same state, batch and key gives the same numbers
+(docs/algorithms/ccpo.md).
 
 In float64 (its own module: ``enable_x64`` lasts for the module). The two updates sum the same
 terms in different orders (CCPO's per-condition means, the extra zero input of the first

@@ -1,5 +1,6 @@
 """Threshold conditioning: normalisation, polynomial features, interpolation, the conditioned
-networks, and VVE's generalisation to thresholds held out from training (ALGORITHMS.md §6)."""
+networks, and VVE's generalisation to thresholds held out from training
+(docs/algorithms/ccpo.md)."""
 
 import jax
 import jax.numpy as jnp

@@ -107,7 +107,7 @@ def _min_norm_oracle(B, c, H):
 
 
 def _expected_case_single(q, r, s, c, delta, b_sq):
-    """The table of ALGORITHMS.md section 3, evaluated with numpy."""
+    """The table of docs/algorithms/trust-region.md (the CPO case table), evaluated with numpy."""
     Bm = 2 * delta - c**2 / s
     if b_sq <= 1e-8 and c < 0:
         return CASE_TRPO_DEGENERATE
@@ -504,7 +504,7 @@ def test_cpo_float32_inputs(multi_pool) -> None:
 
 
 def _pcpo_numpy(g, b, c, H, delta, projection):
-    """ALGORITHMS.md section 4, one constraint, with numpy."""
+    """docs/algorithms/trust-region.md (PCPO), one constraint, with numpy."""
     v = np.linalg.solve(H, g)
     q = g @ v
     x_half = np.sqrt(2 * delta / q) * v

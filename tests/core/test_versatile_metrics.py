@@ -1,5 +1,5 @@
 """Versatile metrics (Avg R, Avg CV, R-G, CV-G, per constraint and summed) against hand-computed
-values (ALGORITHMS.md §6)."""
+values (docs/algorithms/ccpo.md)."""
 
 from pathlib import Path
 
@@ -64,7 +64,7 @@ def test_bad_shapes_are_one_sentence(thresholds, returns, costs, match):
 
 
 def test_two_constraints_each_ones_violation_reaches_the_record_and_the_report():
-    """With two constraints Avg CV is the sum of the two CV_i (ALGORITHMS.md §6); each seed's
+    """With two constraints Avg CV is the sum of the two CV_i (docs/algorithms/ccpo.md); each seed's
     CV_i and CV-G_i reach versatile.json and the report's table, and a threshold counts as
     trained on in the table exactly when it does in the metrics (every component, to 1e-9)."""
     from saferl.experiments import report
