@@ -20,6 +20,8 @@ from saferl.engine.host import scale_to_bounds
 from saferl.engine.members import member_labels, members
 from saferl.runs import checkpoint_name, restore_states
 
+POLICY_STREAM = 9  # fold_in tag of a policy's sampling key (training uses splits 0-3)
+
 
 class Policy:
     """A trained policy with its observation normaliser.
@@ -52,7 +54,9 @@ class Policy:
         if conditioning is not None:
             self.info["conditioning"] = conditioning.record()
         self._warned_extrapolation = False
-        self._key = jax.random.PRNGKey(seed)
+        # A stream of the seed's own (fold_in tag 9): PRNGKey(seed) is a training run's root,
+        # whose first splits initialised its networks and drew its first actions.
+        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), POLICY_STREAM)
         low, high = jnp.asarray(self.action_low), jnp.asarray(self.action_high)
 
         def forward(params: Any, stats: Any, obs: jax.Array, key: jax.Array,

@@ -22,6 +22,7 @@ from saferl import interrupts
 from saferl.algos.registry import ALGORITHMS, Algorithm, get_algorithm
 from saferl.config import config_from_dict, config_to_dict, load_config_file, merge_shared
 from saferl.engine.behaviour import conditioning
+from saferl.engine.host import environment_seed
 from saferl.engine.members import Member, has_limit_grid, member_label, member_labels, members
 from saferl.envs.core import EnvSpec, VecEnv
 from saferl.envs.make import make
@@ -171,8 +172,12 @@ def check_grid(entry: Algorithm, config: Any) -> None:
             f"versatile.behaviour_thresholds); leave limits out.")
 
 
-def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
-    """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits."""
+def make_environment(config: Any, iteration: int = 0
+                     ) -> tuple[EnvSpec, NativeTask | None, list[VecEnv] | None]:
+    """The task (native) or one host VecEnv per seed, and the spec; checks the cost limits.
+
+    A host member's copies are seeded from its seed and ``iteration`` (the one a resumed run
+    restarts from): :func:`~saferl.engine.host.environment_seed`."""
     run = config.run
     if run.env in NATIVE_TASKS:
         if run.env_workers != 1:
@@ -187,8 +192,8 @@ def make_environment(config: Any) -> tuple[EnvSpec, NativeTask | None, list[VecE
                 f"tasks expose; for {run.env!r} wrap the env in "
                 f"saferl.envs.wrappers.SafetyMarginCost(env, margin_fn) and register it.")
         task = None
-        envs = [make(run.env, num_envs=run.num_envs, seed=member.seed, workers=run.env_workers,
-                     **run.env_kwargs) for member in members(config)]
+        envs = [make(run.env, num_envs=run.num_envs, seed=environment_seed(member.seed, iteration),
+                     workers=run.env_workers, **run.env_kwargs) for member in members(config)]
         spec = envs[0].spec
     names = ", ".join(spec.cost_names)
     if getattr(config, "limit_grid", None) is not None:  # cppo_lag, ctrpo_lag
@@ -390,7 +395,7 @@ def _resume(path: Path, steps: int | None, progress: bool, callback: Callback | 
         path, checkpoint, on_damaged=damaged.append)
     iteration = int(meta["iteration"])
     config = _extend(path, config, steps, iteration=iteration)
-    _, task, envs = make_environment(config)
+    _, task, envs = make_environment(config, iteration)
     for message in damaged:
         notes.append(f"{message} Skipping it.")
     for name in directory.checkpoint_names():  # newer than the one loaded: damaged or not chosen

@@ -352,8 +352,7 @@ class Engine:
             if envs is None or len(envs) != self.members:
                 raise ValueError("host environments need one VecEnv per member")
             self._finish = jax.jit(finish, static_argnums=2, out_shardings=placed)
-            self._collector = HostCollector(envs, spec,
-                                            tuple(m.seed for m in members(config)))
+            self._collector = HostCollector(envs, spec)
             # Overlapped collection: the next iteration's transitions (or the error that
             # stopped them), collected while the current iteration's updates ran.
             self._ahead: Transitions | None = None

@@ -344,8 +344,7 @@ class Engine:
                 raise ValueError("host environments need one VecEnv per member")
             self._process = jax.jit(process)
             self._actor = HostActor(run)
-            self._collector = HostCollector(envs, spec,
-                                            tuple(m.seed for m in members(config)))
+            self._collector = HostCollector(envs, spec)
         self._compiling: BackgroundCompile | None = None
 
     def init_states(self) -> TrainState:

@@ -25,6 +25,24 @@ from saferl.envs.core import EnvSpec, VecEnv, check_finite
 Actor = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
+def environment_seed(seed: int, iteration: int = 0) -> int:
+    """The base seed of a training member's host environments (copy ``i`` gets ``base + i``).
+
+    A vectorised environment seeds copy ``i`` with ``seed + i`` (gymnasium's convention), so
+    members seeded ``s`` and ``s + 1`` given their own seeds would share ``N − 1`` of their
+    ``N`` copies' streams: on Bullet, the same start states episode after episode, and seeds that
+    are not independent replicates. Each member's block starts instead at a number drawn from
+    ``numpy.random.SeedSequence((seed, iteration))``: blocks of different seeds are disjoint
+    but for a chance of about ``N / 2³¹`` per pair, and lie away from the evaluation's seeds
+    (10,000 on) just as likely. Members of one seed under different cost limits share their
+    block (common random numbers, as separate runs with that seed would). ``iteration`` is the
+    iteration a resumed run restarts from: host simulators cannot be checkpointed, so a
+    resumed run gets fresh streams rather than replaying the episodes it began with.
+    """
+    state = np.random.SeedSequence((int(seed), int(iteration))).generate_state(1)[0]
+    return int(state) % 2**31  # room for + i below numpy's 2**32
+
+
 def scale_action(spec: EnvSpec, action: Any) -> Any:
     """Map actions in ``[-1, 1]`` to the environment's bounds (numpy or JAX arrays alike).
 
@@ -44,14 +62,16 @@ def scale_to_bounds(low: Any, high: Any, action: Any) -> Any:
 class HostCollector:
     """Steps every member's host environments and keeps their observations between batches.
 
+    The environments were seeded when they were built (:func:`environment_seed`); the first
+    collection resets them without a seed, continuing each copy's stream.
+
     Args:
         envs: One vectorised environment per member.
         spec: Their common spec.
-        seeds: The members' seeds (each environment is reset with its member's seed).
     """
 
-    def __init__(self, envs: Sequence[VecEnv], spec: EnvSpec, seeds: Sequence[int]) -> None:
-        self.envs, self.spec, self.seeds = list(envs), spec, tuple(seeds)
+    def __init__(self, envs: Sequence[VecEnv], spec: EnvSpec) -> None:
+        self.envs, self.spec = list(envs), spec
         self.observations: np.ndarray | None = None
         self.starts: np.ndarray | None = None  # [S, N]: episodes beginning at the next step
         self.env_steps = 0  # steps of one member's copies so far (for error messages)
@@ -72,9 +92,7 @@ class HostCollector:
         """
         envs = self.envs
         if self.observations is None:
-            self.observations = np.stack([env.reset(seed=seed) for env, seed
-                                          in zip(envs, self.seeds, strict=True)]
-                                         ).astype(np.float32)
+            self.observations = np.stack([env.reset() for env in envs]).astype(np.float32)
             self.starts = np.ones(self.observations.shape[:2], bool)
         members, n = len(envs), envs[0].num_envs
         obs_dim, m = self.spec.obs_dim, self.spec.num_costs

@@ -82,7 +82,7 @@ def make(env: str | gymnasium.Env | Callable[[], gymnasium.Env], num_envs: int =
             ``gymnasium.Env`` (then ``num_envs`` must be 1), or a callable returning a fresh
             ``gymnasium.Env`` per call.
         num_envs: Number of copies, ≥ 1.
-        seed: Copy ``i`` starts from ``seed + i`` (native tasks: one key from ``seed``).
+        seed: Copy ``i`` starts from ``seed + i`` (native tasks too: key ``PRNGKey(seed + i)``).
         workers: For host environments, step the copies in this many worker processes
             (:class:`~saferl.envs.workers.SubprocVecEnv`; the same numbers as in-process, on
             several cores). ``env`` must then be an id or a picklable factory. Native tasks

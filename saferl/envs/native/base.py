@@ -173,15 +173,18 @@ class NativeGymEnv(gymnasium.Env):
         self.render_mode = render_mode
         self._reset = jax.jit(task.reset)
         self._step = jax.jit(task.step)
-        self._key = jax.random.PRNGKey(0)
+        self._key: jax.Array | None = None  # from the first reset's seed (or fresh entropy)
         self._state: Any = None
 
     def reset(self, *, seed: int | None = None,
               options: dict | None = None) -> tuple[np.ndarray, dict]:
-        """Start an episode; ``seed`` reseeds the task's RNG."""
+        """Start an episode; ``seed`` reseeds the task's RNG. Unseeded, the first reset draws
+        the key from fresh entropy (gymnasium's ``np_random``), as gymnasium envs do."""
         super().reset(seed=seed)
         if seed is not None:
             self._key = jax.random.PRNGKey(seed)
+        elif self._key is None:
+            self._key = jax.random.PRNGKey(int(self.np_random.integers(2**31)))
         self._key, key = jax.random.split(self._key)
         self._state, obs = self._reset(key)
         return np.asarray(obs), {}
