@@ -386,11 +386,11 @@ def _warm_starts(config: CCPOConfig, thresholds: jax.Array, stored: jax.Array) -
 def update_conditions(config: CCPOConfig, networks: CCPONetworks, update_count: jax.Array,
                       batch_size: int, key: jax.Array
                       ) -> tuple[jax.Array, jax.Array, Condition, Condition]:
-    """Step 1 of :func:`update` (given the update's key): the stage, the ``[C, m]`` condition
+    """Step 1 of :func:`update` (given a key of its own): the stage, the ``[C, m]`` condition
     thresholds, and the pairing of the minibatch's states for the actor step and for the
     critics (the latter over ``Ẽ`` only unless ``critic_on_sampled``)."""
     params = config.ccpo
-    set_key, actor_key, critic_key = jax.random.split(jax.random.fold_in(key, 1), 3)
+    set_key, actor_key, critic_key = jax.random.split(key, 3)
     stage_two = fine_tuning(config, update_count)
     thresholds, active = condition_set(config, set_key, stage_two)
     conditions = thresholds.shape[0]
@@ -403,17 +403,29 @@ def update_conditions(config: CCPOConfig, networks: CCPONetworks, update_count: 
 
 
 # --------------------------------------------------------------------------- the update
+def update_keys(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The update's three streams from its key: the next update's key and the sampling key,
+    the same two as CVPO's update (CCPO with one fixed condition is CVPO), and the
+    conditions' key (:func:`update_conditions`).
+
+    ``split(key)`` takes streams 0 and 1 of ``key``; the conditions take stream 2. They took
+    ``fold_in(key, 1)``, which with JAX's partitionable Threefry (the default) *is* stream 1,
+    the sampling key: the conditions' draws and the E-step's noise came from one key.
+    """
+    next_key, sample_key = jax.random.split(key)
+    return next_key, sample_key, jax.random.fold_in(key, 2)
+
+
 def update(config: CCPOConfig, networks: CCPONetworks, agent: CCPOAgent, batch: SampledBatch,
            limits: Limits, key: jax.Array) -> tuple[CCPOAgent, dict[str, jax.Array]]:
     """One CCPO update: conditions, critics, then CVI's E-/M-steps (or the Lagrangian actor
     step of ``cvi=False``), targets. ``limits`` is not used: the conditions carry their own."""
     run, params = config.run, config.ccpo
-    # The same two keys as CVPO's update (CCPO with one fixed condition is CVPO).
-    next_key, sample_key = jax.random.split(key)
+    next_key, sample_key, condition_key = update_keys(key)
 
     # 1. Conditions: the stage, the condition set, the pairing of states with conditions.
     stage_two, thresholds, condition, critic_condition = update_conditions(
-        config, networks, agent.updates, batch.rewards.shape[0], key)
+        config, networks, agent.updates, batch.rewards.shape[0], condition_key)
 
     # 2. Critics, each transition at its condition.
     td_actor = agent.actor_params if params.td_actor == "online" else agent.target_actor_params

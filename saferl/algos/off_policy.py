@@ -132,14 +132,16 @@ def init_state(algo: OffPolicyAlgorithm, config: Any, spec: EnvSpec, networks: A
     """The initial state of one member: its seed and cost limits ``[m]`` (native tasks also
     reset their environments here)."""
     run: OffPolicyConfig = config.run
-    key = jax.random.PRNGKey(seed)
-    key, agent_key, env_key = jax.random.split(key, 3)
+    root = jax.random.PRNGKey(seed)
+    key, agent_key, env_key = jax.random.split(root, 3)
     m = spec.num_costs
     table = behaviour_table(algo, config)
     if table is None:
         behaviour = jnp.zeros(run.num_envs, jnp.int32)
-    else:  # a key of its own, so that unconditioned algorithms' numbers stay as they were
-        behaviour = draw_behaviour(jax.random.fold_in(env_key, 1), table, run.num_envs)
+    else:  # a key of its own (stream 3 of the seed's: split took 0-2), so that unconditioned
+        # algorithms' numbers stay as they were. It was fold_in(env_key, 1), which with JAX's
+        # partitionable Threefry is environment copy 1's reset key.
+        behaviour = draw_behaviour(jax.random.fold_in(root, 3), table, run.num_envs)
     return OffPolicyState(
         agent=algo.init_agent(config, spec, networks, agent_key),
         replay=replay_init(run.replay_rows, run.num_envs, spec.obs_dim, spec.action_dim, m,
@@ -270,8 +272,8 @@ def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: N
 
     def one_step(carry: tuple[Any, jax.Array, jax.Array],
                  _: None) -> tuple[Any, Transitions]:
-        env_state, key, behaviour = carry
-        key, act_key = jax.random.split(key)
+        env_state, step_key, behaviour = carry
+        key, act_key = jax.random.split(step_key)
         observations = env_state.observation
         thresholds = None if table is None else table[behaviour]
         if random:
@@ -285,7 +287,9 @@ def native_collect(algo: OffPolicyAlgorithm, config: Any, networks: Any, task: N
                                          observations, act_key, thresholds)
         env_state, out = batch_step(task, env_state, scale_action(spec, actions))
         if table is not None:
-            redrawn = draw_behaviour(jax.random.fold_in(act_key, 1), table, run.num_envs)
+            # stream 2 of the step's key (split took 0 and 1); fold_in(act_key, 1) was a
+            # stream of the key that drew this step's actions
+            redrawn = draw_behaviour(jax.random.fold_in(step_key, 2), table, run.num_envs)
             behaviour = jnp.where(out.terminated | out.truncated, redrawn, behaviour)
         return (env_state, key, behaviour), Transitions(
             observations, actions, out.reward, out.costs, out.terminated, out.truncated,

@@ -203,7 +203,8 @@ def test_m_step_kl_bounds_hold_for_every_condition():
     for i in range(8):
         batch, key = random_batch(rng), jax.random.PRNGKey(i)
         new, metrics = update(agent, batch, key)
-        stage, _, condition, _ = ccpo.update_conditions(config, networks, agent.updates, 96, key)
+        stage, _, condition, _ = ccpo.update_conditions(config, networks, agent.updates, 96,
+                                                        ccpo.update_keys(key)[2])
         assert bool(stage)
         mean_old, log_std_old = networks.actor.apply(agent.target_actor_params,
                                                      batch.observations, condition.thresholds)
@@ -286,7 +287,7 @@ def test_two_constraints_one_dual_and_multiplier_vector_per_condition():
     key = jax.random.PRNGKey(4)
     new, metrics = jax.jit(lambda a: ccpo.update(config, networks, a, batch, None, key))(agent)
     _, thresholds, condition, _ = ccpo.update_conditions(config, networks, agent.updates, 96,
-                                                         key)
+                                                         ccpo.update_keys(key)[2])
     low, high = np.asarray([10.0, 0.0]), np.asarray([70.0, 20.0])
     assert np.all((thresholds[3:] >= low) & (thresholds[3:] <= high))
     assert_members_are_the_groups(condition)
