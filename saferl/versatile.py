@@ -178,8 +178,11 @@ def evaluate_versatile(policy: Any | Sequence[Any], thresholds: Sequence[Any] | 
     if not policies:
         raise ValueError("evaluate_versatile needs at least one policy; got none.")
     for candidate in policies:
-        if getattr(candidate, "conditioning", None) is None:
-            algo = getattr(candidate, "info", {}).get("algo", "this")
+        if not hasattr(candidate, "conditioning"):
+            raise TypeError(f"evaluate_versatile takes saferl policies (saferl.load(RUN_DIR)); "
+                            f"got {type(candidate).__name__}.")
+        if candidate.conditioning is None:
+            algo = candidate.info.get("algo", "given")
             raise ValueError(f"evaluate_versatile needs a threshold-conditioned policy (ccpo); "
                              f"the {algo} policy was trained for fixed cost limits.")
     if episodes < 1:

@@ -210,6 +210,10 @@ def test_versatile_evaluation_is_one_call_per_threshold_set_and_matches_single_t
                        ([[10, 5]], r"vectors of 1 threshold\(s\), one per constraint")]:
         with pytest.raises(ValueError, match=match):
             evaluate_versatile(policies, bad)
+    # not a policy at all (a name that is not saferl's, a forgotten load): say what was given
+    with pytest.raises(TypeError, match=r"takes saferl policies \(saferl.load\(RUN_DIR\)\); "
+                                        r"got NoneType\."):
+        evaluate_versatile(None, [10])
 
 
 def test_eval_with_thresholds_prints_the_table_and_writes_csv_json_and_plot(native_run,
