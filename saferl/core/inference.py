@@ -14,6 +14,9 @@ minimise the convex dual (docs/algorithms/cvpo.md)
 the ``1 + m`` variables (exact gradient and Hessian in closed form; variables at an active
 bound are held fixed; each step is the best of a backtracking ladder, so ``g`` never
 increases; it stops at a small Newton decrement), warm-started from the previous solution.
+Where the weights' KL is far from κ the Newton model is useless (nearly one-hot weights have
+almost no variance, so the Hessian in η vanishes and every Newton step overshoots), and the
+iteration instead minimises ``g`` over η exactly for the current λ (:func:`eta_for_kl`).
 ``λ`` is capped at ``max_multiplier``: when no sampled action satisfies a constraint, the dual
 is unbounded below in that ``λ`` and the cap makes the weights put all their mass on the
 least-costly actions.
@@ -127,6 +130,56 @@ def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: j
     return value, gradient, hessian
 
 
+def weights_kl(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array,
+               state_mask: jax.Array | None = None) -> jax.Array:
+    """``E_s KL(w ‖ uniform)`` of the weights ``w = softmax((Q_r − λᵀQ_c)/η)`` at ``[η, λ]``.
+
+    ``∂g/∂η = κ − weights_kl``: the KL bound is active at the optimum unless η is at its floor.
+    """
+    log_weights = jax.nn.log_softmax(
+        (q_reward - q_costs @ variables[1:]) / variables[0], axis=1)
+    per_state = jnp.sum(jnp.exp(log_weights) * log_weights, axis=1) + math.log(q_reward.shape[1])
+    return state_mean(per_state, state_mask)
+
+
+def eta_for_kl(lam: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
+               eta_min: float, state_mask: jax.Array | None = None,
+               iterations: int = 30) -> jax.Array:
+    """The η that minimises ``g(·, λ)`` over ``η ≥ eta_min``: the root of ``weights_kl = κ``.
+
+    The KL of the weights falls monotonically as η grows, from at most ``log K`` to 0, so the
+    root is bracketed by ``eta_min`` and ``R/κ`` (``R`` the largest spread of ``Q_r − λᵀQ_c``
+    over the samples of a state: ``KL ≤ R/η``) and found by bisection on ``log η``; if the KL at
+    ``eta_min`` is already within κ the minimiser is ``eta_min``. ``g`` is convex in η, so the
+    result never has a larger ``g`` than any other η: a safe step from any starting point, and
+    the one that works where Newton's does not (nearly one-hot weights, a vanishing Hessian).
+
+    Returns:
+        The scalar η (the bracket's upper end after ``iterations`` halvings of ``log η``: within
+        a relative ``2⁻³⁰`` of the root, on its side where the KL bound holds).
+    """
+    dtype = q_reward.dtype
+    advantage = q_reward - q_costs @ lam
+    spread = jnp.max(jnp.max(advantage, axis=1) - jnp.min(advantage, axis=1))
+    low = jnp.log(jnp.asarray(eta_min, dtype))
+    high = jnp.log(jnp.maximum(spread / kl_bound, 2.0 * eta_min).astype(dtype))
+
+    def kl_at(log_eta: jax.Array) -> jax.Array:
+        return weights_kl(jnp.concatenate([jnp.exp(log_eta)[None], lam]), q_reward, q_costs,
+                          state_mask)
+
+    def halve(_: int, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        low, high = bracket
+        middle = 0.5 * (low + high)
+        above = kl_at(middle) > kl_bound
+        return jnp.where(above, middle, low), jnp.where(above, high, middle)
+
+    low, high = jax.lax.cond(kl_at(low) > kl_bound,
+                             lambda: jax.lax.fori_loop(0, iterations, halve, (low, high)),
+                             lambda: (low, low))
+    return jnp.maximum(jnp.exp(high), eta_min)
+
+
 class DualSolution(NamedTuple):
     """The minimiser found and diagnostics."""
 
@@ -189,6 +242,7 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
 
     newton_ladder = (0.5 ** jnp.arange(1.0, 8.0)).astype(dtype)  # the full step is tried first
     gradient_ladder = (4.0 ** -jnp.arange(4.0)).astype(dtype)
+    box_ladder = (0.5 ** jnp.arange(3.0)).astype(dtype)
 
     class Carry(NamedTuple):
         x: jax.Array
@@ -211,7 +265,12 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         gradient = jnp.where(free, carry.gradient, 0.0)
         newton = -jnp.linalg.solve(reduced + 1e-9 * scale * eye, gradient)
         newton = jnp.where(jnp.all(jnp.isfinite(newton)), newton, 0.0)
-        return newton, gradient / scale, -0.5 * gradient @ newton
+        # g is nearly linear along rays (η, λ)·t when a constraint cannot be met: the Hessian
+        # is then singular to rounding and the solve may return an ascent direction; its
+        # reverse descends (towards the multiplier cap).
+        slope = gradient @ newton
+        newton = jnp.where(slope > 0, -newton, newton)
+        return newton, gradient / scale, 0.5 * jnp.abs(slope)
 
     def keep_going(carry: Carry) -> jax.Array:
         return (carry.count < iterations) & ~carry.done
@@ -219,8 +278,13 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
     def backtrack(carry: Carry, newton: jax.Array, gradient_step: jax.Array) -> Carry:
         # The full Newton step did not lower g: the best of shorter Newton steps and a
         # projected-gradient ladder, or stay (and stop) if none improves.
+        # The Newton direction also cut where it leaves the box (clipping alone bends it).
+        to_bound = jnp.where(newton > 0, (upper - carry.x) / newton,
+                             jnp.where(newton < 0, (lower - carry.x) / newton, jnp.inf))
+        inside = jnp.clip(jnp.min(to_bound), 0.0, 1.0)
         candidates = jnp.concatenate([
             carry.x[None] + newton_ladder[:, None] * newton[None],
+            carry.x[None] + (inside * box_ladder)[:, None] * newton[None],
             carry.x[None] - gradient_ladder[:, None] * gradient_step[None]])
         candidates = jnp.clip(candidates, lower, upper)
         values = jax.vmap(objective)(candidates)
@@ -237,11 +301,26 @@ def solve_estep_dual(q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
         return jax.lax.cond(trial.value < carry.value, lambda: trial,
                             lambda: backtrack(carry, newton, gradient_step))
 
-    def step(carry: Carry) -> Carry:
+    def newton_iteration(carry: Carry) -> Carry:
         newton, gradient_step, decrement = newton_direction(carry)
         converged = decrement <= tolerance * (1.0 + jnp.abs(carry.value))
         return jax.lax.cond(converged, lambda: carry._replace(done=jnp.asarray(True)),
                             lambda: newton_step(carry, newton, gradient_step))
+
+    def eta_iteration(carry: Carry) -> Carry:
+        # Exact minimisation over η for the current λ: g cannot increase (convex in η).
+        eta = eta_for_kl(carry.x[1:], q_reward, q_costs, kl_bound, eta_min, state_mask)
+        trial = evaluate(carry.x.at[0].set(eta.astype(dtype)), carry.count + 1, carry.done)
+        return jax.lax.cond(jnp.isfinite(trial.value), lambda: trial,
+                            lambda: carry._replace(done=jnp.asarray(True)))
+
+    def step(carry: Carry) -> Carry:
+        # ∂g/∂η = κ − KL(w ‖ uniform): far from 0, the weights are nearly one-hot (KL ≫ κ) or
+        # nearly uniform (KL ≪ κ) and Newton's quadratic model of η is poor.
+        kl = kl_bound - carry.gradient[0]
+        at_floor = (carry.x[0] <= eta_min) & (kl <= kl_bound)
+        far = ((kl > 2.0 * kl_bound) | (kl < 0.5 * kl_bound)) & ~at_floor
+        return jax.lax.cond(far, eta_iteration, newton_iteration, carry)
 
     start = evaluate(jnp.clip(init, lower, upper), jnp.asarray(0, jnp.int32),
                      jnp.asarray(False))

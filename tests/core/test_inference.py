@@ -12,7 +12,9 @@ from saferl.core.inference import (
     estep_dual,
     estep_dual_derivatives,
     estep_weights,
+    eta_for_kl,
     solve_estep_dual,
+    weights_kl,
 )
 
 
@@ -198,3 +200,76 @@ def test_per_state_duals_weight_each_state_with_its_own(enable_x64):
         row = estep_weights(jnp.asarray(q_reward[b:b + 1]), jnp.asarray(q_costs[b:b + 1]),
                             variables[b])
         np.testing.assert_allclose(weights[b], row[0], rtol=1e-12)
+
+
+def training_scale_q(seed, reward_spread, batch=256, samples=32):
+    """Q-values as the critics give them in training (γ = 0.99: rewards of ~1 per step give
+    Q ≈ 100): a reward Q nearly flat over a state's samples, a cost Q spread and partly
+    correlated with it."""
+    rng = np.random.default_rng(seed)
+    q_reward = rng.normal(100.0, reward_spread, (batch, samples))
+    q_costs = rng.normal(40.0, 5.0, (batch, samples, 1)) + 0.5 * q_reward[..., None] - 50.0
+    return q_reward, q_costs
+
+
+# (reward spread, warm start, Q threshold): the starts are what the previous update leaves
+# behind when the multiplier jumps between 0 and its cap (ccpo-main on native BallCircle): a
+# temperature fitted to a flat reward Q meets a cost Q a hundred times wider, and the weights
+# are one-hot. The limits are infeasible (10, 38: the cap binds) and slack (41).
+SCALE_CASES = [(0.05, [0.02, 0.0], 10.0), (0.05, [0.02, 0.0], 38.0), (0.05, [0.02, 100.0], 38.0),
+               (0.05, [1.0, 0.0], 38.0), (0.05, [0.001, 100.0], 10.0), (1.0, [0.001, 0.0], 38.0),
+               (3.0, [1.0, 0.0], 41.0), (0.05, [2000.0, 100.0], 41.0)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", SCALE_CASES)
+def test_training_scale_q_and_stale_warm_starts_reach_the_optimum(enable_x64, case, dtype):
+    """Ten iterations (the default) from a stale start reach SciPy's optimum, in float32 too:
+    nearly one-hot weights (a vanishing Hessian in η) and a dual nearly linear along rays
+    (an infeasible constraint) once stopped the solver at the temperature floor with a KL of
+    ``log K`` against a bound of 0.02, or part-way to the multiplier cap."""
+    reward_spread, init, limit = case
+    q_reward, q_costs = training_scale_q(len(SCALE_CASES), reward_spread)
+    kappa = 0.02
+    reference = scipy_solution(q_reward, q_costs, kappa, [limit], 100.0)
+    solution = solve_estep_dual(jnp.asarray(q_reward, dtype), jnp.asarray(q_costs, dtype), kappa,
+                                jnp.asarray([limit], dtype), jnp.asarray(init, dtype),
+                                iterations=10)
+    assert solution.variables.dtype == jnp.dtype(dtype)
+    value = float(estep_dual(jnp.asarray(np.asarray(solution.variables, np.float64)),
+                             jnp.asarray(q_reward), jnp.asarray(q_costs), kappa,
+                             jnp.asarray([limit])))
+    assert value == pytest.approx(reference.fun, rel=1e-6 if dtype == "float32" else 1e-10)
+    np.testing.assert_allclose(np.asarray(solution.variables, np.float64), reference.x,
+                               rtol=2e-3 if dtype == "float32" else 1e-5)
+    # KKT: η above its floor, so the KL bound is active.
+    kl = float(weights_kl(jnp.asarray(reference.x), jnp.asarray(q_reward), jnp.asarray(q_costs)))
+    assert kl == pytest.approx(kappa, rel=1e-3)
+    solved_kl = float(weights_kl(solution.variables, jnp.asarray(q_reward, dtype),
+                                 jnp.asarray(q_costs, dtype)))
+    assert solved_kl == pytest.approx(kappa, rel=0.05)
+
+
+@pytest.mark.parametrize("lam", [0.0, 3.0, 100.0])
+def test_eta_for_kl_is_the_minimiser_over_eta(enable_x64, lam):
+    """The exact η step against a bounded scalar minimisation of ``g(·, λ)`` and the KL."""
+    from scipy.optimize import minimize_scalar
+
+    q_reward, q_costs = training_scale_q(3, 1.0, batch=64, samples=16)
+    args = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02, jnp.asarray([38.0]))
+    lam_array = jnp.asarray([lam])
+    eta = float(eta_for_kl(lam_array, *args[:3], eta_min=1e-3))
+    reference = minimize_scalar(
+        lambda log_eta: float(estep_dual(jnp.asarray([np.exp(log_eta), lam]), *args)),
+        bounds=(np.log(1e-3), np.log(1e6)), method="bounded", options={"xatol": 1e-10})
+    assert eta == pytest.approx(np.exp(reference.x), rel=1e-5)
+    kl = float(weights_kl(jnp.asarray([eta, lam]), *args[:2]))
+    assert kl == pytest.approx(0.02, rel=1e-6)
+
+
+def test_eta_for_kl_stays_at_the_floor_when_the_bound_is_slack(enable_x64):
+    q_reward = np.zeros((8, 4))  # every sample equal: uniform weights at any η, KL 0
+    q_costs = np.zeros((8, 4, 1))
+    eta = eta_for_kl(jnp.asarray([0.0]), jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02,
+                     eta_min=1e-3)
+    assert float(eta) == pytest.approx(1e-3)
