@@ -57,6 +57,19 @@ def _limit(q_limit: jax.Array, state_mask: jax.Array | None) -> jax.Array:
     return q_limit if q_limit.ndim == 1 else state_mean(q_limit, state_mask)
 
 
+def _shifted(advantage: jax.Array, eta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``((A − max_j A) / η, max_j A)`` per state: the exponent of the weights, shifted so that
+    its largest entry is exactly 0.
+
+    Every function of the dual works on the shifted exponent. ``A / η`` itself reaches ~10⁷ at
+    training scale (``|A| ≈ 10⁴`` once λ is at its cap, ``η`` at its floor of 10⁻³), where a
+    float32 rounds to units: ``LSE(A/η) − E_w[A]/η`` in ``∂g/∂η`` then cancels to noise (it gave
+    +1 where the value is −3.45, i.e. "KL ≤ κ at the floor", and the solver stopped there).
+    """
+    top = jnp.max(advantage, axis=1, keepdims=True)
+    return (advantage - top) / eta, top[:, 0]
+
+
 def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl_bound: float,
                q_limit: jax.Array, state_mask: jax.Array | None = None) -> jax.Array:
     """The dual ``g(η, λ)`` at ``variables = [η, λ_1, …, λ_m]``.
@@ -71,12 +84,12 @@ def estep_dual(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array, kl
         state_mask: ``[B]`` optional weights of the states in ``E_s`` (one condition's states).
     """
     eta, lam = variables[0], variables[1:]
-    advantage = q_reward - q_costs @ lam
-    num_samples = q_reward.shape[1]
-    log_mean = jax.nn.logsumexp(advantage / eta, axis=1) - math.log(num_samples)
+    scaled, top = _shifted(q_reward - q_costs @ lam, eta)
+    # η · log mean_j exp(A_j/η) = max_j A + η · log mean_j exp(scaled_j), the second term small.
+    log_mean = jax.nn.logsumexp(scaled, axis=1) - math.log(q_reward.shape[1])
     if state_mask is None and q_limit.ndim == 1:  # CVPO's path, unchanged
-        return eta * kl_bound + lam @ q_limit + eta * log_mean.mean()
-    return (eta * kl_bound + lam @ _limit(q_limit, state_mask)
+        return eta * kl_bound + lam @ q_limit + top.mean() + eta * log_mean.mean()
+    return (eta * kl_bound + lam @ _limit(q_limit, state_mask) + state_mean(top, state_mask)
             + eta * state_mean(log_mean, state_mask))
 
 
@@ -101,29 +114,31 @@ def estep_dual_derivatives(variables: jax.Array, q_reward: jax.Array, q_costs: j
     """
     eta, lam = variables[0], variables[1:]
     advantage = q_reward - q_costs @ lam  # [B, K]
-    scaled = advantage / eta
+    scaled, top = _shifted(advantage, eta)  # (A − max A)/η: no cancellation at a small η
     log_sum = jax.nn.logsumexp(scaled, axis=1, keepdims=True)
     weights = jnp.exp(scaled - log_sum)  # [B, K]
-    log_mean = log_sum[:, 0] - math.log(q_reward.shape[1])
+    # LSE(A/η) − log K − E_w[A]/η = H(w) − log K = −KL(w ‖ uniform), from the shifted exponent.
+    neg_kl = log_sum[:, 0] - jnp.sum(weights * scaled, axis=1) - math.log(q_reward.shape[1])
+    log_mean = log_sum[:, 0] - math.log(q_reward.shape[1])  # relative to max A / η
     values = jnp.concatenate([advantage[..., None], q_costs], axis=-1)  # [B, K, 1 + m]
     moments = jnp.einsum("bk,bki->bi", weights, values)  # E_w per state
     centred = values - moments[:, None, :]
     if state_mask is None and q_limit.ndim == 1:  # CVPO's path, unchanged
         covariance = jnp.einsum("bk,bki,bkj->ij", weights, centred, centred) / q_reward.shape[0]
         mean_moments = moments.mean(0)
-        mean_log = log_mean.mean()
+        mean_top, mean_log, mean_neg_kl = top.mean(), log_mean.mean(), neg_kl.mean()
     else:
         state_weights = (jnp.ones(q_reward.shape[0], q_reward.dtype) if state_mask is None
                          else state_mask.astype(q_reward.dtype))
         state_weights = state_weights / jnp.maximum(state_weights.sum(), 1e-12)
         covariance = jnp.einsum("b,bk,bki,bkj->ij", state_weights, weights, centred, centred)
         mean_moments = state_weights @ moments
-        mean_log = state_weights @ log_mean
+        mean_top, mean_log = state_weights @ top, state_weights @ log_mean
+        mean_neg_kl = state_weights @ neg_kl
         q_limit = _limit(q_limit, state_mask)
-    value = eta * kl_bound + lam @ q_limit + eta * mean_log
-    gradient = jnp.concatenate([
-        jnp.reshape(kl_bound + mean_log - mean_moments[0] / eta, (1,)),
-        q_limit - mean_moments[1:]])
+    value = eta * kl_bound + lam @ q_limit + mean_top + eta * mean_log
+    gradient = jnp.concatenate([jnp.reshape(kl_bound + mean_neg_kl, (1,)),
+                                q_limit - mean_moments[1:]])
     size = variables.shape[0]
     power = 1.0 + (jnp.arange(size) == 0)  # η-rows and -columns carry extra 1/η factors
     hessian = covariance / eta ** (power[:, None] + power[None, :] - 1.0)
@@ -136,8 +151,8 @@ def weights_kl(variables: jax.Array, q_reward: jax.Array, q_costs: jax.Array,
 
     ``∂g/∂η = κ − weights_kl``: the KL bound is active at the optimum unless η is at its floor.
     """
-    log_weights = jax.nn.log_softmax(
-        (q_reward - q_costs @ variables[1:]) / variables[0], axis=1)
+    scaled, _ = _shifted(q_reward - q_costs @ variables[1:], variables[0])
+    log_weights = jax.nn.log_softmax(scaled, axis=1)
     per_state = jnp.sum(jnp.exp(log_weights) * log_weights, axis=1) + math.log(q_reward.shape[1])
     return state_mean(per_state, state_mask)
 
@@ -337,9 +352,10 @@ def estep_weights(q_reward: jax.Array, q_costs: jax.Array, variables: jax.Array)
     """
     if variables.ndim == 1:
         eta, lam = variables[0], variables[1:]
-        return jax.nn.softmax((q_reward - q_costs @ lam) / eta, axis=1)
+        return jax.nn.softmax(_shifted(q_reward - q_costs @ lam, eta)[0], axis=1)
     eta, lam = variables[:, :1], variables[:, 1:]
-    return jax.nn.softmax((q_reward - jnp.einsum("bkm,bm->bk", q_costs, lam)) / eta, axis=1)
+    advantage = q_reward - jnp.einsum("bkm,bm->bk", q_costs, lam)
+    return jax.nn.softmax(_shifted(advantage, eta)[0], axis=1)
 
 
 def decoupled_kl(mean_old: jax.Array, std_old: jax.Array, mean: jax.Array,

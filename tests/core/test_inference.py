@@ -1,5 +1,7 @@
 """CVPO's E-step dual against SciPy, the E-step weights' conditions, the decoupled KL."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +275,81 @@ def test_eta_for_kl_stays_at_the_floor_when_the_bound_is_slack(enable_x64):
     eta = eta_for_kl(jnp.asarray([0.0]), jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02,
                      eta_min=1e-3)
     assert float(eta) == pytest.approx(1e-3)
+
+
+def test_dual_matches_a_direct_log_sum_exp():
+    """``g`` against its definition evaluated in float64 with SciPy's ``logsumexp``, at
+    temperatures from the floor up (the code evaluates it on a shifted exponent)."""
+    from scipy.special import logsumexp
+
+    q_reward, q_costs = training_scale_q(11, 1.0, batch=32, samples=8)
+    kappa, limit = 0.02, np.array([38.0])
+    for eta, lam in ((1e-3, 100.0), (0.5, 3.0), (300.0, 100.0), (20.0, 0.0)):
+        advantage = q_reward - q_costs[..., 0] * lam
+        direct = (eta * kappa + lam * limit[0]
+                  + eta * np.mean(logsumexp(advantage / eta, axis=1) - np.log(8)))
+        f32 = (jnp.asarray(a, jnp.float32) for a in ([eta, lam], q_reward, q_costs, limit))
+        variables, rewards, costs, limits = f32
+        value = estep_dual(variables, rewards, costs, kappa, limits)
+        assert float(value) == pytest.approx(direct, rel=1e-6, abs=1e-3)
+
+
+def ccpo_infeasible_condition_q(seed, batch=86, samples=32):
+    """One CCPO condition's Q-values as recorded in training (native BallCircle, ε = 20, stage 1):
+    a reward Q of ≈ 24 and a cost Q of ≈ 9 varying between states, correlated within a state,
+    every state's least-costly sample above the Q threshold 8.66 (infeasible: λ goes to its cap,
+    where ``|A| = |Q_r − 100 Q_c|`` ≈ 10³)."""
+    rng = np.random.default_rng(seed)
+    state = rng.normal(0.0, 1.0, (batch, 1))
+    noise = rng.normal(0.0, 1.0, (batch, samples))
+    q_reward = 24.0 + 9.0 * state + 1.9 * noise
+    q_costs = 9.25 + 0.3 * (0.88 * noise + 0.47 * rng.normal(0.0, 1.0, (batch, samples)))
+    q_costs = q_costs + 0.6 * np.abs(state)  # between-state spread, never below the limit
+    return q_reward, q_costs[..., None]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_float32_eta_gradient_at_the_floor_with_the_multiplier_at_its_cap(enable_x64, seed):
+    """At η = 10⁻³ and λ = 100 the exponent ``A/η`` is ≈ 10⁷; ``∂g/∂η = κ − KL`` must still be
+    ≈ κ − log K in float32. Computed from the unshifted exponent it cancelled to noise (+1.0
+    instead of −3.45 on the recorded condition), which read as "KL within κ at the floor" and
+    stopped the solver there with one-hot weights."""
+    q_reward, q_costs = ccpo_infeasible_condition_q(seed)
+    args64 = (jnp.asarray(q_reward), jnp.asarray(q_costs), 0.02, jnp.asarray([8.66]))
+    args32 = tuple(a.astype(jnp.float32) if isinstance(a, jax.Array) else a for a in args64)
+    for x in ([1e-3, 100.0], [1e-3, 0.0], [0.05, 100.0]):
+        _, reference, _ = estep_dual_derivatives(jnp.asarray(x), *args64)
+        _, gradient, _ = estep_dual_derivatives(jnp.asarray(x, jnp.float32), *args32)
+        np.testing.assert_allclose(np.asarray(gradient, np.float64), reference, rtol=1e-4,
+                                   atol=1e-4)
+        kl = float(weights_kl(jnp.asarray(x), *args64[:2]))
+        assert float(gradient[0]) == pytest.approx(0.02 - kl, abs=1e-4)
+
+
+RECORDED = Path(__file__).parent / "data" / "ccpo_infeasible_condition.npz"
+
+
+@pytest.mark.parametrize("init", ["recorded", [0.001, 100.0], [138.85, 100.0], [0.001, 0.0]])
+def test_float32_masked_solve_of_a_recorded_condition_reaches_the_optimum(enable_x64, init):
+    """A condition recorded from CCPO's E-step in training (native BallCircle, ε = 20, seed 1,
+    stage 1: 86 states × 32 samples, every state's least-costly sample above the Q threshold,
+    so λ goes to its cap), padded as its member list is. From the warm start training gave
+    (η = 9.74, λ = 0) the float32 solve took the Newton step to (η_min, λ_cap), read a noise
+    gradient there as "KL within κ at the floor" and stopped with one-hot weights (KL = log K;
+    5 % of that run's solves ended so). It must end at SciPy's optimum with the KL at κ."""
+    data = np.load(RECORDED)
+    q_reward, q_costs, q_limit = data["q_reward"], data["q_costs"], data["q_limit"]
+    reference = scipy_solution(q_reward.astype(np.float64), q_costs.astype(np.float64), 0.02,
+                               [float(q_limit.astype(np.float64).mean())], 100.0)
+    assert reference.x[1] == pytest.approx(100.0)
+    pad = np.arange(10)  # a member list is padded with repeated states, weight 0
+    mask = np.r_[np.ones(len(q_reward)), np.zeros(len(pad))].astype(np.float32)
+    start = data["warm_start"] if init == "recorded" else np.asarray(init, np.float32)
+    solution = solve_estep_dual(
+        jnp.asarray(np.r_[q_reward, q_reward[pad]]), jnp.asarray(np.r_[q_costs, q_costs[pad]]),
+        0.02, jnp.asarray(np.r_[q_limit, q_limit[pad]]), jnp.asarray(start),
+        state_mask=jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(solution.variables, np.float64), reference.x,
+                               rtol=2e-2)
+    kl = float(weights_kl(solution.variables, jnp.asarray(q_reward), jnp.asarray(q_costs)))
+    assert kl == pytest.approx(0.02, rel=0.05)
